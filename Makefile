@@ -1,0 +1,27 @@
+# Targets a researcher uses. PYTHON can point at a venv: make test PYTHON=.venv/bin/python
+PYTHON ?= python
+ENVS ?= Hopper-v5
+
+.PHONY: install run test bench datasets clean-datasets mlflow-ui
+
+install:  ## install the CPU torch wheel, then this package with its dev extras
+	$(PYTHON) -m pip install torch==2.13.0
+	$(PYTHON) -m pip install -e '.[dev]'
+
+run:  ## the README's main job: TD3+BC on the locally generated Hopper medium dataset
+	$(PYTHON) launch.py algo=td3_bc dataset=hopper-medium-local updates=30000 eval.every=5000
+
+test:  ## the whole test suite (CPU, a few minutes)
+	$(PYTHON) -m pytest -q
+
+bench:  ## updates/s of the TD3+BC and EDAC update steps on this machine
+	$(PYTHON) -m offline_rl.bench
+
+datasets:  ## generate the local D4RL-style datasets (medium, medium-replay, expert) for ENVS
+	for env in $(ENVS); do $(PYTHON) -m offline_rl.dataset.generate --env $$env || exit 1; done
+
+clean-datasets:  ## delete the locally generated datasets (namespace local/ in the Minari folder)
+	$(PYTHON) -c "import shutil; from offline_rl.dataset.minari_source import dataset_path; shutil.rmtree(dataset_path('local'), ignore_errors=True)"
+
+mlflow-ui:  ## browse runs of this checkout's store at http://127.0.0.1:5000
+	$(PYTHON) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --host 127.0.0.1 --port 5000

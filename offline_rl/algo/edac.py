@@ -1,0 +1,152 @@
+"""EDAC (An et al., 2021) and SAC-N (EDAC with eta = 0), as in CORL's edac.py.
+
+Defaults: N = 10 critics, eta = 1.0, automatic entropy temperature with target entropy -|A|,
+tau = 5e-3, lr 3e-4 for actor, critic and temperature, gamma = 0.99, 3x256 networks, tanh-Gaussian
+actor with log-sigma clipped to [-5, 2]. Update order alpha -> actor -> critic, as CORL (and the
+EDAC authors) do. CORL's initialisation: hidden biases 0.1, output layers U(-1e-3, 1e-3) for the
+actor heads and U(-3e-3, 3e-3) for the critic's last layer.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from offline_rl.algo.common import Algorithm, adam, frozen_copy, polyak_update
+from offline_rl.dataset.replay import Batch
+from offline_rl.network import EnsembleCritic, TanhGaussianActor, linear_layers
+
+
+class Temperature(nn.Module):
+    """SAC's entropy temperature alpha = exp(log_alpha), learned."""
+
+    def __init__(self, initial_alpha: float = 1.0):
+        super().__init__()
+        self.log_alpha = nn.Parameter(torch.tensor(float(initial_alpha)).log())
+
+    def forward(self) -> torch.Tensor:
+        return self.log_alpha.exp()
+
+
+def corl_edac_init_(actor: TanhGaussianActor, critic: EnsembleCritic) -> None:
+    with torch.no_grad():
+        for layer in linear_layers(actor.trunk):
+            layer.bias.fill_(0.1)
+        for head in (actor.mu, actor.log_std):
+            nn.init.uniform_(head.weight, -1e-3, 1e-3)
+            nn.init.uniform_(head.bias, -1e-3, 1e-3)
+        critic_layers = linear_layers(critic)
+        for layer in critic_layers[:-1]:
+            layer.bias.fill_(0.1)
+        nn.init.uniform_(critic_layers[-1].weight, -3e-3, 3e-3)
+        nn.init.uniform_(critic_layers[-1].bias, -3e-3, 3e-3)
+
+
+def diversity_loss(q_action_grads: torch.Tensor) -> torch.Tensor:
+    """EDAC's ensemble gradient diversity term (An et al., 2021, Eq. 5).
+
+    q_action_grads: [N, B, A] = dQ_i/da. With g_i the unit-normalised gradients, the loss is the
+    mean over the batch of sum_{i != j} <g_i, g_j> / (N - 1). The pairwise sum is computed as
+    ||sum_i g_i||^2 - sum_i ||g_i||^2: the same number as CORL's masked [B, N, N] Gram matrix,
+    without building the matrix or an identity mask per sample.
+    """
+    num_critics = q_action_grads.shape[0]
+    g = q_action_grads / (torch.norm(q_action_grads, p=2, dim=-1, keepdim=True) + 1e-10)
+    pairwise = g.sum(0).pow(2).sum(-1) - g.pow(2).sum((0, 2))  # [B]
+    return pairwise.mean() / (num_critics - 1)
+
+
+class EDAC(Algorithm):
+    stochastic_actor = True
+    _state_attrs = ("actor", "critic", "critic_target", "temperature", "actor_optimizer",
+                    "critic_optimizer", "alpha_optimizer")
+
+    def __init__(self, obs_dim: int, act_dim: int,
+                 actor: Callable[..., TanhGaussianActor], critic: Callable[..., EnsembleCritic],
+                 num_critics: int = 10, eta: float = 1.0, gamma: float = 0.99, tau: float = 5e-3,
+                 actor_lr: float = 3e-4, critic_lr: float = 3e-4, alpha_lr: float = 3e-4,
+                 initial_alpha: float = 1.0, target_entropy: float | None = None,
+                 max_action: float = 1.0, normalize_states: bool = False,
+                 corl_init: bool = True, device: torch.device | str = "cpu"):
+        super().__init__(normalize_states, gamma, device)
+        self.actor = actor(obs_dim, act_dim, max_action=max_action).to(self.device)
+        self.critic = critic(obs_dim, act_dim, num_critics=num_critics).to(self.device)
+        if corl_init:
+            corl_edac_init_(self.actor, self.critic)
+        self.critic_target = frozen_copy(self.critic)
+        self.temperature = Temperature(initial_alpha).to(self.device)
+        self.actor_optimizer = adam(self.actor, actor_lr)
+        self.critic_optimizer = adam(self.critic, critic_lr)
+        self.alpha_optimizer = adam(self.temperature, alpha_lr)
+        self.num_critics, self.eta, self.tau = num_critics, eta, tau
+        self.target_entropy = -float(act_dim) if target_entropy is None else float(target_entropy)
+        self.max_action = max_action
+        self.target_transform: Callable[[Batch, torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.temperature().detach()
+
+    # ----- losses -----------------------------------------------------------------------------
+    def alpha_loss(self, obs: torch.Tensor) -> torch.Tensor:
+        """-log_alpha * (log pi(a~|s) + target_entropy), a~ ~ pi (no gradient to the actor)."""
+        with torch.no_grad():
+            _, log_prob = self.actor(obs, need_log_prob=True)
+        return (-self.temperature.log_alpha * (log_prob + self.target_entropy)).mean()
+
+    def actor_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """alpha * log pi(a~|s) - min_i Q_i(s, a~)."""
+        action, log_prob = self.actor(obs, need_log_prob=True)
+        q = self.critic(obs, action)  # [N, B]
+        loss = (self.alpha * log_prob - q.min(0).values).mean()
+        return loss, -log_prob.detach().mean(), q.detach().std(0).mean()
+
+    @torch.no_grad()
+    def td_target(self, batch: Batch) -> torch.Tensor:
+        """r + gamma * (1 - done) * (min_i Q'_i(s', a') - alpha * log pi(a'|s')), a' ~ pi(s')."""
+        next_action, next_log_prob = self.actor(batch.next_observations, need_log_prob=True)
+        next_q = self.critic_target(batch.next_observations, next_action).min(0).values
+        next_v = next_q - self.alpha * next_log_prob
+        return batch.rewards + self.gamma * (1.0 - batch.dones) * next_v
+
+    def critic_loss(self, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum over critics of the MSE to the target, + eta * diversity. One critic forward
+        serves both terms: dQ_i/da comes from the same graph (create_graph for the 2nd order)."""
+        actions = batch.actions.unsqueeze(0).repeat(self.num_critics, 1, 1)
+        if self.eta > 0:
+            actions.requires_grad_(True)
+        q = self.critic(batch.observations, actions)  # [N, B]
+        mse = ((q - target.unsqueeze(0)) ** 2).mean(1).sum()
+        if self.eta <= 0:
+            return mse, torch.zeros((), device=q.device)
+        grads, = torch.autograd.grad(q.sum(), actions, create_graph=True)
+        diversity = diversity_loss(grads)
+        return mse + self.eta * diversity, diversity.detach()
+
+    # ----- one update -------------------------------------------------------------------------
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        self.total_updates += 1
+        alpha_loss = self.alpha_loss(batch.observations)
+        self.alpha_optimizer.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_optimizer.step()
+
+        actor_loss, entropy, q_policy_std = self.actor_loss(batch.observations)
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_optimizer.step()
+
+        target = self.td_target(batch)
+        if self.target_transform is not None:
+            target = self.target_transform(batch, target)
+        critic_loss, diversity = self.critic_loss(batch, target)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
+        polyak_update(self.critic_target, self.critic, self.tau)
+        return {"alpha_loss": alpha_loss.detach(), "actor_loss": actor_loss.detach(),
+                "critic_loss": critic_loss.detach(), "diversity_loss": diversity,
+                "alpha": self.alpha, "entropy": entropy, "q_policy_std": q_policy_std,
+                "q_target": target.mean()}

@@ -1,0 +1,117 @@
+"""Validation of a composed config before anything is built or submitted.
+
+Each rule names a key, a check and what is allowed; a failing value raises one ConfigError naming
+the key, the value and the allowed values. Keys absent from the config are skipped, so a rule may
+name a key that only some algorithms have. (Unknown keys and unknown group options are rejected by
+Hydra itself, which lists the available options.)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from offline_rl.errors import ConfigError
+
+
+def _or_else(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+# ${or_else:${network.depth},3}: the network group's value, or the algorithm's reference value
+if not OmegaConf.has_resolver("or_else"):
+    OmegaConf.register_new_resolver("or_else", _or_else)
+
+
+@dataclass(frozen=True)
+class Rule:
+    key: str
+    check: Callable[[Any], bool]
+    allowed: str
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def int_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _is_int(v) and v >= low), f"an integer >= {low}"
+
+
+def number_in(low: float, high: float, low_open: bool = False, high_open: bool = False):
+    def check(v: Any) -> bool:
+        if not _is_num(v):
+            return False
+        return (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+
+    text = f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    return check, text
+
+
+def positive_number():
+    return (lambda v: _is_num(v) and v > 0), "a number > 0"
+
+
+def boolean():
+    return (lambda v: isinstance(v, bool)), "true or false"
+
+
+def device_name():
+    pattern = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+    return (lambda v: isinstance(v, str) and bool(pattern.match(v))), "auto, cpu, cuda or cuda:N"
+
+
+def _rule(key: str, spec) -> Rule:
+    check, allowed = spec
+    return Rule(key, check, allowed)
+
+
+RULES: list[Rule] = [
+    _rule("seed", int_at_least(0)),
+    _rule("device", device_name()),
+    _rule("updates", int_at_least(0)),
+    _rule("batch_size", int_at_least(1)),
+    _rule("log_every", int_at_least(1)),
+    _rule("threads", int_at_least(0)),
+    _rule("progress", boolean()),
+    _rule("eval.every", int_at_least(0)),
+    _rule("eval.episodes", int_at_least(0)),
+    _rule("eval.seed", int_at_least(0)),
+    _rule("network.width", int_at_least(1)),
+    _rule("network.depth", (lambda v: v is None or (_is_int(v) and v >= 1), "null (the algorithm's reference depth) or an integer >= 1")),
+    _rule("network.actor_layer_norm", boolean()),
+    _rule("network.critic_layer_norm", boolean()),
+    _rule("algo.gamma", number_in(0.0, 1.0, low_open=True, high_open=True)),
+    _rule("algo.tau", number_in(0.0, 1.0, low_open=True)),
+    _rule("algo.actor_lr", positive_number()),
+    _rule("algo.critic_lr", positive_number()),
+    _rule("algo.alpha_lr", positive_number()),
+    _rule("algo.alpha", number_in(0.0, float("inf"))),
+    _rule("algo.policy_delay", int_at_least(1)),
+    _rule("algo.policy_noise", number_in(0.0, float("inf"))),
+    _rule("algo.noise_clip", number_in(0.0, float("inf"))),
+    _rule("algo.num_critics", int_at_least(2)),
+    _rule("algo.eta", number_in(0.0, float("inf"))),
+    _rule("algo.initial_alpha", positive_number()),
+    _rule("algo.max_action", positive_number()),
+    _rule("algo.normalize_states", boolean()),
+]
+
+
+def validate(cfg: DictConfig, rules: list[Rule] | None = None) -> None:
+    problems = []
+    for rule in RULES if rules is None else rules:
+        value = OmegaConf.select(cfg, rule.key, default="__missing__", throw_on_missing=False)
+        if isinstance(value, str) and value == "__missing__":
+            continue
+        if isinstance(value, (DictConfig,)) or not rule.check(value):
+            problems.append(f"{rule.key}={value!r} is not allowed: expected {rule.allowed}")
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))

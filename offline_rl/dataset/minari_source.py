@@ -1,0 +1,159 @@
+"""Minari datasets: the official ids from the local cache or Minari's own download, read in bulk.
+
+Offline, a missing official dataset fails fast (a connectivity probe bounded in time, before
+Minari's own retries, which take ~23 s) with a message naming the id, the paths searched and how
+to generate a local dataset instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+from offline_rl.dataset.episodes import OfflineData, flatten_episodes
+from offline_rl.errors import DatasetError
+
+DEFAULT_REMOTE = "hf://farama-minari"
+REMOTE_HOSTS = {"hf": "huggingface.co", "gcp": "storage.googleapis.com"}
+
+
+def datasets_root() -> Path:
+    root = os.environ.get("MINARI_DATASETS_PATH")
+    return Path(root) if root else Path.home() / ".minari" / "datasets"
+
+
+def dataset_path(dataset_id: str) -> Path:
+    return datasets_root() / dataset_id
+
+
+def is_local(dataset_id: str) -> bool:
+    return (dataset_path(dataset_id) / "data" / "metadata.json").exists()
+
+
+def _probe(host: str, timeout_s: float) -> str | None:
+    """None if a TCP connection to host:443 opens within timeout_s, else the reason it did not.
+    Runs in a thread so that a hanging DNS lookup is bounded too."""
+    result: dict[str, str | None] = {"error": "no answer"}
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection((host, 443), timeout=timeout_s):
+                result["error"] = None
+        except OSError as exc:
+            result["error"] = f"{type(exc).__name__}: {exc}"
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout_s + 0.5)
+    if thread.is_alive():
+        return f"no answer from {host} within {timeout_s:.0f} s"
+    return result["error"]
+
+
+def _generate_hint(dataset_id: str) -> str:
+    parts = dataset_id.split("/")
+    env = parts[1] if len(parts) >= 3 else "hopper"
+    level = parts[-1].rsplit("-v", 1)[0] if parts else "medium"
+    return (f"To train without a network, use a dataset this project generates itself: "
+            f"`python launch.py dataset={env}-{level if level != 'simple' else 'medium'}-local` "
+            f"(generated on first use), or `make datasets` to generate them ahead of time.")
+
+
+def download(dataset_id: str, probe_timeout_s: float = 8.0) -> None:
+    """Download an official dataset with Minari's API, failing fast and clearly when offline."""
+    remote = os.environ.get("MINARI_REMOTE", DEFAULT_REMOTE)
+    searched = dataset_path(dataset_id)
+    scheme = urlparse(remote).scheme
+    host = REMOTE_HOSTS.get(scheme, urlparse(remote).netloc)
+    base = (f"Minari dataset '{dataset_id}' is not in the local cache (searched {searched}; "
+            f"set MINARI_DATASETS_PATH to search elsewhere)")
+    if scheme == "hf":
+        try:
+            import huggingface_hub  # noqa: F401
+        except ImportError:
+            raise DatasetError(f"{base} and cannot be downloaded: Minari's download needs "
+                               f"huggingface_hub (`pip install 'minari[hf]'`). "
+                               f"{_generate_hint(dataset_id)}") from None
+    reason = _probe(host, probe_timeout_s) if host else None
+    if reason is not None:
+        raise DatasetError(f"{base} and cannot be downloaded from {remote}: {reason}. "
+                           f"{_generate_hint(dataset_id)}")
+    import minari
+
+    try:
+        minari.download_dataset(dataset_id)
+    except Exception as exc:  # the library's own errors: network, unknown id, version mismatch
+        raise DatasetError(f"{base} and the download from {remote} failed: "
+                           f"{type(exc).__name__}: {exc}. {_generate_hint(dataset_id)}") from None
+
+
+def read_minari_dataset(dataset_id: str) -> OfflineData:
+    """Read a local Minari dataset into OfflineData (HDF5 read in bulk, one read per field)."""
+    import minari
+
+    data_path = dataset_path(dataset_id) / "data"
+    try:
+        ds = minari.load_dataset(dataset_id)
+        metadata = ds.storage.metadata
+    except FileNotFoundError:
+        raise DatasetError(f"Minari dataset '{dataset_id}' not found at {data_path}") from None
+    except Exception as exc:
+        raise DatasetError(f"Minari dataset '{dataset_id}' at {data_path} is unreadable "
+                           f"({type(exc).__name__}: {exc}); delete {dataset_path(dataset_id)} and "
+                           f"download or generate it again") from None
+    try:
+        if metadata.get("data_format", "hdf5") == "hdf5":
+            episodes = _read_hdf5_episodes(data_path / "main_data.hdf5")
+        else:
+            episodes = [{"observations": ep.observations, "actions": ep.actions,
+                         "rewards": ep.rewards, "terminations": ep.terminations,
+                         "truncations": ep.truncations} for ep in ds.iterate_episodes()]
+    except Exception as exc:
+        raise DatasetError(f"Minari dataset '{dataset_id}': the data file under {data_path} is "
+                           f"corrupt or truncated ({type(exc).__name__}: {exc}); delete "
+                           f"{dataset_path(dataset_id)} and download or generate it again") from None
+    extra = {k: v for k, v in metadata.items() if isinstance(v, (str, int, float, bool))}
+    for key, value in list(extra.items()):
+        if isinstance(value, str) and value[:1] in "{[":
+            try:
+                extra[key] = json.loads(value)
+            except ValueError:
+                pass
+    return flatten_episodes(episodes, dataset_id=dataset_id, env_spec=ds.env_spec,
+                            ref_min_score=metadata.get("ref_min_score"),
+                            ref_max_score=metadata.get("ref_max_score"), metadata=extra)
+
+
+def _read_hdf5_episodes(path: Path) -> list[dict[str, np.ndarray]]:
+    import h5py
+
+    keys = ("observations", "actions", "rewards", "terminations", "truncations")
+    with h5py.File(path, "r") as f:
+        names = sorted(f.keys(), key=lambda n: int(n.split("_")[-1]))
+        episodes = []
+        for name in names:
+            group = f[name]
+            obs = group["observations"]
+            if not isinstance(obs, h5py.Dataset):
+                raise DatasetError(f"{path}: {name}/observations is not an array (dict observation "
+                                   f"spaces are not supported)")
+            episodes.append({k: group[k][()] for k in keys})
+    return episodes
+
+
+def load_minari(dataset_id: str, download_if_missing: bool = True,
+                probe_timeout_s: float = 8.0) -> OfflineData:
+    """The ``_target_`` of official dataset configs: local cache first, else Minari's download."""
+    if not is_local(dataset_id):
+        if not download_if_missing:
+            raise DatasetError(f"Minari dataset '{dataset_id}' is not in the local cache (searched "
+                               f"{dataset_path(dataset_id)}) and dataset.download is false. "
+                               f"{_generate_hint(dataset_id)}")
+        download(dataset_id, probe_timeout_s)
+    return read_minari_dataset(dataset_id)

@@ -1,0 +1,117 @@
+"""Replay held as tensors on the training device; batches are sampled on the device too."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from offline_rl.dataset.episodes import OfflineData, returns_to_go
+
+
+class Batch(NamedTuple):
+    observations: torch.Tensor  # (B, obs_dim)
+    actions: torch.Tensor  # (B, act_dim)
+    rewards: torch.Tensor  # (B,)
+    next_observations: torch.Tensor  # (B, obs_dim)
+    dones: torch.Tensor  # (B,) 1.0 where the transition terminated (no bootstrap)
+    returns_to_go: torch.Tensor  # (B,) Monte-Carlo targets (zeros where unknown, e.g. online data)
+
+
+FIELDS = Batch._fields
+
+
+class StateNormalizer:
+    """TD3+BC's state normalisation: (s - mean) / (std + 1e-3), statistics from the dataset."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, eps: float = 1e-3):
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32) + eps
+
+    @classmethod
+    def identity(cls, dim: int) -> "StateNormalizer":
+        return cls(np.zeros(dim), np.ones(dim), eps=0.0)
+
+    @classmethod
+    def fit(cls, observations: np.ndarray) -> "StateNormalizer":
+        return cls(observations.mean(0), observations.std(0))
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return ((obs - self.mean) / self.std).astype(np.float32)
+
+    def state_dict(self) -> dict:
+        return {"mean": torch.as_tensor(self.mean), "std": torch.as_tensor(self.std)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "StateNormalizer":
+        return cls(state["mean"].numpy(), state["std"].numpy(), eps=0.0)
+
+
+class ReplayBuffer:
+    """Fixed-capacity transition storage on ``device`` with on-device uniform sampling.
+
+    Offline data fills it once (``from_offline``); online fine-tuning appends with ``add``.
+    Sampling draws indices with the buffer's own generator, whose state is checkpointed.
+    """
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device | str,
+                 seed: int = 0, normalizer: StateNormalizer | None = None):
+        self.device = torch.device(device)
+        self.capacity = int(capacity)
+        shapes = {"observations": (obs_dim,), "actions": (act_dim,), "rewards": (),
+                  "next_observations": (obs_dim,), "dones": (), "returns_to_go": ()}
+        self.storage = {k: torch.zeros((self.capacity, *s), dtype=torch.float32, device=self.device)
+                        for k, s in shapes.items()}
+        self.size = 0
+        self.position = 0
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(seed))
+        self.normalizer = normalizer or StateNormalizer.identity(obs_dim)
+
+    @classmethod
+    def from_offline(cls, data: OfflineData, device: torch.device | str, gamma: float,
+                     normalize_states: bool, bootstrap_timeouts: bool = False, seed: int = 0,
+                     extra_capacity: int = 0) -> "ReplayBuffer":
+        normalizer = (StateNormalizer.fit(data.observations) if normalize_states
+                      else StateNormalizer.identity(data.obs_dim))
+        buffer = cls(len(data) + extra_capacity, data.obs_dim, data.act_dim, device, seed, normalizer)
+        rtg = returns_to_go(data.rewards, data.terminals, data.timeouts, gamma, bootstrap_timeouts)
+        buffer.add(data.observations, data.actions, data.rewards, data.next_observations,
+                   data.terminals, rtg.numpy())
+        return buffer
+
+    def add(self, observations, actions, rewards, next_observations, dones, returns_to_go=None):
+        """Append raw (un-normalised) transitions; overwrites the oldest ones once full."""
+        n = len(rewards)
+        values = {
+            "observations": self.normalizer(np.asarray(observations)),
+            "actions": actions, "rewards": rewards,
+            "next_observations": self.normalizer(np.asarray(next_observations)),
+            "dones": np.asarray(dones, dtype=np.float32),
+            "returns_to_go": np.zeros(n) if returns_to_go is None else returns_to_go,
+        }
+        idx = (self.position + torch.arange(n)) % self.capacity
+        idx = idx.to(self.device)
+        for key, value in values.items():
+            tensor = torch.as_tensor(np.asarray(value), dtype=torch.float32)
+            self.storage[key][idx] = tensor.to(self.device).reshape(n, *self.storage[key].shape[1:])
+        self.position = (self.position + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int) -> Batch:
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=self.generator)
+        return Batch(*(self.storage[k][idx] for k in FIELDS))
+
+    def all(self) -> Batch:
+        return Batch(*(self.storage[k][: self.size] for k in FIELDS))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "size": self.size, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.size, self.position = int(state["size"]), int(state["position"])

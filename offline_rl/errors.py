@@ -1,0 +1,21 @@
+"""Errors a researcher can act on. launch.py prints their message alone, without a traceback."""
+
+
+class OfflineRLError(Exception):
+    """Base class: the message names the thing that is wrong and what to do about it."""
+
+
+class ConfigError(OfflineRLError):
+    """A config value is not allowed, or two choices do not make sense together."""
+
+
+class DatasetError(OfflineRLError):
+    """A dataset is missing, cannot be downloaded, or its files are unreadable."""
+
+
+class NonFiniteLossError(OfflineRLError):
+    """A training loss became NaN or infinite."""
+
+
+class CheckpointError(OfflineRLError):
+    """A checkpoint could not be read."""

@@ -1,0 +1,1 @@
+"""Online fine-tuning after the offline phase, one module per scheme."""

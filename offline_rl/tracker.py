@@ -1,0 +1,122 @@
+"""Experiment tracking. MLflow by default: a sqlite store at one fixed place per checkout, or a
+server when ``MLFLOW_TRACKING_URI`` (or ``tracker.tracking_uri``) names one."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+MAX_PARAMS_PER_CALL = 100
+MAX_METRICS_PER_CALL = 1000
+MAX_PARAM_LENGTH = 6000
+
+
+class NullTracker:
+    """Tracks nothing (``tracker=none``): for quick debugging runs."""
+
+    run_id: str | None = None
+    tracking_uri = None
+
+    def ensure_store(self) -> None: ...
+    def start(self, run_name: str, params: dict, tags: dict, run_id: str | None = None,
+              parent_run_id: str | None = None) -> str | None:
+        return None
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def flush(self) -> None: ...
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def finish(self, status: str = "FINISHED", error: str | None = None) -> None: ...
+
+
+class MlflowTracker:
+    """Metrics are buffered and written with ``log_batch``; one call per flush, not per metric."""
+
+    def __init__(self, experiment: str = "offline_rl", tracking_uri: str | None = None,
+                 store_dir: str | None = None):
+        self.experiment = experiment
+        if tracking_uri:
+            self.tracking_uri, self.artifact_location = tracking_uri, None
+        else:
+            store = Path(store_dir or "mlflow").resolve()
+            self.tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
+            self.artifact_location = (store / "artifacts").as_uri()
+            self._store_dir = store
+        self.run_id: str | None = None
+        self._buffer: list = []
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def ensure_store(self) -> str:
+        """Create the store and the experiment (once, before any job starts: sqlite migrations
+        break when several processes create a fresh store at the same time)."""
+        if self.artifact_location is not None:
+            self._store_dir.mkdir(parents=True, exist_ok=True)
+        experiment = self.client.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(self.experiment,
+                                                 artifact_location=self.artifact_location)
+        except Exception:  # created meanwhile by another process
+            experiment = self.client.get_experiment_by_name(self.experiment)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+    def start(self, run_name: str, params: dict[str, Any], tags: dict[str, Any],
+              run_id: str | None = None, parent_run_id: str | None = None) -> str:
+        """Start a new run, or continue ``run_id`` (a resumed job keeps its run)."""
+        from mlflow.entities import Param, RunTag
+
+        experiment_id = self.ensure_store()
+        if run_id is not None:
+            self.client.update_run(run_id, status="RUNNING")
+            self.run_id = run_id
+            return run_id
+        all_tags = {str(k): str(v) for k, v in tags.items()}
+        all_tags["mlflow.runName"] = run_name
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        self.run_id = run.info.run_id
+        items = [Param(str(k), str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_CALL):
+            self.client.log_batch(self.run_id, params=items[i:i + MAX_PARAMS_PER_CALL])
+        return self.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
+        if len(self._buffer) >= MAX_METRICS_PER_CALL:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._buffer:
+            chunk, self._buffer = self._buffer[:MAX_METRICS_PER_CALL], self._buffer[MAX_METRICS_PER_CALL:]
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(str(k), str(v)[:5000]) for k, v in tags.items()])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
+        if self.run_id is None:
+            return
+        self.flush()
+        if error:
+            self.set_tags({"error": error})
+        self.client.set_terminated(self.run_id, status=status)

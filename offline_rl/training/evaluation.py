@@ -1,0 +1,62 @@
+"""Policy evaluation: K episodes in the dataset's environment, vectorised, deterministic, seeded."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from offline_rl.dataset.replay import StateNormalizer
+
+
+def normalized_score(returns: np.ndarray | float, ref_min: float | None,
+                     ref_max: float | None) -> np.ndarray | float | None:
+    """D4RL's normalised score 100 * (R - min) / (max - min); None without reference scores."""
+    if ref_min is None or ref_max is None or ref_max == ref_min:
+        return None
+    return 100.0 * (np.asarray(returns, dtype=np.float64) - ref_min) / (ref_max - ref_min)
+
+
+class Evaluator:
+    """Runs ``episodes`` episodes at once in a SyncVectorEnv (on 2 cores Sync beats Async).
+
+    Every evaluation uses the same reset seeds (seed, seed+1, ...), so scores over training are
+    comparable; observations go through the training state normalisation.
+    """
+
+    def __init__(self, env_spec: Any, episodes: int, seed: int, normalizer: StateNormalizer,
+                 device: torch.device | str, ref_min_score: float | None = None,
+                 ref_max_score: float | None = None, max_episode_steps: int | None = None):
+        kwargs = {} if max_episode_steps is None else {"max_episode_steps": int(max_episode_steps)}
+        self.envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_spec, **kwargs)
+                                              for _ in range(episodes)])
+        self.episodes, self.seed = episodes, seed
+        self.normalizer, self.device = normalizer, torch.device(device)
+        self.ref_min_score, self.ref_max_score = ref_min_score, ref_max_score
+
+    def returns(self, policy: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+        obs, _ = self.envs.reset(seed=[self.seed + i for i in range(self.episodes)])
+        totals = np.zeros(self.episodes)
+        running = np.ones(self.episodes, dtype=bool)
+        while running.any():
+            with torch.no_grad():
+                obs_t = torch.as_tensor(self.normalizer(obs), device=self.device)
+                action = policy(obs_t).cpu().numpy()
+            obs, reward, terminated, truncated, _ = self.envs.step(action)
+            totals += reward * running
+            running &= ~(terminated | truncated)
+        return totals
+
+    def __call__(self, policy: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
+        totals = self.returns(policy)
+        metrics = {"eval/return_mean": float(totals.mean()), "eval/return_std": float(totals.std())}
+        score = normalized_score(totals, self.ref_min_score, self.ref_max_score)
+        if score is not None:
+            metrics["eval/normalized_score_mean"] = float(score.mean())
+            metrics["eval/normalized_score_std"] = float(score.std())
+        return metrics
+
+    def close(self) -> None:
+        self.envs.close()

@@ -1,0 +1,170 @@
+"""The one training loop: every algorithm and every phase (pre-training, offline RL, online
+fine-tuning) is a sequence of ``Phase``s, each a function doing one gradient update.
+
+The x-axis of every metric is the count of all gradient updates so far, pre-training included
+(the paper's Fig. 2). Losses stay on the device: they are summed there and read back once every
+``log_every`` updates, which is also where non-finite losses are caught, with the exact step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from offline_rl.errors import NonFiniteLossError
+
+UpdateFn = Callable[[], dict[str, torch.Tensor]]
+
+
+@dataclass
+class Phase:
+    """``steps`` calls of ``update``. ``stop`` (optional) is asked at every log point with the
+    window's mean metrics and may end the phase early (convergence); ``on_end`` runs after it."""
+
+    name: str
+    update: UpdateFn
+    steps: int
+    stop: Callable[[int, dict[str, float]], bool] | None = None
+    on_start: Callable[[], None] | None = None
+    on_end: Callable[[], dict[str, float] | None] | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class MetricWindow:
+    """Per-metric sums and counts over the current logging window, kept on the device; for
+    losses, the first update step whose value was not finite (-1 while all are)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.first_bad: dict[str, torch.Tensor] = {}
+
+    def add(self, metrics: dict[str, torch.Tensor], step: int) -> None:
+        for key, value in metrics.items():
+            value = value.detach().float()
+            if key in self.sums:
+                self.sums[key] = self.sums[key] + value
+                self.counts[key] += 1
+            else:
+                self.sums[key], self.counts[key] = value, 1
+            if key.endswith("loss"):
+                bad = self.first_bad.get(key)
+                if bad is None:
+                    bad = torch.full((), -1, dtype=torch.long, device=value.device)
+                self.first_bad[key] = torch.where((bad < 0) & ~torch.isfinite(value),
+                                                  torch.full_like(bad, step), bad)
+
+    def read(self, phase: str) -> dict[str, float]:
+        """Means over the window (one host sync); raises on a non-finite loss."""
+        if not self.sums:
+            return {}
+        keys = list(self.sums)
+        bad_keys = list(self.first_bad)
+        packed = torch.stack([self.sums[k] for k in keys]
+                             + [self.first_bad[k].float() for k in bad_keys]).cpu().tolist()
+        means = {k: packed[i] / self.counts[k] for i, k in enumerate(keys)}
+        bad_steps = {k: int(packed[len(keys) + i]) for i, k in enumerate(bad_keys)}
+        self.__init__()
+        failures = sorted((step, k) for k, step in bad_steps.items() if step >= 0)
+        if failures:
+            step, key = failures[0]
+            raise NonFiniteLossError(
+                f"loss '{key}' became non-finite (NaN or inf) at update step {step} in phase "
+                f"'{phase}'. Lower the learning rate, check the dataset's rewards/observations for "
+                f"NaNs, or enable LayerNorm (network.critic_layer_norm=true).")
+        return means
+
+
+@dataclass
+class LoopState:
+    """Where the loop is: enough to resume exactly."""
+
+    global_step: int = 0
+    phase_index: int = 0
+    phase_step: int = 0
+    last_eval: dict[str, float] = field(default_factory=dict)
+
+
+class Trainer:
+    def __init__(self, phases: list[Phase], tracker, evaluate: Callable[[], dict[str, float]] | None,
+                 log_every: int, eval_every: int, checkpoint: Callable[["LoopState"], None] | None = None,
+                 checkpoint_every: int = 0, progress: bool = True):
+        self.phases, self.tracker, self.evaluate = phases, tracker, evaluate
+        self.log_every, self.eval_every = log_every, eval_every
+        self.checkpoint, self.checkpoint_every = checkpoint, checkpoint_every
+        self.progress = progress
+        self.state = LoopState()
+
+    @property
+    def total_steps(self) -> int:
+        return sum(p.steps for p in self.phases)
+
+    def _log(self, window: MetricWindow, phase: Phase) -> dict[str, float]:
+        means = window.read(phase.name)
+        if means:
+            self.tracker.log_metrics({f"{phase.name}/{k}": v for k, v in means.items()},
+                                     self.state.global_step)
+        return means
+
+    def _evaluate(self, bar) -> None:
+        if self.evaluate is None:
+            return
+        metrics = self.evaluate()
+        self.state.last_eval = metrics
+        self.tracker.log_metrics(metrics, self.state.global_step)
+        self.tracker.flush()
+        if bar is not None and "eval/normalized_score_mean" in metrics:
+            bar.set_postfix(score=f"{metrics['eval/normalized_score_mean']:.1f}", refresh=False)
+
+    def run(self) -> LoopState:
+        from tqdm.auto import tqdm
+
+        state = self.state
+        bar = tqdm(total=self.total_steps, initial=state.global_step, unit="upd",
+                   disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
+        window = MetricWindow()
+        try:
+            while state.phase_index < len(self.phases):
+                phase = self.phases[state.phase_index]
+                if state.phase_step == 0:
+                    self.tracker.set_tags({"phase": phase.name})
+                    self.tracker.log_metrics({f"phase_start/{phase.name}": state.global_step},
+                                             state.global_step)
+                    if phase.on_start is not None:
+                        phase.on_start()
+                bar.set_description(phase.name, refresh=False)
+                stopped = False
+                while state.phase_step < phase.steps and not stopped:
+                    window.add(phase.update(), state.global_step)
+                    state.phase_step += 1
+                    state.global_step += 1
+                    if state.global_step % self.log_every == 0 or state.phase_step == phase.steps:
+                        means = self._log(window, phase)
+                        bar.update(state.global_step - bar.n)
+                        if phase.stop is not None and phase.stop(state.phase_step, means):
+                            stopped = True
+                    if self.eval_every and state.global_step % self.eval_every == 0:
+                        self._evaluate(bar)
+                    if (self.checkpoint is not None and self.checkpoint_every
+                            and state.global_step % self.checkpoint_every == 0):
+                        self.checkpoint(state)
+                self._log(window, phase)
+                summary = {f"phase_end/{phase.name}": state.global_step}
+                if phase.on_end is not None:
+                    summary.update(phase.on_end() or {})
+                self.tracker.log_metrics(summary, state.global_step)
+                self.tracker.flush()
+                if stopped:  # the phase's planned length shrinks to what it ran
+                    bar.total -= phase.steps - state.phase_step
+                    phase.steps = state.phase_step
+                state.phase_index += 1
+                state.phase_step = 0
+            if self.evaluate is not None and (not self.eval_every or state.global_step % self.eval_every):
+                self._evaluate(bar)
+        finally:
+            bar.close()
+            self.tracker.flush()
+        return state
