@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from offline_rl.config import validate
 from offline_rl.dataset.replay import ReplayBuffer
-from offline_rl.errors import ConfigError
+from offline_rl.errors import ConfigError, OfflineRLError
 from offline_rl.training.checkpoint import save_checkpoint
 from offline_rl.training.evaluation import Evaluator
 from offline_rl.training.loop import Phase, Trainer
@@ -50,8 +51,10 @@ def group_choices(cfg: DictConfig) -> dict[str, str]:
         return {g: str(cfg.get("choices", {}).get(g, "?")) for g in GROUPS}
 
 
-def run_name(choices: dict[str, str], seed: int) -> str:
-    return f"{choices['algo']}-{choices['pretrain']}-{choices['dataset']}-s{seed}"
+def run_name(choices: dict[str, str], seed: int, dataset_id: str) -> str:
+    """e.g. td3_bc-none-hopper-medium-local-s0; a dataset given by id shows its id."""
+    dataset = choices["dataset"] if choices["dataset"] != "minari" else dataset_id.replace("/", "-")
+    return f"{choices['algo']}-{choices['pretrain']}-{dataset}-s{seed}"
 
 
 def flatten(cfg: DictConfig) -> dict[str, Any]:
@@ -69,12 +72,24 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
+def make(node: DictConfig) -> Any:
+    """hydra.utils.instantiate, but our own errors come out as themselves, not wrapped in
+    Hydra's InstantiationException (their message is what the researcher needs to read)."""
+    try:
+        return instantiate(node)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OfflineRLError):
+            raise cause from None
+        raise
+
+
 def build(cfg: DictConfig, device: torch.device):
     """Everything a run needs, built from the config's ``_target_``s."""
-    data = instantiate(cfg.dataset)
-    algo = instantiate(cfg.algo)(data.obs_dim, data.act_dim, device=device)
-    pretrain = instantiate(cfg.pretrain)
-    finetune = instantiate(cfg.finetune)
+    data = make(cfg.dataset)
+    algo = make(cfg.algo)(data.obs_dim, data.act_dim, device=device)
+    pretrain = make(cfg.pretrain)
+    finetune = make(cfg.finetune)
     replay = ReplayBuffer.from_offline(
         data, device, gamma=algo.gamma, normalize_states=algo.normalize_states,
         bootstrap_timeouts=bool(getattr(pretrain, "bootstrap_timeouts", False)), seed=cfg.seed)
@@ -88,7 +103,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     choices = group_choices(cfg)
-    tracker = instantiate(cfg.tracker)
+    tracker = make(cfg.tracker)
     tracker.ensure_store()
 
     data, algo, pretrain, finetune, replay = build(cfg, device)
@@ -103,16 +118,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     phases.append(Phase("offline_rl", offline_update, int(cfg.updates)))
     phases += finetune.phases(algo, replay, data, cfg)
 
-    evaluator = Evaluator(data.env_spec, cfg.eval.episodes, cfg.eval.seed + cfg.seed,
-                          replay.normalizer, device, data.ref_min_score, data.ref_max_score)
+    evaluator = None
+    if cfg.eval.episodes > 0:
+        evaluator = Evaluator(data.env_spec, cfg.eval.episodes, cfg.eval.seed + cfg.seed,
+                              replay.normalizer, device, data.ref_min_score, data.ref_max_score)
 
     def evaluate() -> dict[str, float]:
         return evaluator(lambda obs: algo.act(obs, deterministic=True))
 
     tags = {**choices, "seed": cfg.seed, "dataset_id": data.dataset_id, "device": str(device)}
-    tracker.start(run_name(choices, cfg.seed), flatten(cfg), tags)
+    tracker.start(run_name(choices, cfg.seed, data.dataset_id), flatten(cfg), tags)
     try:
-        trainer = Trainer(phases, tracker, evaluate if cfg.eval.episodes > 0 else None,
+        trainer = Trainer(phases, tracker, evaluate if evaluator is not None else None,
                           log_every=cfg.log_every, eval_every=cfg.eval.every,
                           progress=cfg.progress)
         trainer.run()
@@ -127,8 +144,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             tracker.log_artifact(ckpt)
     except BaseException as exc:
         tracker.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
-        evaluator.close()
         raise
+    finally:
+        if evaluator is not None:
+            evaluator.close()
     tracker.finish("FINISHED")
-    evaluator.close()
     return trainer.state.last_eval

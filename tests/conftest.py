@@ -1,0 +1,98 @@
+"""Shared fixtures: small real Minari datasets made inside the tests, a temporary MLflow store,
+and a helper that runs launch.py as a researcher would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_random_dataset(dataset_id: str, episodes: int = 12, seed: int = 0,
+                        env_id: str = "Hopper-v5", nan_reward: bool = False,
+                        max_steps: int | None = None):
+    """A real Minari dataset of uniform-random episodes in a real MuJoCo env (Hopper's end in
+    ~10-60 steps), written with Minari's own create_dataset_from_buffers."""
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    env = gym.make(env_id, max_episode_steps=max_steps) if max_steps else gym.make(env_id)
+    env.action_space.seed(seed)
+    buffers = []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        observations, actions, rewards, terms, truncs = [obs], [], [], [], []
+        while True:
+            action = env.action_space.sample()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(reward)
+            terms.append(terminated)
+            truncs.append(truncated)
+            if terminated or truncated:
+                break
+        rewards = np.asarray(rewards, dtype=np.float64)
+        if nan_reward:
+            rewards[:] = np.nan
+        buffers.append(EpisodeBuffer(id=ep, seed=seed + ep, observations=np.asarray(observations),
+                                     actions=np.asarray(actions, dtype=np.float32), rewards=rewards,
+                                     terminations=np.asarray(terms), truncations=np.asarray(truncs)))
+    return minari.create_dataset_from_buffers(
+        dataset_id, buffers, env=env_id, eval_env=env_id, algorithm_name="uniform-random",
+        author="tests", author_email="tests@example.org", description="test data",
+        ref_min_score=-20.0, ref_max_score=300.0)
+
+
+@pytest.fixture(scope="session")
+def minari_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("minari")
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make_random_dataset("tests/hopper/random-v0", episodes=12)
+        make_random_dataset("tests/hopper/nan-v0", episodes=3, nan_reward=True)
+    yield root
+    if old is None:
+        os.environ.pop("MINARI_DATASETS_PATH", None)
+    else:
+        os.environ["MINARI_DATASETS_PATH"] = old
+
+
+SMALL_RUN = ["dataset=minari", "dataset.dataset_id=tests/hopper/random-v0", "network=small",
+             "eval.episodes=2", "log_every=50", "progress=false"]
+
+
+def run_launch(args: list[str], store: Path, minari_root: Path, timeout: float = 300,
+               extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(minari_root), "HYDRA_FULL_ERROR": "0",
+           **(extra_env or {})}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, str(ROOT / "launch.py"), f"tracker.store_dir={store}",
+           f"hydra.run.dir={store}/hydra/${{now:%H-%M-%S-%f}}", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def search_runs(store: Path):
+    """All runs of the store's offline_rl experiment, oldest first, as mlflow.search_runs gives."""
+    from mlflow.tracking import MlflowClient
+
+    import mlflow
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("offline_rl")
+    mlflow.set_tracking_uri(client.tracking_uri)
+    try:
+        return mlflow.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    finally:
+        mlflow.set_tracking_uri(None)
