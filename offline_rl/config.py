@@ -88,6 +88,7 @@ RULES: list[Rule] = [
     _rule("network.depth", (lambda v: v is None or (_is_int(v) and v >= 1), "null (the algorithm's reference depth) or an integer >= 1")),
     _rule("network.actor_layer_norm", boolean()),
     _rule("network.critic_layer_norm", boolean()),
+    _rule("network.layer_norm_affine", boolean()),
     _rule("algo.gamma", number_in(0.0, 1.0, low_open=True, high_open=True)),
     _rule("algo.tau", number_in(0.0, 1.0, low_open=True)),
     _rule("algo.actor_lr", positive_number()),

@@ -2,7 +2,8 @@
 
 Every MLP here puts a LayerNorm after every linear layer except the last one, switchable per network
 (paper section 6.1 and appendix B: "a LayerNorm after every linear layer except the final one", before
-the activation). Critic ensembles -- EDAC's N critics and TD3's twin critics alike -- are one module
+the activation). The paper's reference code uses LayerNorm without a learned affine transform
+(``elementwise_affine=False``); ``layer_norm_affine`` adds one. Critic ensembles -- EDAC's N critics and TD3's twin critics alike -- are one module
 whose layers are batched matmuls over the ensemble dimension, never a Python list of networks.
 """
 
@@ -19,13 +20,14 @@ def hidden_dims(width: int, depth: int) -> list[int]:
     return [int(width)] * int(depth)
 
 
-def mlp(in_dim: int, dims: list[int], out_dim: int, layer_norm: bool) -> nn.Sequential:
+def mlp(in_dim: int, dims: list[int], out_dim: int, layer_norm: bool,
+        layer_norm_affine: bool = False) -> nn.Sequential:
     """Linear -> [LayerNorm] -> ReLU for each hidden layer, then a plain Linear."""
     layers: list[nn.Module] = []
     for dim in dims:
         layers.append(nn.Linear(in_dim, dim))
         if layer_norm:
-            layers.append(nn.LayerNorm(dim))
+            layers.append(nn.LayerNorm(dim, elementwise_affine=layer_norm_affine))
         layers.append(nn.ReLU())
         in_dim = dim
     layers.append(nn.Linear(in_dim, out_dim))
@@ -36,9 +38,9 @@ class DeterministicActor(nn.Module):
     """TD3's actor: a = max_action * tanh(MLP(s))."""
 
     def __init__(self, obs_dim: int, act_dim: int, width: int = 256, depth: int = 2,
-                 layer_norm: bool = True, max_action: float = 1.0):
+                 layer_norm: bool = True, max_action: float = 1.0, layer_norm_affine: bool = False):
         super().__init__()
-        self.net = mlp(obs_dim, hidden_dims(width, depth), act_dim, layer_norm)
+        self.net = mlp(obs_dim, hidden_dims(width, depth), act_dim, layer_norm, layer_norm_affine)
         self.max_action = max_action
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -57,12 +59,13 @@ class TanhGaussianActor(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, width: int = 256, depth: int = 3,
                  layer_norm: bool = True, max_action: float = 1.0,
-                 log_std_min: float = -5.0, log_std_max: float = 2.0):
+                 log_std_min: float = -5.0, log_std_max: float = 2.0, layer_norm_affine: bool = False):
         super().__init__()
         dims = hidden_dims(width, depth)
-        self.trunk = mlp(obs_dim, dims[:-1], dims[-1], layer_norm)
+        self.trunk = mlp(obs_dim, dims[:-1], dims[-1], layer_norm, layer_norm_affine)
         # the trunk's last layer is a hidden layer too: give it its LayerNorm and activation
-        tail: list[nn.Module] = [nn.LayerNorm(dims[-1])] if layer_norm else []
+        tail: list[nn.Module] = ([nn.LayerNorm(dims[-1], elementwise_affine=layer_norm_affine)]
+                                 if layer_norm else [])
         self.trunk.extend(tail + [nn.ReLU()])
         self.mu = nn.Linear(dims[-1], act_dim)
         self.log_std = nn.Linear(dims[-1], act_dim)
@@ -131,16 +134,17 @@ class EnsembleLinear(nn.Module):
 
 
 class EnsembleLayerNorm(nn.Module):
-    """LayerNorm over the feature dim with a separate affine transform per ensemble member."""
+    """LayerNorm over the feature dim; with ``affine``, a separate affine transform per member."""
 
-    def __init__(self, dim: int, ensemble_size: int, eps: float = 1e-5):
+    def __init__(self, dim: int, ensemble_size: int, affine: bool = False, eps: float = 1e-5):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(ensemble_size, 1, dim))
-        self.bias = nn.Parameter(torch.zeros(ensemble_size, 1, dim))
+        self.weight = nn.Parameter(torch.ones(ensemble_size, 1, dim)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(ensemble_size, 1, dim)) if affine else None
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight + self.bias
+        x = F.layer_norm(x, x.shape[-1:], eps=self.eps)
+        return x if self.weight is None else x * self.weight + self.bias
 
 
 class EnsembleCritic(nn.Module):
@@ -150,14 +154,14 @@ class EnsembleCritic(nn.Module):
     """
 
     def __init__(self, obs_dim: int, act_dim: int, num_critics: int = 2, width: int = 256,
-                 depth: int = 2, layer_norm: bool = True):
+                 depth: int = 2, layer_norm: bool = True, layer_norm_affine: bool = False):
         super().__init__()
         layers: list[nn.Module] = []
         in_dim = obs_dim + act_dim
         for dim in hidden_dims(width, depth):
             layers.append(EnsembleLinear(in_dim, dim, num_critics))
             if layer_norm:
-                layers.append(EnsembleLayerNorm(dim, num_critics))
+                layers.append(EnsembleLayerNorm(dim, num_critics, layer_norm_affine))
             layers.append(nn.ReLU())
             in_dim = dim
         layers.append(EnsembleLinear(in_dim, 1, num_critics))
@@ -179,7 +183,9 @@ class EnsembleCritic(nn.Module):
             if isinstance(layer, EnsembleLinear):
                 x = torch.addmm(layer.bias[index], x, layer.weight[index])
             elif isinstance(layer, EnsembleLayerNorm):
-                x = F.layer_norm(x, x.shape[-1:], eps=layer.eps) * layer.weight[index] + layer.bias[index]
+                x = F.layer_norm(x, x.shape[-1:], eps=layer.eps)
+                if layer.weight is not None:
+                    x = x * layer.weight[index] + layer.bias[index]
             else:
                 x = layer(x)
         return x.squeeze(-1)

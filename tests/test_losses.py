@@ -41,17 +41,20 @@ def member_q(critic: EnsembleCritic, i: int, obs: torch.Tensor, act: torch.Tenso
         elif isinstance(layer, EnsembleLayerNorm):
             mean = x.mean(-1, keepdim=True)
             var = x.var(-1, unbiased=False, keepdim=True)
-            x = (x - mean) / torch.sqrt(var + 1e-5) * layer.weight[i, 0] + layer.bias[i, 0]
+            x = (x - mean) / torch.sqrt(var + 1e-5)
+            if layer.weight is not None:
+                x = x * layer.weight[i, 0] + layer.bias[i, 0]
         else:
             x = torch.relu(x)
     return x.squeeze(-1)
 
 
-@pytest.mark.parametrize("layer_norm", [True, False])
-def test_td3_bc_update_matches_reference(layer_norm):
+@pytest.mark.parametrize("layer_norm, affine", [(True, False), (True, True), (False, False)])
+def test_td3_bc_update_matches_reference(layer_norm, affine):
     torch.manual_seed(0)
-    algo = TD3BC(OBS, ACT, partial(DeterministicActor, width=16, depth=2, layer_norm=layer_norm),
-                 partial(EnsembleCritic, width=16, depth=2, layer_norm=layer_norm), policy_delay=1)
+    nets = dict(width=16, depth=2, layer_norm=layer_norm, layer_norm_affine=affine)
+    algo = TD3BC(OBS, ACT, partial(DeterministicActor, **nets), partial(EnsembleCritic, **nets),
+                 policy_delay=1)
     batch = fixed_batch()
     actor0, critic0 = copy.deepcopy(algo.actor), copy.deepcopy(algo.critic)
     actor_t, critic_t = copy.deepcopy(algo.actor_target), copy.deepcopy(algo.critic_target)

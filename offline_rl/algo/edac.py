@@ -60,6 +60,10 @@ def diversity_loss(q_action_grads: torch.Tensor) -> torch.Tensor:
 
 class EDAC(Algorithm):
     stochastic_actor = True
+    # as the paper's reference code pre-trains EDAC's critics: MC loss averaged over the members,
+    # CQL on the ensemble minimum
+    mc_member_reduction = "mean"
+    cql_on_min_q = True
     _state_attrs = ("actor", "critic", "critic_target", "temperature", "actor_optimizer",
                     "critic_optimizer", "alpha_optimizer")
 
@@ -68,7 +72,7 @@ class EDAC(Algorithm):
                  num_critics: int = 10, eta: float = 1.0, gamma: float = 0.99, tau: float = 5e-3,
                  actor_lr: float = 3e-4, critic_lr: float = 3e-4, alpha_lr: float = 3e-4,
                  initial_alpha: float = 1.0, target_entropy: float | None = None,
-                 max_action: float = 1.0, normalize_states: bool = False,
+                 max_action: float = 1.0, normalize_states: bool = True,
                  corl_init: bool = True, device: torch.device | str = "cpu"):
         super().__init__(normalize_states, gamma, device)
         self.actor = actor(obs_dim, act_dim, max_action=max_action).to(self.device)
@@ -83,7 +87,8 @@ class EDAC(Algorithm):
         self.num_critics, self.eta, self.tau = num_critics, eta, tau
         self.target_entropy = -float(act_dim) if target_entropy is None else float(target_entropy)
         self.max_action = max_action
-        self.target_transform: Callable[[Batch, torch.Tensor], torch.Tensor] | None = None
+        # pre-training schemes may reshape the TD target (QT-max): (batch, target) -> (target, metrics)
+        self.target_transform: Callable[[Batch, torch.Tensor], tuple] | None = None
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -111,18 +116,22 @@ class EDAC(Algorithm):
         next_v = next_q - self.alpha * next_log_prob
         return batch.rewards + self.gamma * (1.0 - batch.dones) * next_v
 
-    def critic_loss(self, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum over critics of the MSE to the target, + eta * diversity. One critic forward
-        serves both terms: dQ_i/da comes from the same graph (create_graph for the 2nd order)."""
+    def critic_values(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q_i(s, a) [N, B] and the diversity term computed from the same forward: dQ_i/da comes
+        from that graph (create_graph, for the second-order gradient to the critic)."""
         actions = batch.actions.unsqueeze(0).repeat(self.num_critics, 1, 1)
         if self.eta > 0:
             actions.requires_grad_(True)
-        q = self.critic(batch.observations, actions)  # [N, B]
-        mse = ((q - target.unsqueeze(0)) ** 2).mean(1).sum()
+        q = self.critic(batch.observations, actions)
         if self.eta <= 0:
-            return mse, torch.zeros((), device=q.device)
+            return q, torch.zeros((), device=q.device)
         grads, = torch.autograd.grad(q.sum(), actions, create_graph=True)
-        diversity = diversity_loss(grads)
+        return q, diversity_loss(grads)
+
+    def critic_loss(self, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum over critics of the MSE to the target, + eta * diversity."""
+        q, diversity = self.critic_values(batch)
+        mse = ((q - target.unsqueeze(0)) ** 2).mean(1).sum()
         return mse + self.eta * diversity, diversity.detach()
 
     # ----- one update -------------------------------------------------------------------------
@@ -139,8 +148,9 @@ class EDAC(Algorithm):
         self.actor_optimizer.step()
 
         target = self.td_target(batch)
+        extra: dict[str, torch.Tensor] = {}
         if self.target_transform is not None:
-            target = self.target_transform(batch, target)
+            target, extra = self.target_transform(batch, target)
         critic_loss, diversity = self.critic_loss(batch, target)
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
@@ -149,4 +159,4 @@ class EDAC(Algorithm):
         return {"alpha_loss": alpha_loss.detach(), "actor_loss": actor_loss.detach(),
                 "critic_loss": critic_loss.detach(), "diversity_loss": diversity,
                 "alpha": self.alpha, "entropy": entropy, "q_policy_std": q_policy_std,
-                "q_target": target.mean()}
+                "q_target": target.mean(), **extra}

@@ -18,6 +18,9 @@ from offline_rl.network import DeterministicActor, EnsembleCritic
 
 
 class TD3BC(Algorithm):
+    # as the reference code pre-trains the twin critics: MC loss summed over both, CQL per critic
+    mc_member_reduction = "sum"
+    cql_on_min_q = False
     _state_attrs = ("actor", "actor_target", "critic", "critic_target", "actor_optimizer",
                     "critic_optimizer")
 
@@ -37,8 +40,8 @@ class TD3BC(Algorithm):
         self.alpha, self.policy_delay = alpha, policy_delay
         self.policy_noise, self.noise_clip = policy_noise, noise_clip
         self.tau, self.max_action = tau, max_action
-        # pre-training schemes may reshape the TD target (QT-max); None leaves it as TD3's
-        self.target_transform: Callable[[Batch, torch.Tensor], torch.Tensor] | None = None
+        # pre-training schemes may reshape the TD target (QT-max): (batch, target) -> (target, metrics)
+        self.target_transform: Callable[[Batch, torch.Tensor], tuple] | None = None
 
     # ----- losses -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -49,9 +52,13 @@ class TD3BC(Algorithm):
         next_q = self.critic_target(batch.next_observations, next_action).min(0).values
         return batch.rewards + self.gamma * (1.0 - batch.dones) * next_q
 
+    def critic_values(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q_1, Q_2 at the batch's actions [2, B]; TD3 has no critic regulariser."""
+        return self.critic(batch.observations, batch.actions), torch.zeros((), device=self.device)
+
     def critic_loss(self, batch: Batch, target: torch.Tensor) -> torch.Tensor:
         """Sum over the twin critics of the MSE to the shared target."""
-        q = self.critic(batch.observations, batch.actions)  # [2, B]
+        q, _ = self.critic_values(batch)  # [2, B]
         return ((q - target.unsqueeze(0)) ** 2).mean(1).sum()
 
     def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,13 +73,14 @@ class TD3BC(Algorithm):
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         self.total_updates += 1
         target = self.td_target(batch)
+        extra: dict[str, torch.Tensor] = {}
         if self.target_transform is not None:
-            target = self.target_transform(batch, target)
+            target, extra = self.target_transform(batch, target)
         critic_loss = self.critic_loss(batch, target)
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_optimizer.step()
-        metrics = {"critic_loss": critic_loss.detach(), "q_target": target.mean()}
+        metrics = {"critic_loss": critic_loss.detach(), "q_target": target.mean(), **extra}
 
         if self.total_updates % self.policy_delay == 0:
             actor_loss, bc_loss = self.actor_loss(batch)
