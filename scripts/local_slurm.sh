@@ -14,11 +14,14 @@
 # Environment (all optional):
 #   OFFLINE_RL_SLURM_STATE      state dir: pids, logs, spool, DB   [/tmp/offline_rl_slurm]
 #   OFFLINE_RL_SLURM_CPUS       CPUs declared for the node         [8]
-#   OFFLINE_RL_SLURM_MEM_MB     memory (MB) declared for the node  [16000]
+#   OFFLINE_RL_SLURM_MEM_MB     memory (MB) declared for the node  [16384]
 #   OFFLINE_RL_SLURM_PARTITION  partition name (Default=YES)       [debug]
 #   OFFLINE_RL_SLURM_CLUSTER    ClusterName                        [offlinerl]
 #   OFFLINE_RL_SLURM_DB_PORT    MariaDB TCP port on 127.0.0.1      [3307]
 #   OFFLINE_RL_SLURM_TIMEOUT    seconds to wait for each daemon    [60]
+#   OFFLINE_RL_SLURM_CRED_EXPIRE AuthInfo=cred_expire: also how long a
+#                               requeued job waits before it may start again
+#                               (Slurm default 120)                [10]
 #   OFFLINE_RL_SLURM_NO_INSTALL =1: never run apt-get, fail if packages are missing
 #   OFFLINE_RL_SLURM_KEEP_ON_FAILURE =1: leave daemons running when start fails
 #
@@ -28,11 +31,12 @@ set -euo pipefail
 
 STATE_DIR="${OFFLINE_RL_SLURM_STATE:-/tmp/offline_rl_slurm}"
 CPUS="${OFFLINE_RL_SLURM_CPUS:-8}"
-MEM_MB="${OFFLINE_RL_SLURM_MEM_MB:-16000}"
+MEM_MB="${OFFLINE_RL_SLURM_MEM_MB:-16384}"
 PARTITION="${OFFLINE_RL_SLURM_PARTITION:-debug}"
 CLUSTER="${OFFLINE_RL_SLURM_CLUSTER:-offlinerl}"
 DB_PORT="${OFFLINE_RL_SLURM_DB_PORT:-3307}"
 TIMEOUT="${OFFLINE_RL_SLURM_TIMEOUT:-60}"
+CRED_EXPIRE="${OFFLINE_RL_SLURM_CRED_EXPIRE:-10}"
 
 SLURM_ETC=/etc/slurm
 SLURM_CONF="$SLURM_ETC/slurm.conf"
@@ -54,6 +58,17 @@ PACKAGES=(munge slurm-client slurmctld slurmd slurmdbd mariadb-server-core maria
 DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd)
 
 HOST="$(hostname -s)"
+
+_check_int() { [[ "$2" =~ ^[0-9]+$ && "$2" -gt 0 ]] || { echo "[local_slurm] ERROR: $1 must be a positive integer, got '$2'" >&2; exit 2; }; }
+_check_int OFFLINE_RL_SLURM_CPUS "$CPUS"
+_check_int OFFLINE_RL_SLURM_MEM_MB "$MEM_MB"
+_check_int OFFLINE_RL_SLURM_DB_PORT "$DB_PORT"
+_check_int OFFLINE_RL_SLURM_TIMEOUT "$TIMEOUT"
+_check_int OFFLINE_RL_SLURM_CRED_EXPIRE "$CRED_EXPIRE"
+for _v in PARTITION CLUSTER; do
+    [[ "${!_v}" =~ ^[A-Za-z0-9_-]+$ ]] || { echo "[local_slurm] ERROR: OFFLINE_RL_SLURM_$_v must match [A-Za-z0-9_-]+, got '${!_v}'" >&2; exit 2; }
+done
+[[ "$STATE_DIR" = /* ]] || { echo "[local_slurm] ERROR: OFFLINE_RL_SLURM_STATE must be an absolute path" >&2; exit 2; }
 
 log() { echo "[local_slurm] $*" >&2; }
 
@@ -96,6 +111,11 @@ pid_is() {  # pid_is PID NAME
     [[ -n "$pid" && "$pid" =~ ^[0-9]+$ ]] || return 1
     [[ -r "/proc/$pid/comm" ]] || return 1
     comm="$(cat "/proc/$pid/comm" 2>/dev/null || true)"
+    # An exited process waiting to be reaped (zombie) counts as gone.
+    local stat
+    stat="$(cat "/proc/$pid/stat" 2>/dev/null || true)"
+    stat="${stat##*) }"
+    [[ -n "$stat" && "${stat:0:1}" != Z ]] || return 1
     case "$name" in
         mariadbd) [[ "$comm" == mariadbd || "$comm" == mysqld ]] ;;
         *) [[ "$comm" == "$name" ]] ;;
@@ -123,31 +143,34 @@ record_from_pidfile() {  # record_from_pidfile NAME PIDFILE
     die "$name did not start (no live pid in $pidfile after ${TIMEOUT}s)"
 }
 
-stop_daemon() {  # stop_daemon NAME: TERM, wait, KILL; only our recorded pid
-    local name="$1" pid i
-    pid="$(recorded_pid "$name")"
-    if [[ -z "$pid" ]]; then
-        rm -f "$PID_DIR/$name.pid"
-        return 0
-    fi
-    if [[ "$pid" == external ]]; then
-        rm -f "$PID_DIR/$name.pid"
-        return 0
-    fi
-    if pid_is "$pid" "$name"; then
-        log "stopping $name (pid $pid)"
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < 200; i++)); do
-            pid_is "$pid" "$name" || break
-            sleep 0.1
-        done
-        if pid_is "$pid" "$name"; then
-            log "$name (pid $pid) did not exit after 20s, sending KILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            sleep 0.2
+stop_daemons() {  # stop_daemons NAME...: TERM all, wait, KILL leftovers; only our recorded pids
+    local name pid i n names=() pids=() left
+    for name in "$@"; do
+        pid="$(recorded_pid "$name")"
+        if [[ -n "$pid" && "$pid" != external ]] && pid_is "$pid" "$name"; then
+            log "stopping $name (pid $pid)"
+            kill -TERM "$pid" 2>/dev/null || true
+            names+=("$name")
+            pids+=("$pid")
         fi
-    fi
-    rm -f "$PID_DIR/$name.pid"
+    done
+    for ((i = 0; i < 200; i++)); do
+        left=0
+        for ((n = 0; n < ${#names[@]}; n++)); do
+            pid_is "${pids[$n]}" "${names[$n]}" && left=1
+        done
+        [[ $left == 0 ]] && break
+        sleep 0.1
+    done
+    for ((n = 0; n < ${#names[@]}; n++)); do
+        if pid_is "${pids[$n]}" "${names[$n]}"; then
+            log "${names[$n]} (pid ${pids[$n]}) did not exit after 20s, sending KILL"
+            kill -KILL "${pids[$n]}" 2>/dev/null || true
+        fi
+    done
+    for name in "$@"; do
+        rm -f "$PID_DIR/$name.pid"
+    done
 }
 
 # ---------------------------------------------------------------- checks
@@ -185,7 +208,7 @@ summary() {
     local cpus mem
     cpus="$(sinfo -h -N -n "$HOST" -o '%c' 2>/dev/null | head -n1)"
     mem="$(sinfo -h -N -n "$HOST" -o '%m' 2>/dev/null | head -n1)"
-    echo "SLURM up: cluster=$CLUSTER node=$HOST partition=$PARTITION(default) cpus=$cpus mem=${mem}MB" \
+    echo "cluster=$CLUSTER node=$HOST partition=$PARTITION(default) cpus=$cpus mem=${mem}MB" \
         "state=$(node_state) accounting=slurmdbd(mariadb 127.0.0.1:$DB_PORT) state_dir=$STATE_DIR" \
         "pids: $(for d in "${DAEMONS[@]}"; do printf '%s=%s ' "$d" "$(recorded_pid "$d")"; done)"
 }
@@ -265,7 +288,8 @@ write_file_if_changed() {  # write_file_if_changed PATH MODE (content on stdin)
     cat >"$tmp"
     chmod "$mode" "$tmp"
     if [[ -f "$path" ]] && ! grep -qF "$MARKER" "$path"; then
-        local bak="$STATE_DIR/$(basename "$path").orig"
+        local bak
+        bak="$STATE_DIR/$(basename "$path").orig"
         [[ -e "$bak" ]] || cp -p "$path" "$bak"
         log "existing $path (not ours) saved to $bak"
     fi
@@ -289,6 +313,7 @@ SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+AuthInfo=cred_expire=$CRED_EXPIRE
 CryptoType=crypto/munge
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
@@ -303,7 +328,7 @@ SlurmdLogFile=$LOG_DIR/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
 SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0
+SchedulerParameters=batch_sched_delay=0,sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
 DefMemPerCPU=1000
@@ -402,7 +427,7 @@ start_mariadbd() {
         --socket="$DB_SOCKET" --pid-file="$DB_RUN/mariadbd.pid" \
         --bind-address=127.0.0.1 --port="$DB_PORT" --skip-name-resolve \
         --log-error="$LOG_DIR/mariadb.log" \
-        --innodb-buffer-pool-size=128M --innodb-log-file-size=64M \
+        --innodb-buffer-pool-size=256M --innodb-log-file-size=64M \
         --innodb-lock-wait-timeout=900 --max-connections=100 \
         </dev/null >>"$LOG_DIR/mariadb.out" 2>&1 9>&- &
     local launcher=$!
@@ -444,8 +469,9 @@ start_slurm_daemon() {  # start_slurm_daemon NAME
 wait_for() {  # wait_for DESCRIPTION DAEMON_FOR_LOG COMMAND...
     local what="$1" name="$2" i
     shift 2
+    local out=""
     for ((i = 0; i < TIMEOUT * 5; i++)); do
-        "$@" >/dev/null 2>&1 && return 0
+        out="$("$@" 2>&1)" && return 0
         if ! daemon_alive "$name"; then
             show_log "$name"
             die "$name died while waiting for $what"
@@ -453,11 +479,15 @@ wait_for() {  # wait_for DESCRIPTION DAEMON_FOR_LOG COMMAND...
         sleep 0.2
     done
     show_log "$name"
+    log "last output of '$*': $out"
     die "timed out after ${TIMEOUT}s waiting for $what"
 }
 
 sacctmgr_ok() { timeout 10 sacctmgr -n -P show cluster format=cluster; }
 cluster_registered() { timeout 10 sacctmgr -n -P show cluster format=cluster | grep -qx "$CLUSTER"; }
+ctld_registered() {
+    timeout 10 sacctmgr -n -P show cluster "$CLUSTER" format=controlhost | grep -q .
+}
 node_ready() {
     case "$(node_state)" in
         idle | mixed | allocated) return 0 ;;
@@ -503,7 +533,7 @@ cancel_jobs() {
     local jobs i
     jobs="$(timeout 10 squeue -h -o '%A' 2>/dev/null || true)"
     [[ -z "$jobs" ]] && return 0
-    log "cancelling jobs: $(echo $jobs)"
+    log "cancelling jobs: ${jobs//$'\n'/ }"
     # shellcheck disable=SC2086
     timeout 10 scancel $jobs >/dev/null 2>&1 || true
     for ((i = 0; i < 150; i++)); do
@@ -516,15 +546,16 @@ cancel_jobs() {
 do_stop() {
     [[ -d "$PID_DIR" ]] || { log "nothing to stop (no $PID_DIR)"; return 0; }
     cancel_jobs || true
-    local i
-    for ((i = ${#DAEMONS[@]} - 1; i >= 0; i--)); do
-        stop_daemon "${DAEMONS[$i]}"
-    done
+    # slurmctld reports to slurmdbd on shutdown, slurmdbd needs MariaDB; all need munge.
+    stop_daemons slurmd slurmctld
+    stop_daemons slurmdbd
+    stop_daemons mariadbd
+    stop_daemons munged
 }
 
 do_start() {
     if is_up; then
-        echo "SLURM already running (started by this script): $(summary)"
+        echo "SLURM already up (started by this script): $(summary)"
         return 0
     fi
     [[ "$(id -u)" == 0 ]] || die "start must run as root"
@@ -536,6 +567,12 @@ do_start() {
     if [[ "${OFFLINE_RL_SLURM_KEEP_ON_FAILURE:-0}" != 1 ]]; then
         trap 'rc=$?; if [[ $rc != 0 ]]; then log "start failed; stopping what was started"; do_stop >/dev/null 2>&1 || true; fi' EXIT
     fi
+    local port
+    for port in 6817 6818 6819; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            die "port $port (slurm) is already in use on this machine: another SLURM running? (check: ss -ltnp)"
+        fi
+    done
     install_packages
     ensure_hostname_resolves
     write_configs
@@ -544,14 +581,15 @@ do_start() {
     start_slurmdbd
     start_slurm_daemon slurmctld
     wait_for "slurmctld to answer sinfo" slurmctld timeout 10 sinfo -h
+    wait_for "slurmctld to register with slurmdbd" slurmctld ctld_registered
     start_slurmd
     trap - EXIT
-    echo "$(summary) (started in $((SECONDS - t0))s)"
+    echo "SLURM started in $((SECONDS - t0))s: $(summary)"
 }
 
 do_status() {
     if is_up; then
-        summary
+        echo "SLURM up: $(summary)"
         return 0
     fi
     echo "SLURM (local_slurm.sh, state dir $STATE_DIR) is not up"
