@@ -78,8 +78,10 @@ def run_launch(args: list[str], store: Path, minari_root: Path, timeout: float =
     env = {**os.environ, "MINARI_DATASETS_PATH": str(minari_root), "HYDRA_FULL_ERROR": "0",
            **(extra_env or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [sys.executable, str(ROOT / "launch.py"), f"tracker.store_dir={store}",
-           f"hydra.run.dir={store}/hydra/${{now:%H-%M-%S-%f}}", *args]
+    flags = [a for a in args if a.startswith("-")]
+    overrides = [a for a in args if not a.startswith("-")]
+    cmd = [sys.executable, str(ROOT / "launch.py"), *flags, f"tracker.store_dir={store}",
+           f"hydra.run.dir={store}/hydra/${{now:%H-%M-%S-%f}}", *overrides]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 

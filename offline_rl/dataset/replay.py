@@ -63,6 +63,8 @@ class ReplayBuffer:
                   "next_observations": (obs_dim,), "dones": (), "returns_to_go": ()}
         self.storage = {k: torch.zeros((self.capacity, *s), dtype=torch.float32, device=self.device)
                         for k, s in shapes.items()}
+        # which transitions ended an episode by a time limit (or a cut): for returns-to-go
+        self.timeouts = torch.zeros(self.capacity, dtype=torch.bool, device=self.device)
         self.size = 0
         self.position = 0
         self.generator = torch.Generator(device=self.device)
@@ -78,10 +80,11 @@ class ReplayBuffer:
         buffer = cls(len(data) + extra_capacity, data.obs_dim, data.act_dim, device, seed, normalizer)
         rtg = returns_to_go(data.rewards, data.terminals, data.timeouts, gamma, bootstrap_timeouts)
         buffer.add(data.observations, data.actions, data.rewards, data.next_observations,
-                   data.terminals, rtg.numpy())
+                   data.terminals, rtg.numpy(), timeouts=data.timeouts)
         return buffer
 
-    def add(self, observations, actions, rewards, next_observations, dones, returns_to_go=None):
+    def add(self, observations, actions, rewards, next_observations, dones, returns_to_go=None,
+            timeouts=None):
         """Append raw (un-normalised) transitions; overwrites the oldest ones once full."""
         n = len(rewards)
         values = {
@@ -96,6 +99,8 @@ class ReplayBuffer:
         for key, value in values.items():
             tensor = torch.as_tensor(np.asarray(value), dtype=torch.float32)
             self.storage[key][idx] = tensor.to(self.device).reshape(n, *self.storage[key].shape[1:])
+        cut = np.zeros(n, dtype=bool) if timeouts is None else np.asarray(timeouts, dtype=bool)
+        self.timeouts[idx] = torch.as_tensor(cut).to(self.device)
         self.position = (self.position + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 

@@ -22,13 +22,16 @@ UpdateFn = Callable[[], dict[str, torch.Tensor]]
 @dataclass
 class Phase:
     """``steps`` calls of ``update``. ``stop`` (optional) is asked at every log point with the
-    window's mean metrics and may end the phase early (convergence); ``on_end`` runs after it."""
+    window's mean metrics and may end the phase early (convergence); ``on_start`` / ``on_end``
+    run before / after it and may return metrics to log. With ``snapshot``, the phase's last
+    losses and an evaluation of the policy at its end are logged as ``<phase>/final/...``."""
 
     name: str
     update: UpdateFn
     steps: int
     stop: Callable[[int, dict[str, float]], bool] | None = None
-    on_start: Callable[[], None] | None = None
+    snapshot: bool = False
+    on_start: Callable[[], dict[str, float] | None] | None = None
     on_end: Callable[[], dict[str, float] | None] | None = None
     state: dict[str, Any] = field(default_factory=dict)
 
@@ -86,6 +89,7 @@ class LoopState:
     phase_index: int = 0
     phase_step: int = 0
     last_eval: dict[str, float] = field(default_factory=dict)
+    phase_lengths: dict[int, int] = field(default_factory=dict)  # phases that stopped early
 
 
 class Trainer:
@@ -119,22 +123,46 @@ class Trainer:
         if bar is not None and "eval/normalized_score_mean" in metrics:
             bar.set_postfix(score=f"{metrics['eval/normalized_score_mean']:.1f}", refresh=False)
 
+    def _start_phase(self, phase: Phase) -> None:
+        step = self.state.global_step
+        self.tracker.set_tags({"phase": phase.name})
+        metrics = {f"phase_start/{phase.name}": step}
+        if phase.on_start is not None:
+            metrics.update({f"{phase.name}/{k}": v for k, v in (phase.on_start() or {}).items()})
+        self.tracker.log_metrics(metrics, step)
+
+    def _end_phase(self, phase: Phase, last: dict[str, float], stopped: bool) -> None:
+        step = self.state.global_step
+        summary = {f"phase_end/{phase.name}": step}
+        if stopped:
+            summary[f"{phase.name}/converged_at"] = self.state.phase_step
+            self.tracker.set_tags({f"{phase.name}.converged_at": self.state.phase_step})
+        if phase.on_end is not None:
+            summary.update({f"{phase.name}/{k}": v for k, v in (phase.on_end() or {}).items()})
+        if phase.snapshot:
+            summary.update({f"{phase.name}/final/{k}": v for k, v in last.items()})
+            if self.evaluate is not None:
+                evaluation = self.evaluate()
+                summary.update({f"{phase.name}/final/{k.split('/', 1)[-1]}": v
+                                for k, v in evaluation.items()})
+        self.tracker.log_metrics(summary, step)
+        self.tracker.flush()
+
     def run(self) -> LoopState:
         from tqdm.auto import tqdm
 
         state = self.state
+        for index, length in state.phase_lengths.items():  # phases that stopped early, on resume
+            self.phases[int(index)].steps = length
         bar = tqdm(total=self.total_steps, initial=state.global_step, unit="upd",
                    disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
         window = MetricWindow()
+        last: dict[str, float] = {}
         try:
             while state.phase_index < len(self.phases):
                 phase = self.phases[state.phase_index]
                 if state.phase_step == 0:
-                    self.tracker.set_tags({"phase": phase.name})
-                    self.tracker.log_metrics({f"phase_start/{phase.name}": state.global_step},
-                                             state.global_step)
-                    if phase.on_start is not None:
-                        phase.on_start()
+                    self._start_phase(phase)
                 bar.set_description(phase.name, refresh=False)
                 stopped = False
                 while state.phase_step < phase.steps and not stopped:
@@ -142,24 +170,22 @@ class Trainer:
                     state.phase_step += 1
                     state.global_step += 1
                     if state.global_step % self.log_every == 0 or state.phase_step == phase.steps:
-                        means = self._log(window, phase)
+                        last = self._log(window, phase) or last
                         bar.update(state.global_step - bar.n)
-                        if phase.stop is not None and phase.stop(state.phase_step, means):
+                        if phase.stop is not None and phase.stop(state.phase_step, last):
                             stopped = True
                     if self.eval_every and state.global_step % self.eval_every == 0:
                         self._evaluate(bar)
                     if (self.checkpoint is not None and self.checkpoint_every
                             and state.global_step % self.checkpoint_every == 0):
                         self.checkpoint(state)
-                self._log(window, phase)
-                summary = {f"phase_end/{phase.name}": state.global_step}
-                if phase.on_end is not None:
-                    summary.update(phase.on_end() or {})
-                self.tracker.log_metrics(summary, state.global_step)
-                self.tracker.flush()
+                last = self._log(window, phase) or last
                 if stopped:  # the phase's planned length shrinks to what it ran
                     bar.total -= phase.steps - state.phase_step
                     phase.steps = state.phase_step
+                    state.phase_lengths[state.phase_index] = state.phase_step
+                self._end_phase(phase, last, stopped)
+                last = {}
                 state.phase_index += 1
                 state.phase_step = 0
             if self.evaluate is not None and (not self.eval_every or state.global_step % self.eval_every):

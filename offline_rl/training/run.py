@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from offline_rl.config import validate
@@ -84,6 +84,14 @@ def make(node: DictConfig) -> Any:
         raise
 
 
+def check_combination(cfg: DictConfig) -> None:
+    """Reject algorithm x pre-training / fine-tuning pairs that make no sense, before any data is
+    loaded or generated (and, for sweeps, before any job is submitted)."""
+    algo_class = get_class(cfg.algo._target_)
+    make(cfg.pretrain).check(algo_class)
+    make(cfg.finetune).check(algo_class)
+
+
 def build(cfg: DictConfig, device: torch.device):
     """Everything a run needs, built from the config's ``_target_``s."""
     data = make(cfg.dataset)
@@ -98,6 +106,7 @@ def build(cfg: DictConfig, device: torch.device):
 
 def train(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
+    check_combination(cfg)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     if cfg.get("threads"):
@@ -107,8 +116,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     tracker.ensure_store()
 
     data, algo, pretrain, finetune, replay = build(cfg, device)
-    pretrain.check(algo)
-    finetune.check(algo)
 
     def offline_update() -> dict[str, torch.Tensor]:
         return algo.update(replay.sample(cfg.batch_size))

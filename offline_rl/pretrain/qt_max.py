@@ -1,0 +1,23 @@
+"""The Q-Transformer baseline of appendix F: no separate phase; throughout training the TD target
+is max(MC return-to-go, r + gamma Q'). The fraction of targets where MC wins is logged."""
+
+from __future__ import annotations
+
+import torch
+
+from offline_rl.dataset.replay import Batch
+from offline_rl.pretrain.common import Scheme
+from offline_rl.training.loop import Phase
+
+
+def qt_max_target(batch: Batch, td_target: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    target = torch.maximum(batch.returns_to_go, td_target)
+    return target, {"mc_target_fraction": (batch.returns_to_go > td_target).float().mean()}
+
+
+class QTMax(Scheme):
+    actor_kind = "any"
+
+    def phases(self, algo, replay, batch_size: int) -> list[Phase]:
+        algo.target_transform = qt_max_target
+        return []
