@@ -2,7 +2,7 @@
 PYTHON ?= python
 ENVS ?= Hopper-v5
 
-.PHONY: install run test bench datasets clean-datasets mlflow-ui
+.PHONY: install run test bench datasets clean-datasets mlflow-ui analysis
 
 install:  ## install the CPU torch wheel, then this package with its dev extras
 	$(PYTHON) -m pip install torch==2.13.0
@@ -25,3 +25,6 @@ clean-datasets:  ## delete the locally generated datasets (namespace local/ in t
 
 mlflow-ui:  ## browse runs of this checkout's store at http://127.0.0.1:5000
 	$(PYTHON) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
+
+analysis:  ## the paper's figures and tables for a sweep: make analysis PARENT=<parent run id> OUT=results
+	$(PYTHON) -m analysis paper --parent-run-id $(PARENT) --out $(OUT)

@@ -1,0 +1,266 @@
+"""``python -m analysis <command>``: the paper's figures and tables from MLflow runs.
+
+Examples:
+  python -m analysis paper --parent-run-id ID --out results/
+  python -m analysis curves --parent-run-id ID --out results/ --band std
+  python -m analysis ablation --axis lambda --experiment offline_rl --filter "tags.algo = 'edac'"
+  python -m analysis efficiency --parent-run-id ID --fraction 0.9 --baseline pretrain=none
+  python -m analysis window --parent-run-id ID --window 200000:300000
+  python -m analysis finetune --parent-run-id ID --env-steps 200000
+  python -m analysis export --parent-run-id ID --metrics eval/normalized_score_mean,offline_rl/critic_loss
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from analysis.aggregate import AXES, CI_METHODS
+from analysis.load import DEFAULT_CACHE, DEFAULT_EXPERIMENT, SCORE, AnalysisError
+
+EPILOG = """selection: --parent-run-id (a sweep's children) or --experiment, narrowed by --sweep and
+--filter (MLflow search syntax, e.g. "tags.pretrain = 'ac' and params.seed = '0'"). Store:
+--tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///<checkout>/mlflow/mlflow.db.
+Outputs go to --out and are logged as artifacts (under 'analysis/') on the sweep's parent run
+(or --log-to RUN_ID); --no-artifacts to skip."""
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _window(text: str) -> tuple[int, int]:
+    try:
+        low, high = text.replace("k", "000").split(":")
+        return int(float(low)), int(float(high))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"window must look like 200000:300000 or 200k:300k, "
+                                         f"not {text!r}") from None
+
+
+def _common(p: argparse.ArgumentParser, figure: bool = False, outputs: bool = True) -> None:
+    s = p.add_argument_group("run selection")
+    s.add_argument("--tracking-uri", help="MLflow store (sqlite:///path/mlflow.db or http://host:port)")
+    s.add_argument("--parent-run-id", help="the sweep's parent run: analyse its child runs")
+    s.add_argument("--experiment", default=None,
+                   help=f"experiment name (default {DEFAULT_EXPERIMENT}; ignored with --parent-run-id)")
+    s.add_argument("--sweep", help="only runs with this 'sweep' tag")
+    s.add_argument("--filter", default="", help="MLflow search filter string")
+    s.add_argument("--all-statuses", action="store_true",
+                   help="include RUNNING / FAILED / KILLED runs (default: FINISHED only)")
+    s.add_argument("--cache-dir", default=str(DEFAULT_CACHE),
+                   help="metric-history cache (per run, keyed by its last update)")
+    s.add_argument("--no-cache", action="store_true", help="always fetch from the store")
+    g = p.add_argument_group("grouping")
+    g.add_argument("--metric", default=SCORE, help=f"metric to analyse (default {SCORE})")
+    g.add_argument("--variant", type=_csv, help="comma-separated run columns that make a line / "
+                   "table column (default: the config choices that differ, e.g. pretrain)")
+    g.add_argument("--panel", type=_csv, help="comma-separated run columns that make a panel / "
+                   "table row (default: dataset_name, with algo in front when several)")
+    g.add_argument("--min-seeds", type=int, default=None,
+                   help="plot a step only where at least this many seeds have a value "
+                        "(default: all runs of the line)")
+    if figure:
+        f = p.add_argument_group("figure")
+        f.add_argument("--ci", choices=sorted(CI_METHODS), default="t",
+                       help="interval: Student-t over seeds (default) or percentile bootstrap")
+        f.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+        f.add_argument("--band", choices=("ci", "std"), default="ci",
+                       help="shade the interval (Fig. 2) or mean ± std (appendix figures)")
+        f.add_argument("--title", default=None)
+    if outputs:
+        o = p.add_argument_group("outputs")
+        o.add_argument("--out", default="results", help="output folder (default ./results)")
+        o.add_argument("--log-to", help="log outputs as artifacts of this run "
+                       "(default: the sweep's parent run)")
+        o.add_argument("--no-artifacts", action="store_true", help="do not log artifacts")
+        o.add_argument("--artifact-path", default="analysis", help="artifact folder on the run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis", description="The paper's figures and tables from MLflow runs.",
+        epilog=__doc__.split("Examples:", 1)[1] and "examples:" + __doc__.split("Examples:", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("paper", help="curves + efficiency + window (+ finetune) in one go",
+                       description="Fig. 2 curves, the efficiency table, the appendix-G window "
+                       "table and (when runs fine-tune) the fine-tuning table, plus summary.md; "
+                       "logged on the sweep's parent run.", epilog=EPILOG, formatter_class=fmt)
+    _common(p, figure=True)
+    p.add_argument("--fraction", type=float, default=0.9,
+                   help="efficiency target: this fraction of the baseline's final score (0.9)")
+    p.add_argument("--baseline", default=None,
+                   help="efficiency baseline, e.g. pretrain=none (the default when present)")
+    p.add_argument("--final-last", type=int, default=1,
+                   help="baseline final score = mean of each run's last N evaluations (default 1)")
+    p.add_argument("--window", type=_window, default=None,
+                   help="window table: LOW:HIGH updates, e.g. 200k:300k (default: last third)")
+    p.add_argument("--env-steps", type=int, default=None,
+                   help="fine-tuning table: online score at this many env steps (default: final)")
+
+    p = sub.add_parser("curves", help="learning curves like Fig. 2 (PNG)",
+                       description="Normalised score vs gradient updates (pre-training included), "
+                       "a panel per dataset, a line per variant, shaded interval, pre-training end "
+                       "marked.", epilog=EPILOG, formatter_class=fmt)
+    _common(p, figure=True)
+    p.add_argument("--name", default="curves", help="PNG file stem (default curves)")
+
+    p = sub.add_parser("ablation", help="learning curves along one ablation axis (PNG)",
+                       description="Learning curves with --axis as the line variable. Axes: "
+                       + ", ".join(f"{k} ({v})" for k, v in AXES.items())
+                       + "; or any run column.", epilog=EPILOG, formatter_class=fmt)
+    _common(p, figure=True)
+    p.add_argument("--axis", required=True, help="lambda, layernorm, pretrain, qt_max, ...")
+    p.add_argument("--name", default=None, help="PNG file stem (default ablation_<axis>)")
+
+    p = sub.add_parser("efficiency", help="updates to reach X%% of the baseline's final score",
+                       description="Per variant: updates (pre-training included) until the seed-"
+                       "mean curve reaches --fraction of the baseline's final score, and the ratio "
+                       "to the baseline's.", epilog=EPILOG, formatter_class=fmt)
+    _common(p)
+    p.add_argument("--fraction", type=float, default=0.9, help="default 0.9")
+    p.add_argument("--baseline", default=None, help="e.g. pretrain=none (the default when present)")
+    p.add_argument("--final-last", type=int, default=1,
+                   help="baseline final score = mean of each run's last N evaluations (default 1)")
+
+    p = sub.add_parser("window", help="appendix-G table: mean ± std over an update window",
+                       description="Each run's mean over evaluations in the window, then mean ± std "
+                       "over seeds; rows = panels, columns = variants (Tables 2 and 5).",
+                       epilog=EPILOG, formatter_class=fmt)
+    _common(p)
+    p.add_argument("--window", type=_window, default=None,
+                   help="LOW:HIGH updates, e.g. 200k:300k (default: the last third of training)")
+
+    p = sub.add_parser("finetune", help="offline score, online score after N env steps, δ",
+                       description="Table 1 of 'finetuning from offline RL'.", epilog=EPILOG,
+                       formatter_class=fmt)
+    _common(p)
+    p.add_argument("--env-steps", type=int, default=None,
+                   help="online score at this many env steps of fine-tuning (default: final eval)")
+
+    p = sub.add_parser("export", help="tidy CSV of runs and metric histories",
+                       description="runs.csv (one row per run, every config choice) and "
+                       "metrics.csv (one row per run, metric, step).", epilog=EPILOG,
+                       formatter_class=fmt)
+    _common(p)
+    p.add_argument("--metrics", type=_csv, default=None,
+                   help=f"comma-separated metric keys (default {SCORE})")
+    return parser
+
+
+def _load(args, extra: list[str] = ()):
+    from analysis.load import load_runs
+
+    metrics = list(dict.fromkeys([*(getattr(args, "metrics", None) or [args.metric]), *extra]))
+    start = time.perf_counter()
+    rs = load_runs(args.tracking_uri, parent_run_id=args.parent_run_id, experiment=args.experiment,
+                   filter_string=args.filter, sweep=args.sweep, metrics=metrics,
+                   statuses=None if args.all_statuses else ("FINISHED",),
+                   cache=False if args.no_cache else Path(args.cache_dir))
+    print(f"loaded {len(rs.runs)} runs, {len(rs.metrics)} metric rows in "
+          f"{time.perf_counter() - start:.1f}s", file=sys.stderr)
+    return rs
+
+
+def _finish(args, rs, files: list[Path], warnings: list[str]) -> None:
+    for w in dict.fromkeys(warnings):
+        print(f"warning: {w}", file=sys.stderr)
+    for f in files:
+        print(f"wrote {f}")
+    target = args.log_to or rs.parent_run_id
+    if args.no_artifacts:
+        return
+    if target:
+        from analysis.report import log_artifacts
+
+        log_artifacts(rs, target, files, args.artifact_path)
+        print(f"logged {len(files)} artifact(s) to run {target} under {args.artifact_path}/")
+    else:
+        print("not logged as artifacts: no sweep parent run (pass --log-to RUN_ID)", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except AnalysisError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    out = Path(args.out)
+    if args.command == "paper":
+        from analysis.report import paper
+
+        rs = _load(args)
+        res = paper(rs, out, metric=args.metric, variant=args.variant, panel=args.panel,
+                    ci=args.ci, level=args.level, band=args.band, title=args.title,
+                    min_seeds=args.min_seeds, fraction=args.fraction,
+                    baseline=args.baseline, final_last=args.final_last, window=args.window,
+                    env_steps=args.env_steps,
+                    log_to=args.log_to, log=not args.no_artifacts, artifact_path=args.artifact_path)
+        for table in res.tables.values():
+            print(table.markdown())
+        for w in res.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        for f in res.files:
+            print(f"wrote {f}")
+        if res.logged_to:
+            print(f"logged {len(res.files)} artifact(s) to run {res.logged_to} under "
+                  f"{args.artifact_path}/")
+        elif not args.no_artifacts:
+            print("not logged as artifacts: no sweep parent run (pass --log-to RUN_ID)",
+                  file=sys.stderr)
+        return 0
+    if args.command in ("curves", "ablation"):
+        from analysis.figures import plot_ablation, plot_learning_curves
+
+        rs = _load(args)
+        kwargs = dict(ci=args.ci, level=args.level, band=args.band, min_seeds=args.min_seeds,
+                      title=args.title)
+        if args.command == "curves":
+            res = plot_learning_curves(rs, args.metric, args.variant, args.panel,
+                                       out=out / f"{args.name}.png", **kwargs)
+        else:
+            name = args.name or f"ablation_{args.axis.replace('.', '_')}"
+            res = plot_ablation(rs, args.axis, args.metric, args.panel,
+                                out=out / f"{name}.png", **kwargs)
+        _finish(args, rs, [res.path], rs.warnings + res.warnings)
+        return 0
+    if args.command in ("efficiency", "window", "finetune"):
+        from analysis import tables
+
+        extra = [tables.FINETUNE_ENV_STEPS] if getattr(args, "env_steps", None) is not None else []
+        rs = _load(args, extra)
+        if args.command == "efficiency":
+            table = tables.efficiency_table(rs, args.metric, args.variant, args.panel,
+                                            baseline=args.baseline, fraction=args.fraction,
+                                            final_last=args.final_last, min_seeds=args.min_seeds)
+        elif args.command == "window":
+            low, high = args.window or (None, None)
+            table = tables.window_table(rs, low, high, args.metric, args.variant, args.panel)
+        else:
+            table = tables.finetune_table(rs, args.env_steps, args.metric, args.variant, args.panel)
+        print(table.markdown())
+        _finish(args, rs, table.write(out, args.command), rs.warnings + table.warnings)
+        return 0
+    if args.command == "export":
+        rs = _load(args)
+        out.mkdir(parents=True, exist_ok=True)
+        runs = rs.runs.drop(columns=[c for c in rs.runs if c.startswith("_")])
+        runs.to_csv(out / "runs.csv", index=False)
+        rs.metrics[["run_id", "run_name", "metric", "step", "value", "timestamp"]].to_csv(
+            out / "metrics.csv", index=False)
+        _finish(args, rs, [out / "runs.csv", out / "metrics.csv"], rs.warnings)
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,519 @@
+"""analysis/: synthetic runs with known metric histories in a temporary sqlite MLflow store (made
+once for the module); aggregates, intervals, steps-to-threshold, window and fine-tuning numbers
+against hand-computed values; missing seeds / unequal grids / duplicates reported; figures
+checked through their matplotlib objects; the CLI end to end, artifacts included."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT
+
+T_975_2 = 4.302652729911275   # Student-t 0.975 quantile, 2 degrees of freedom
+STEPS = list(range(0, 10001, 1000))
+OFFSETS = {0: -2.0, 1: 0.0, 2: 2.0}  # per-seed offsets: mean 0, sample std 2
+
+
+def none_curve(step):   # baseline: linear to 100 at 10k
+    return step / 100
+
+
+def ac_curve(step):     # pre-trained: 2k updates of pre-training, reaches 100 at 4k
+    return min(100.0, step / 40)
+
+
+def log_run(client, experiment_id, *, name, tags, params, histories, parent=None,
+            status="FINISHED", latest_only=None):
+    from mlflow.entities import Metric, Param
+
+    all_tags = {"mlflow.runName": name, **{k: str(v) for k, v in tags.items()}}
+    if parent:
+        all_tags["mlflow.parentRunId"] = parent
+    run = client.create_run(experiment_id, run_name=name, tags=all_tags)
+    rid = run.info.run_id
+    client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()])
+    metrics, ts = [], 1_000
+    for key, points in histories.items():
+        for step, value in points:
+            ts += 1
+            metrics.append(Metric(key, float(value), ts, int(step)))
+    for key, value in (latest_only or {}).items():
+        ts += 1
+        metrics.append(Metric(key, float(value), ts, 0))
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(rid, metrics=metrics[i:i + 1000])
+    if status != "RUNNING":
+        client.set_terminated(rid, status=status)
+    return rid
+
+
+def standard_run(client, exp, parent, dataset, pretrain, seed, *, steps=STEPS, algo="td3_bc",
+                 extra_params=None, name_suffix=""):
+    curve = ac_curve if pretrain == "ac" else none_curve
+    pre = 2000 if pretrain == "ac" else 0
+    hist = {"eval/normalized_score_mean": [(s, curve(s) + OFFSETS[seed]) for s in steps],
+            "phase_start/offline_rl": [(pre, pre)], "phase_end/offline_rl": [(steps[-1], steps[-1])]}
+    if pre:
+        hist["phase_start/pretrain_actor_critic"] = [(0, 0)]
+        hist["phase_end/pretrain_actor_critic"] = [(pre, pre)]
+    tags = {"algo": algo, "pretrain": pretrain, "dataset": dataset, "network": "default",
+            "finetune": "none", "seed": seed, "dataset_id": f"local/{dataset}", "phase": "offline_rl",
+            "sweep": "pretrain_ablation", "sweep.axes": "pretrain,seed",
+            "overrides": f"pretrain={pretrain} seed={seed}", "checkpoint_dir": f"/ck/{seed}{pretrain}"}
+    params = {"algo._target_": f"x.{algo}", "pretrain._target_": f"x.{pretrain}",
+              "pretrain.lambda": 0.0, "network.actor_layer_norm": True,
+              "network.critic_layer_norm": True, "seed": seed, "updates": 10000,
+              **(extra_params or {})}
+    return log_run(client, exp, name=f"{algo}-{pretrain}-{dataset}-s{seed}{name_suffix}", tags=tags,
+                   params=params, histories=hist, parent=parent)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One sqlite store: experiment offline_rl with a clean sweep (2 datasets x {none, ac} x 3
+    seeds under a parent run), experiment 'messy' (missing seed, shifted grid, duplicate seed,
+    resumed run, a RUNNING run), experiment 'ft' (fine-tuning runs), experiment 'ablate'."""
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    art = (root / "artifacts").as_uri()
+    exp = client.create_experiment("offline_rl", artifact_location=art)
+    parent = client.create_run(exp, run_name="pretrain_ablation",
+                               tags={"sweep": "pretrain_ablation"}).info.run_id
+    for dataset in ("hopper-medium-local", "walker2d-medium-local"):
+        for pretrain in ("none", "ac"):
+            for seed in (0, 1, 2):
+                standard_run(client, exp, parent, dataset, pretrain, seed)
+    client.set_terminated(parent)
+
+    messy = client.create_experiment("messy", artifact_location=art)
+    for pretrain in ("none", "ac"):
+        for seed in (0, 1, 2):
+            if pretrain == "ac" and seed == 2:
+                continue  # missing seed
+            steps = STEPS
+            if pretrain == "none" and seed == 1:
+                steps = list(range(500, 9001, 1000))  # shifted grid, ends earlier
+            standard_run(client, messy, None, "hopper-medium-local", pretrain, seed, steps=steps)
+    # same config and seed again, but a different lambda: duplicate seed in its group
+    standard_run(client, messy, None, "hopper-medium-local", "none", 0,
+                 extra_params={"pretrain.lambda": 0.5}, name_suffix="-again")
+    # a resumed run: step 3000 logged twice (first 0.0, then the right value)
+    log_run(client, messy, name="resumed", tags={"algo": "td3_bc", "pretrain": "none",
+                                                 "dataset": "halfcheetah-medium-local", "seed": 0},
+            params={"pretrain.lambda": 0.0},
+            histories={"eval/normalized_score_mean": [(0, 0.0), (3000, 0.0), (3000, 30.0)]})
+    log_run(client, messy, name="still-running", tags={"algo": "td3_bc", "pretrain": "none",
+                                                       "dataset": "hopper-medium-local", "seed": 5},
+            params={}, histories={"eval/normalized_score_mean": [(0, 1.0)]}, status="RUNNING")
+
+    ft = client.create_experiment("ft", artifact_location=art)
+    for seed in (0, 1, 2):
+        # offline until 10k (score 50 + offset), fine-tuning from 10k: 100 env steps per update
+        evals = [(s, 50 + OFFSETS[seed]) for s in range(0, 10001, 2000)]
+        evals += [(10000 + s, 50 + s / 100 + OFFSETS[seed]) for s in range(1000, 4001, 1000)]
+        env = [(10000 + s, s * 100) for s in range(0, 4001, 1000)]
+        log_run(client, ft, name=f"ft-s{seed}", tags={"algo": "td3_bc", "pretrain": "ac",
+                                                      "dataset": "hopper-medium-local",
+                                                      "finetune": "td3", "seed": seed},
+                params={}, histories={"eval/normalized_score_mean": evals,
+                                      "finetune/env_steps": env,
+                                      "phase_start/finetune": [(10000, 10000)]})
+    # one run with an explicit offline score metric
+    log_run(client, ft, name="ft-explicit", tags={"algo": "td3_bc", "pretrain": "ac",
+                                                 "dataset": "walker2d-medium-local",
+                                                 "finetune": "td3", "seed": 0},
+            params={}, histories={"eval/normalized_score_mean": [(0, 10.0), (100, 20.0), (200, 60.0)],
+                                  "finetune/env_steps": [(100, 0), (200, 5000)],
+                                  "phase_start/finetune": [(100, 100)]},
+            latest_only={"finetune/offline_score": 25.0})
+
+    ablate = client.create_experiment("ablate", artifact_location=art)
+    for lam, shift in ((0.0, 0.0), (0.1, 10.0)):
+        for seed in (0, 1, 2):
+            hist = {"eval/normalized_score_mean": [(s, none_curve(s) + shift + OFFSETS[seed])
+                                                   for s in STEPS],
+                    "phase_start/offline_rl": [(1000, 1000)]}
+            log_run(client, ablate, name=f"lam{lam}-s{seed}",
+                    tags={"algo": "edac", "pretrain": "soft", "dataset": "hopper-medium-local",
+                          "network": "default", "finetune": "none", "seed": seed},
+                    params={"pretrain.lambda": lam, "network.actor_layer_norm": True,
+                            "network.critic_layer_norm": True}, histories=hist)
+    return {"uri": uri, "client": client, "parent": parent, "root": root}
+
+
+@pytest.fixture(scope="module")
+def clean(store, tmp_path_factory):
+    from analysis import load_runs
+
+    return load_runs(store["uri"], parent_run_id=store["parent"],
+                     cache=tmp_path_factory.mktemp("cache"))
+
+
+# ------------------------------------------------------------------------------------ loading
+
+def test_load_tidy_frames(clean, store):
+    assert len(clean.runs) == 12
+    assert clean.parent_run_id == store["parent"]
+    m = clean.metrics
+    assert set(m["metric"]) == {"eval/normalized_score_mean"}
+    assert len(m) == 12 * len(STEPS)
+    for column in ("run_id", "metric", "step", "value", "algo", "pretrain", "dataset", "seed",
+                   "pretrain.lambda", "network.actor_layer_norm", "dataset_name", "layernorm",
+                   "pretrain_steps", "sweep", "overrides", "phase_start/offline_rl"):
+        assert column in m.columns, column
+    assert m["seed"].dtype.kind == "i" and m["step"].dtype.kind == "i"
+    assert set(clean.runs.loc[clean.runs["pretrain"] == "ac", "pretrain_steps"]) == {2000}
+    assert set(clean.runs["layernorm"]) == {"actor+critic"}
+    assert clean.warnings == []
+
+
+def test_selection_by_experiment_filter_and_sweep(store):
+    from analysis import load_runs
+
+    rs = load_runs(store["uri"], experiment="offline_rl", cache=False,
+                   filter_string="tags.pretrain = 'ac'")
+    assert len(rs.runs) == 6 and set(rs.runs["pretrain"]) == {"ac"}
+    assert rs.parent_run_id == store["parent"]  # inferred: every run has the same parent
+    rs = load_runs(store["uri"], experiment="offline_rl", sweep="pretrain_ablation", cache=False)
+    assert len(rs.runs) == 12  # the parent run itself is left out
+
+
+def test_more_metrics_on_demand_and_missing(clean):
+    rs = clean.select(pretrain="ac", dataset="hopper-medium-local")
+    phase = rs.history("phase_end/pretrain_actor_critic")
+    assert set(phase["value"]) == {2000.0}
+    assert len(rs.runs) == 3
+
+
+def test_cache_is_used_and_invalidated(store, tmp_path, monkeypatch):
+    import analysis.load as load
+
+    client = store["client"]
+    exp = client.create_experiment("cache_test")
+    for seed in (0, 1):
+        log_run(client, exp, name=f"c{seed}", tags={"pretrain": "none", "seed": seed}, params={},
+                histories={"eval/normalized_score_mean": [(s, s) for s in STEPS]})
+    rs = load.load_runs(store["uri"], experiment="cache_test", cache=tmp_path)
+    assert len(list(tmp_path.rglob("*.pkl"))) == 2
+
+    def boom(*a, **k):
+        raise AssertionError("fetched although cached")
+
+    monkeypatch.setattr(load, "_fetch_uncached", boom)
+    again = load.load_runs(store["uri"], experiment="cache_test", cache=tmp_path)
+    pd.testing.assert_frame_equal(rs.metrics.reset_index(drop=True),
+                                  again.metrics.reset_index(drop=True))
+    monkeypatch.undo()
+    # a run that logs more gets a new signature: only that run is fetched again
+    from mlflow.entities import Metric
+
+    rid = rs.runs["run_id"].iloc[0]
+    client.log_batch(rid, metrics=[Metric("eval/normalized_score_mean", 1.0, 10**13, 11000)])
+    fetched = []
+    real = load._fetch_uncached
+    monkeypatch.setattr(load, "_fetch_uncached",
+                        lambda c, pairs, w, **k: fetched.extend(pairs) or real(c, pairs, w))
+    third = load.load_runs(store["uri"], experiment="cache_test", cache=tmp_path)
+    assert fetched == [(rid, "eval/normalized_score_mean")]
+    assert third.metrics.loc[third.metrics["run_id"] == rid, "step"].max() == 11000
+
+
+def test_thread_pool_path_matches_bulk(store, monkeypatch):
+    """The per-(run, key) path used for servers gives the same frame as the sqlite bulk path."""
+    import analysis.load as load
+
+    bulk = load.load_runs(store["uri"], parent_run_id=store["parent"], cache=False)
+    monkeypatch.setattr(load, "_BULK_CHUNK", 5)
+    chunked = load.load_runs(store["uri"], parent_run_id=store["parent"], cache=False)
+    client = load.make_client(store["uri"])
+    pairs = [(r, "eval/normalized_score_mean") for r in bulk.runs["run_id"]]
+    pooled = load._fetch_uncached(client, pairs, max_workers=4, bulk=False)
+    for run_id, frame in pooled.items():
+        ref = bulk.metrics[bulk.metrics["run_id"] == run_id[0]].sort_values("step")
+        assert frame.sort_values("step")["value"].tolist() == ref["value"].tolist()
+    assert len(chunked.metrics) == len(bulk.metrics)
+
+
+# ------------------------------------------------------------------------------------ aggregate
+
+def test_aggregate_mean_std_t_interval(clean):
+    from analysis import aggregate
+
+    agg = aggregate(clean)
+    assert agg.grouping.panel == ["dataset_name"] and agg.grouping.variant == ["pretrain"]
+    c = agg.curves
+    assert set(c["variant"]) == {"pretrain=none", "pretrain=ac"}
+    assert len(c) == 2 * 2 * len(STEPS)
+    half = T_975_2 * 2 / math.sqrt(3)
+    for _, row in c.iterrows():
+        expect = (ac_curve if "ac" in row["variant"] else none_curve)(row["step"])
+        assert row["n"] == 3 and row["interpolated"] == 0
+        assert row["mean"] == pytest.approx(expect)
+        assert row["std"] == pytest.approx(2.0)
+        assert row["sem"] == pytest.approx(2 / math.sqrt(3))
+        assert row["ci_low"] == pytest.approx(expect - half)
+        assert row["ci_high"] == pytest.approx(expect + half)
+    assert agg.warnings == []
+    assert "Student-t 95" in agg.method
+
+
+def test_bootstrap_interval_is_deterministic_and_bounded():
+    from analysis import interval
+
+    v = np.array([1.0, 2.0, 6.0])
+    a = interval(v, "bootstrap", rng=np.random.default_rng(0))
+    b = interval(v, "bootstrap", rng=np.random.default_rng(0))
+    assert a == b and 1.0 <= a[0] < v.mean() < a[1] <= 6.0
+    assert all(np.isnan(interval(np.array([3.0]))))  # one seed: no interval
+
+
+def test_missing_seed_unequal_grid_duplicates_reported(store):
+    from analysis import aggregate, load_runs
+
+    rs = load_runs(store["uri"], experiment="messy", cache=False)
+    joined = "\n".join(rs.warnings)
+    assert "status RUNNING" in joined and "still-running" in joined
+    assert "duplicate step" in joined
+    resumed = rs.metrics[rs.metrics["run_name"] == "resumed"]
+    assert resumed.loc[resumed["step"] == 3000, "value"].tolist() == [30.0]  # latest kept
+
+    hop = rs.select(dataset="hopper-medium-local")
+    agg = aggregate(hop, variant="pretrain")
+    text = "\n".join(agg.warnings)
+    assert "missing seed(s) [2]" in text and "pretrain=ac" in text
+    assert "2 runs with seed 0" in text and "pretrain.lambda" in text  # duplicate, with its cause
+    assert "interpolated" in text and "outside its range" in text
+    assert "left out of the curve" in text  # steps 9500..10000: only 2 of 3 none runs
+    none = agg.curves[agg.curves["variant"] == "pretrain=none"].set_index("step")
+    # grid = union of steps; seed 1 (shifted) interpolated inside 500..9000 only
+    assert 1000 in none.index and 1500 in none.index and 10000 not in none.index
+    # at step 2000: seeds 0 and 2 exact (18, 22 -> the "-again" rerun replaced seed 0: 20-2=18),
+    # seed 1 interpolated between 1500 (15) and 2500 (25) -> 20
+    assert none.loc[2000, "mean"] == pytest.approx(20.0)
+    assert none.loc[2000, "interpolated"] == 1
+    # at 500 only seed 1 has a value (others start at 0 but it's in range for them: 0..10000)
+    assert none.loc[500, "n"] == 3
+    ac = agg.curves[agg.curves["variant"] == "pretrain=ac"]
+    assert (ac["n"] == 2).all()  # two seeds: mean over what exists, reported above
+    assert ac.set_index("step").loc[4000, "std"] == pytest.approx(math.sqrt(2))
+    # min_seeds=1 keeps the tail, with n saying how many seeds are behind each point
+    loose = aggregate(hop, variant="pretrain", min_seeds=1)
+    tail = loose.curves[(loose.curves["variant"] == "pretrain=none") & (loose.curves["step"] == 10000)]
+    assert tail["n"].tolist() == [2]
+
+
+# ------------------------------------------------------------------------------------ tables
+
+def test_efficiency_table(clean):
+    from analysis import efficiency_table
+
+    table = efficiency_table(clean)
+    f = table.frame.set_index(["panel", "variant"])
+    for panel in ("hopper-medium-local", "walker2d-medium-local"):
+        base = f.loc[(panel, "pretrain=none")]
+        ac = f.loc[(panel, "pretrain=ac")]
+        assert base["baseline"] and not ac["baseline"]
+        assert base["final_mean"] == pytest.approx(100.0) and base["threshold"] == pytest.approx(90.0)
+        assert base["updates_to_threshold"] == 9000 and ac["updates_to_threshold"] == 4000
+        assert ac["ratio_to_baseline"] == pytest.approx(4000 / 9000)
+        assert base["ratio_to_baseline"] == pytest.approx(1.0)
+        assert ac["pretrain_updates"] == 2000
+        # ac: 92/40 -> 3680, 3600, 3520: all first at the 4000 evaluation
+        # per seed: none-2 reaches 90 at 10000, none+0 at 9000, none+2 at 9000 (8800 -> grid 9000)
+        assert base["seed_updates_mean"] == pytest.approx(28000 / 3)
+        assert base["seed_updates_std"] == pytest.approx(np.std([10000, 9000, 9000], ddof=1))
+        assert ac["seed_updates_mean"] == pytest.approx(4000) and ac["seeds_reached"] == 3
+    md = table.markdown()
+    assert "| panel" in md and "0.44" in md and "4,000" in md and "9,000" in md
+    # a stricter target nobody but the baseline meets at its end
+    strict = efficiency_table(clean, fraction=1.0).frame.set_index(["panel", "variant"])
+    assert strict.loc[("hopper-medium-local", "pretrain=none"), "updates_to_threshold"] == 10000
+
+
+def test_efficiency_baseline_choice(clean):
+    from analysis import AnalysisError, efficiency_table
+
+    t = efficiency_table(clean, baseline="pretrain=ac").frame.set_index(["panel", "variant"])
+    assert t.loc[("hopper-medium-local", "pretrain=ac"), "baseline"]
+    assert t.loc[("hopper-medium-local", "pretrain=none"), "threshold"] == pytest.approx(90.0)
+    t = efficiency_table(clean, baseline="ac").frame  # a bare value of a variant column
+    assert t.loc[t["baseline"], "variant"].unique().tolist() == ["pretrain=ac"]
+    with pytest.raises(AnalysisError):
+        efficiency_table(clean, baseline="nonsense_column=1")
+
+
+def test_window_table(clean):
+    from analysis import window_table
+
+    table = window_table(clean, 6000, 10000)
+    f = table.frame.set_index(["panel", "variant"])
+    none = f.loc[("hopper-medium-local", "pretrain=none")]
+    assert none["mean"] == pytest.approx(80.0) and none["std"] == pytest.approx(2.0)
+    assert none["seeds"] == 3 and none["evals_per_run"] == 5
+    ac = f.loc[("walker2d-medium-local", "pretrain=ac")]
+    assert ac["mean"] == pytest.approx(100.0) and ac["std"] == pytest.approx(2.0)
+    d = table.display
+    assert list(d.columns) == ["panel", "pretrain=none", "pretrain=ac"]
+    assert d.iloc[0]["pretrain=none"] == "80.0 ± 2.0"
+    # default window: the last third of training, [2/3 H, H]
+    default = window_table(clean)
+    assert (default.frame["window_low"].iloc[0], default.frame["window_high"].iloc[0]) == (6667, 10000)
+    assert default.frame.set_index("variant").loc["pretrain=none", "mean"].iloc[0] == pytest.approx(85.0)
+
+
+def test_window_reports_runs_without_evaluations(store):
+    from analysis import load_runs, window_table
+
+    rs = load_runs(store["uri"], experiment="messy", cache=False).select(
+        dataset="hopper-medium-local")
+    t = window_table(rs, 9200, 10000, variant="pretrain")
+    text = "\n".join(t.warnings)
+    assert "no evaluation in 9200-10000" in text
+
+
+def test_finetune_table(store):
+    from analysis import finetune_table, load_runs
+
+    rs = load_runs(store["uri"], experiment="ft", cache=False,
+                   metrics=["eval/normalized_score_mean", "finetune/env_steps"])
+    t = finetune_table(rs, env_steps=200_000).frame.set_index("panel")
+    hop = t.loc["hopper-medium-local"]
+    # offline: last eval at/before 10k = 50 + offset; online at 200k env steps = update 12k: 70
+    assert hop["offline_mean"] == pytest.approx(50) and hop["offline_std"] == pytest.approx(2)
+    assert hop["online_mean"] == pytest.approx(70) and hop["delta"] == pytest.approx(20)
+    walker = t.loc["walker2d-medium-local"]
+    assert walker["offline_mean"] == pytest.approx(25.0)  # the logged finetune/offline_score
+    assert np.isnan(walker["online_mean"]) and np.isnan(walker["delta"])  # only 5,000 env steps
+    final = finetune_table(rs).frame.set_index("panel")  # no env steps: the final evaluation
+    assert final.loc["hopper-medium-local", "online_mean"] == pytest.approx(90)
+    assert final.loc["walker2d-medium-local", "delta"] == pytest.approx(35.0)
+    warnings = "\n".join(finetune_table(rs, env_steps=200_000).warnings)
+    assert "reached only 5,000 of 200,000" in warnings
+
+
+def test_finetune_table_skips_runs_without_finetuning(clean):
+    from analysis import finetune_table
+
+    t = finetune_table(clean)
+    assert t.frame.empty and "no fine-tuning phase" in "\n".join(t.warnings)
+
+
+# ------------------------------------------------------------------------------------ figures
+
+def _legend(ax):
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_learning_curve_figure(clean, tmp_path):
+    from analysis import plot_learning_curves
+    from analysis.figures import PRETRAIN_END, XLABEL
+
+    res = plot_learning_curves(clean, out=tmp_path / "fig2.png")
+    assert res.path.stat().st_size > 10_000 and res.path.read_bytes()[:4] == b"\x89PNG"
+    assert list(res.axes) == ["hopper-medium-local", "walker2d-medium-local"]
+    for title, ax in res.axes.items():
+        assert ax.get_title() == title
+        assert ax.get_xlabel() == XLABEL and ax.get_ylabel() == "normalised score"
+        lines = {l.get_label(): l for l in ax.get_lines()}
+        assert lines["pretrain=ac"].get_xdata().tolist() == STEPS
+        assert lines["pretrain=none"].get_ydata()[-1] == pytest.approx(100)
+        marks = [l for l in ax.get_lines() if (l.get_gid() or "").startswith(PRETRAIN_END)]
+        assert [m.get_xdata()[0] for m in marks] == [2000]  # only the pre-trained variant
+        assert len(ax.collections) == 2  # one shaded interval per variant
+    assert _legend(res.axes["hopper-medium-local"]) == ["pretrain=none", "pretrain=ac", PRETRAIN_END]
+    assert res.fig._suptitle.get_text() == ("normalised score: mean of 3 seeds, shaded 95% "
+                                            "Student-t CI over seeds")
+
+
+def test_algo_by_dataset_grid(store, clean):
+    """Two algorithms: rows = algorithms, columns = datasets (Fig. 2's layout)."""
+    from analysis import plot_learning_curves
+
+    res = plot_learning_curves(clean, panel=["pretrain", "dataset_name"], variant=[])
+    assert len(res.axes) == 4
+    ax = res.axes["ac / walker2d-medium-local"]
+    assert ax.get_subplotspec().rowspan.start == 1 and ax.get_subplotspec().colspan.start == 1
+    assert res.axes["none / hopper-medium-local"].get_subplotspec().rowspan.start == 0
+    # one legend, in the first panel, gathering every line: the single variant is the algorithm
+    assert _legend(res.axes["none / hopper-medium-local"]) == ["td3_bc", "pre-training ends"]
+
+
+def test_ablation_figure(store, tmp_path):
+    from analysis import default_variant, load_runs, plot_ablation
+
+    rs = load_runs(store["uri"], experiment="ablate", cache=False)
+    # no sweep.axes tag here: the differing param is found by itself
+    assert default_variant(rs.runs, ["dataset_name"], rs.param_columns) == ["pretrain.lambda"]
+    res = plot_ablation(rs, "lambda", out=tmp_path / "lam.png", band="std")
+    assert res.path.stat().st_size > 5_000
+    ax = res.axes["hopper-medium-local"]
+    assert _legend(ax)[:2] == ["λ=0", "λ=0.1"]
+    assert "λ" in res.fig._suptitle.get_text()
+    lines = {l.get_label(): l for l in ax.get_lines()}
+    assert lines["λ=0.1"].get_ydata()[0] == pytest.approx(10.0)
+    # band=std: the shaded area spans mean ± 2 at step 0
+    verts = ax.collections[0].get_paths()[0].vertices
+    assert verts[:, 1].min() == pytest.approx(-2.0) and verts[:, 1].max() > 100
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+def test_cli_help_for_every_command(capsys):
+    from analysis.__main__ import main
+
+    for command in ([], ["paper"], ["curves"], ["ablation"], ["efficiency"], ["window"],
+                    ["finetune"], ["export"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: python -m analysis" in capsys.readouterr().out
+    result = subprocess.run([sys.executable, "-m", "analysis", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "paper" in result.stdout and "efficiency" in result.stdout
+
+
+def test_cli_paper_logs_artifacts_on_parent(store, tmp_path, capsys):
+    from analysis.__main__ import main
+
+    out = tmp_path / "results"
+    code = main(["paper", "--tracking-uri", store["uri"], "--parent-run-id", store["parent"],
+                 "--out", str(out), "--window", "6k:10k", "--no-cache"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "80.0 ± 2.0" in printed and "logged" in printed
+    for name in ("curves.png", "efficiency.csv", "efficiency.md", "window.csv", "window.md",
+                 "summary.md"):
+        assert (out / name).stat().st_size > 0, name
+    eff = pd.read_csv(out / "efficiency.csv")
+    assert sorted(eff["updates_to_threshold"]) == [4000, 4000, 9000, 9000]
+    arts = {Path(a.path).name for a in store["client"].list_artifacts(store["parent"], "analysis")}
+    assert {"curves.png", "efficiency.md", "window.md", "summary.md"} <= arts
+    assert "finetune.md" not in arts
+
+
+def test_cli_commands_and_errors(store, tmp_path, capsys):
+    from analysis.__main__ import main
+
+    base = ["--tracking-uri", store["uri"], "--no-cache", "--no-artifacts"]
+    assert main(["ablation", "--experiment", "ablate", "--axis", "lambda", "--out",
+                 str(tmp_path), *base]) == 0
+    assert (tmp_path / "ablation_lambda.png").stat().st_size > 0
+    assert main(["finetune", "--experiment", "ft", "--env-steps", "200000", "--out",
+                 str(tmp_path), *base]) == 0
+    assert "70.00 ± 2.00" in (tmp_path / "finetune.md").read_text()
+    assert main(["export", "--experiment", "ablate", "--out", str(tmp_path), *base]) == 0
+    assert len(pd.read_csv(tmp_path / "metrics.csv")) == 6 * len(STEPS)
+    assert main(["window", "--experiment", "nope", "--out", str(tmp_path), *base]) == 2
+    assert "no experiment 'nope'" in capsys.readouterr().err
+    assert main(["curves", "--tracking-uri", f"sqlite:///{tmp_path}/absent.db", "--out",
+                 str(tmp_path)]) == 2
