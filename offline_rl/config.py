@@ -103,6 +103,21 @@ RULES: list[Rule] = [
     _rule("algo.initial_alpha", positive_number()),
     _rule("algo.max_action", positive_number()),
     _rule("algo.normalize_states", boolean()),
+    # TD3+BC+CQL, EDAC+BC, CQL (appendix G)
+    _rule("algo.cql_weight", number_in(0.0, float("inf"))),
+    _rule("algo.cql_n_actions", int_at_least(1)),
+    _rule("algo.cql_temperature", positive_number()),
+    _rule("algo.bc_weight", number_in(0.0, float("inf"))),
+    _rule("algo.bc_steps", int_at_least(0)),
+    _rule("algo.target_update_period", int_at_least(1)),
+    _rule("algo.importance_sample", boolean()),
+    _rule("algo.backup_entropy", boolean()),
+    _rule("algo.orthogonal_init", boolean()),
+    # evaluation overrides of Minari datasets (appendix G.5)
+    _rule("dataset.use_minari_reference", boolean()),
+    _rule("dataset.eval_max_episode_steps", (lambda v: v is None or (_is_int(v) and v >= 1), "null (the dataset's environment's time limit) or an integer >= 1")),
+    _rule("dataset.ref_min_score", (lambda v: v is None or _is_num(v), "null (the dataset's reference score) or a number")),
+    _rule("dataset.ref_max_score", (lambda v: v is None or _is_num(v), "null (the dataset's reference score) or a number")),
 ]
 
 

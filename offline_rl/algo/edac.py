@@ -108,6 +108,12 @@ class EDAC(Algorithm):
         loss = (self.alpha * log_prob - q.min(0).values).mean()
         return loss, -log_prob.detach().mean(), q.detach().std(0).mean()
 
+    def actor_objective(self, batch: Batch) -> tuple[torch.Tensor, dict]:
+        """The loss the actor step minimises and what else to log about it (subclasses that add
+        actor regularisers on the batch's actions, e.g. EDAC+BC, override this)."""
+        loss, entropy, q_policy_std = self.actor_loss(batch.observations)
+        return loss, {"entropy": entropy, "q_policy_std": q_policy_std}
+
     @torch.no_grad()
     def td_target(self, batch: Batch) -> torch.Tensor:
         """r + gamma * (1 - done) * (min_i Q'_i(s', a') - alpha * log pi(a'|s')), a' ~ pi(s')."""
@@ -142,7 +148,7 @@ class EDAC(Algorithm):
         alpha_loss.backward()
         self.alpha_optimizer.step()
 
-        actor_loss, entropy, q_policy_std = self.actor_loss(batch.observations)
+        actor_loss, actor_metrics = self.actor_objective(batch)
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_optimizer.step()
@@ -158,5 +164,4 @@ class EDAC(Algorithm):
         polyak_update(self.critic_target, self.critic, self.tau)
         return {"alpha_loss": alpha_loss.detach(), "actor_loss": actor_loss.detach(),
                 "critic_loss": critic_loss.detach(), "diversity_loss": diversity,
-                "alpha": self.alpha, "entropy": entropy, "q_policy_std": q_policy_std,
-                "q_target": target.mean(), **extra}
+                "alpha": self.alpha, **actor_metrics, "q_target": target.mean(), **extra}

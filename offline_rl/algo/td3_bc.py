@@ -61,6 +61,11 @@ class TD3BC(Algorithm):
         q, _ = self.critic_values(batch)  # [2, B]
         return ((q - target.unsqueeze(0)) ** 2).mean(1).sum()
 
+    def critic_objective(self, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The loss the critic step minimises and what else to log about it (subclasses that add
+        critic regularisers, e.g. TD3+BC+CQL, override this)."""
+        return self.critic_loss(batch, target), {}
+
     def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """-lambda * Q_1(s, pi(s)) + (pi(s) - a)^2, lambda = alpha / mean|Q_1| (detached)."""
         pi = self.actor(batch.observations)
@@ -76,11 +81,11 @@ class TD3BC(Algorithm):
         extra: dict[str, torch.Tensor] = {}
         if self.target_transform is not None:
             target, extra = self.target_transform(batch, target)
-        critic_loss = self.critic_loss(batch, target)
+        critic_loss, critic_metrics = self.critic_objective(batch, target)
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_optimizer.step()
-        metrics = {"critic_loss": critic_loss.detach(), "q_target": target.mean(), **extra}
+        metrics = {"critic_loss": critic_loss.detach(), "q_target": target.mean(), **critic_metrics, **extra}
 
         if self.total_updates % self.policy_delay == 0:
             actor_loss, bc_loss = self.actor_loss(batch)

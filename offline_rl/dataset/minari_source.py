@@ -3,13 +3,22 @@
 Offline, a missing official dataset fails fast (a connectivity probe bounded in time, before
 Minari's own retries, which take ~23 s) with a message naming the id, the paths searched and how
 to generate a local dataset instead.
+
+A dataset whose environment lives in an optional package (the Adroit hand of D4RL/pen, door,
+hammer, relocate: gymnasium-robotics) fails before anything is downloaded or trained when that
+package is missing, saying which extra to install. Evaluation settings may be overridden per
+dataset config (appendix G.5 of the paper: the episode time limit and the reference scores).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import os
+import re
 import socket
+import sys
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,6 +30,10 @@ from offline_rl.errors import DatasetError
 
 DEFAULT_REMOTE = "hf://farama-minari"
 REMOTE_HOSTS = {"hf": "huggingface.co", "gcp": "storage.googleapis.com"}
+# environments in optional packages: the module, the pip package, this project's extra
+ENV_PACKAGES = {"gymnasium_robotics": ("gymnasium-robotics", "adroit")}
+# datasets known to need one of them, checked before any download
+DATASET_ENV_MODULES = {re.compile(r"^D4RL/(pen|door|hammer|relocate)/"): "gymnasium_robotics"}
 
 
 def datasets_root() -> Path:
@@ -57,6 +70,10 @@ def _probe(host: str, timeout_s: float) -> str | None:
 
 
 def _generate_hint(dataset_id: str) -> str:
+    if dataset_id.startswith("D4RL/"):
+        return (f"Recorded demonstrations such as {dataset_id} cannot be generated here: download "
+                f"it where there is a network (`minari download {dataset_id}`, needs 'minari[hf]') "
+                f"and copy its folder to {dataset_path(dataset_id)}.")
     parts = dataset_id.split("/")
     env = parts[1] if len(parts) >= 3 else "hopper"
     level = parts[-1].rsplit("-v", 1)[0] if parts else "medium"
@@ -147,13 +164,80 @@ def _read_hdf5_episodes(path: Path) -> list[dict[str, np.ndarray]]:
     return episodes
 
 
-def load_minari(dataset_id: str, download_if_missing: bool = True,
-                probe_timeout_s: float = 8.0) -> OfflineData:
-    """The ``_target_`` of official dataset configs: local cache first, else Minari's download."""
+def _missing_env_package(module: str, dataset_id: str, env_id: str | None) -> DatasetError:
+    package, extra = ENV_PACKAGES.get(module, (module, None))
+    install = f"pip install '.[{extra}]'" if extra else f"pip install {package}"
+    env = f"its environment {env_id}" if env_id else "an environment"
+    return DatasetError(f"Minari dataset '{dataset_id}' is evaluated in {env} that needs the "
+                        f"optional package {package} (module {module}), not installed here: {install} "
+                        f"(or `pip install {package}`)")
+
+
+def check_env_package(dataset_id: str, env_spec=None) -> None:
+    """Fail with the install command when the dataset's environment lives in a missing package:
+    before a download (known ids), and after reading (the env spec's entry point)."""
+    modules = [m for pattern, m in DATASET_ENV_MODULES.items() if pattern.match(dataset_id)]
+    entry_point = getattr(env_spec, "entry_point", None)
+    if isinstance(entry_point, str):
+        modules.append(entry_point.split(":")[0].split(".")[0])
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise _missing_env_package(module, dataset_id, getattr(env_spec, "id", None))
+
+
+def with_evaluation(data: OfflineData, use_minari_reference: bool = False,
+                    eval_max_episode_steps: int | None = None, ref_min_score: float | None = None,
+                    ref_max_score: float | None = None) -> OfflineData:
+    """The dataset with the evaluation settings a config asks for (the paper's appendix G.5):
+
+    - ``eval_max_episode_steps`` replaces the time limit of the dataset's environment spec, so the
+      evaluator's ``gym.make(env_spec)`` runs episodes of that length;
+    - ``ref_min_score`` / ``ref_max_score`` replace the dataset's (Minari's, D4RL's) reference
+      scores used for the normalised score 100 (R - min) / (max - min).
+
+    None keeps the dataset's own value; ``use_minari_reference`` ignores all three. What was chosen
+    is recorded in ``data.metadata`` (``eval_max_episode_steps``, ``ref_scores_source``, ...)."""
+    if use_minari_reference:
+        eval_max_episode_steps = ref_min_score = ref_max_score = None
+    spec = data.env_spec
+    dataset_steps = getattr(spec, "max_episode_steps", None)
+    if eval_max_episode_steps is not None:
+        if spec is None:
+            raise DatasetError(f"dataset '{data.dataset_id}' has no environment spec: "
+                               f"eval_max_episode_steps={eval_max_episode_steps} cannot be applied")
+        spec = dataclasses.replace(spec, max_episode_steps=int(eval_max_episode_steps))
+    sources = {"min": "minari" if ref_min_score is None else "config",
+               "max": "minari" if ref_max_score is None else "config"}
+    low = data.ref_min_score if ref_min_score is None else float(ref_min_score)
+    high = data.ref_max_score if ref_max_score is None else float(ref_max_score)
+    steps = getattr(spec, "max_episode_steps", None)
+    chosen = {"eval_max_episode_steps": steps, "dataset_max_episode_steps": dataset_steps,
+              "eval_max_episode_steps_source": "minari" if eval_max_episode_steps is None else "config",
+              "ref_scores_source": (sources["min"] if sources["min"] == sources["max"]
+                                    else f"min: {sources['min']}, max: {sources['max']}"),
+              "eval_ref_min_score": low, "eval_ref_max_score": high}
+    if eval_max_episode_steps is not None or ref_min_score is not None or ref_max_score is not None:
+        print(f"dataset {data.dataset_id}: evaluation episodes of {steps} steps "
+              f"({chosen['eval_max_episode_steps_source']}; the dataset's environment: "
+              f"{dataset_steps}), normalised scores with min {low} ({sources['min']}) and max "
+              f"{high} ({sources['max']})", file=sys.stderr, flush=True)
+    return dataclasses.replace(data, env_spec=spec, ref_min_score=low, ref_max_score=high,
+                               metadata={**data.metadata, **chosen})
+
+
+def load_minari(dataset_id: str, download_if_missing: bool = True, probe_timeout_s: float = 8.0,
+                use_minari_reference: bool = False, eval_max_episode_steps: int | None = None,
+                ref_min_score: float | None = None, ref_max_score: float | None = None) -> OfflineData:
+    """The ``_target_`` of official dataset configs: local cache first, else Minari's download;
+    then the config's evaluation settings (see ``with_evaluation``)."""
+    check_env_package(dataset_id)
     if not is_local(dataset_id):
         if not download_if_missing:
             raise DatasetError(f"Minari dataset '{dataset_id}' is not in the local cache (searched "
-                               f"{dataset_path(dataset_id)}) and dataset.download is false. "
-                               f"{_generate_hint(dataset_id)}")
+                               f"{dataset_path(dataset_id)}) and dataset.download_if_missing is "
+                               f"false. {_generate_hint(dataset_id)}")
         download(dataset_id, probe_timeout_s)
-    return read_minari_dataset(dataset_id)
+    data = read_minari_dataset(dataset_id)
+    check_env_package(dataset_id, data.env_spec)
+    return with_evaluation(data, use_minari_reference, eval_max_episode_steps, ref_min_score,
+                           ref_max_score)
