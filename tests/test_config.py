@@ -58,7 +58,7 @@ def test_edac_specific_checks_only_apply_to_edac():
 def test_help_lists_groups_and_cfg_job_prints_config():
     out = subprocess.run([sys.executable, "launch.py", "--help"], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
-    for line in ("algo: bc, edac, sac_n, td3_bc", "pretrain:", "finetune:", "network:", "dataset:"):
+    for line in ("algo: bc, cql, edac, edac_bc, sac_n, td3_bc, td3_bc_cql", "pretrain:", "finetune:", "network:", "dataset:"):
         assert line in out
     job = subprocess.run([sys.executable, "launch.py", "--cfg", "job", "algo=edac"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
