@@ -51,7 +51,10 @@ AXES = {
 PRETTY = {"pretrain.lambda": "λ", "pretrain.cql_weight": "CQL weight"}
 _NOT_VARIANT = {"seed", "run_id", "run_name", "status", "start_time", "end_time", "experiment_id",
                 "parent_run_id", "_signature", "overrides", "phase", "device", "eval.seed",
-                "pretrain_steps", "dataset_id", "dataset_name", "sweep", "layernorm"}
+                "pretrain_steps", "dataset_id", "dataset_name", "sweep", "layernorm",
+                # per-run bookkeeping tags written by the training loop, never plot variants
+                "run_identity", "checkpoint_dir", "resumed_from", "resumed_from_step", "interrupted",
+                "checkpoint_corrupt", "slurm_job_id", "sweep.axes", "sweep.role", "error"}
 
 
 def describe_ci(ci: str = "t", level: float = 0.95, n_boot: int = 10000, short: bool = False) -> str:

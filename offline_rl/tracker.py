@@ -1,5 +1,9 @@
 """Experiment tracking. MLflow by default: a sqlite store at one fixed place per checkout, or a
-server when ``MLFLOW_TRACKING_URI`` (or ``tracker.tracking_uri``) names one."""
+server when ``MLFLOW_TRACKING_URI`` (or ``tracker.tracking_uri``) names one.
+
+A resumed run (``start(run_id=...)``) continues the same MLflow run: metrics it already holds (a
+step at or below the last one stored for that key: logged between the checkpoint and the crash)
+are not written twice, so every metric's history stays one value per step."""
 
 from __future__ import annotations
 
@@ -22,6 +26,10 @@ class NullTracker:
     def start(self, run_name: str, params: dict, tags: dict, run_id: str | None = None,
               parent_run_id: str | None = None) -> str | None:
         return None
+    def run_status(self, run_id: str) -> str | None:
+        return None
+    def child_statuses(self, parent_run_id: str) -> list[str]:
+        return []
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def flush(self) -> None: ...
@@ -44,6 +52,7 @@ class MlflowTracker:
             self._store_dir = store
         self.run_id: str | None = None
         self._buffer: list = []
+        self._logged_steps: dict[str, int] = {}  # resumed run: last step stored per metric
         self._client = None
 
     @property
@@ -73,30 +82,68 @@ class MlflowTracker:
 
     def start(self, run_name: str, params: dict[str, Any], tags: dict[str, Any],
               run_id: str | None = None, parent_run_id: str | None = None) -> str:
-        """Start a new run, or continue ``run_id`` (a resumed job keeps its run)."""
-        from mlflow.entities import Param, RunTag
-
+        """Start a new run, or continue ``run_id`` (a resumed job keeps its run: status back to
+        RUNNING, params it lacks added, metrics already stored not logged again)."""
         experiment_id = self.ensure_store()
-        if run_id is not None:
-            self.client.update_run(run_id, status="RUNNING")
-            self.run_id = run_id
-            return run_id
-        all_tags = {str(k): str(v) for k, v in tags.items()}
+        all_tags = {str(k): str(v)[:5000] for k, v in tags.items()}
         all_tags["mlflow.runName"] = run_name
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
+        if run_id is not None:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            run = self.client.get_run(run_id)
+            self._log_params({k: v for k, v in params.items() if str(k) not in run.data.params})
+            self.set_tags(all_tags)
+            self._logged_steps = self._stored_steps(run)
+            return run_id
         run = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags)
         self.run_id = run.info.run_id
+        self._logged_steps = {}
+        self._log_params(params)
+        return self.run_id
+
+    def _log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
         items = [Param(str(k), str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
         for i in range(0, len(items), MAX_PARAMS_PER_CALL):
             self.client.log_batch(self.run_id, params=items[i:i + MAX_PARAMS_PER_CALL])
-        return self.run_id
+
+    def _stored_steps(self, run) -> dict[str, int]:
+        """The last step stored for each metric of ``run`` (one history query per key)."""
+        steps = {}
+        for key in run.data.metrics:
+            history = self.client.get_metric_history(run.info.run_id, key)
+            if history:
+                steps[key] = max(m.step for m in history)
+        return steps
+
+    def run_status(self, run_id: str) -> str | None:
+        """The run's status (RUNNING, FINISHED, ...), or None when the store has no such run."""
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:
+            return None
+        if run.info.lifecycle_stage == "deleted":
+            return None
+        return run.info.status
+
+    def child_statuses(self, parent_run_id: str) -> list[str]:
+        experiment_id = self.ensure_store()
+        runs = self.client.search_runs([experiment_id],
+                                       filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                       max_results=10000)
+        return [r.info.status for r in runs]
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
+        step = int(step)
+        stored = self._logged_steps
+        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items()
+                            if not stored or step > stored.get(k, -1))
         if len(self._buffer) >= MAX_METRICS_PER_CALL:
             self.flush()
 

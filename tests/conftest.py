@@ -98,3 +98,98 @@ def search_runs(store: Path):
         return mlflow.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
     finally:
         mlflow.set_tracking_uri(None)
+
+
+# ----- fixtures for sweeps, SLURM and resuming ---------------------------------------------------
+
+LOCAL_SLURM = ROOT / "scripts" / "local_slurm.sh"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The one-node SLURM cluster of scripts/local_slurm.sh (CI starts it before the tests). When it
+    is not up, the fixture tries to start it (and then stops it after the tests); where it cannot
+    start (not root, no Debian packages, ...), tests that need it skip with the reason."""
+    import shutil
+
+    def status() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(LOCAL_SLURM), "status"], capture_output=True, text=True,
+                              timeout=60)
+
+    if not LOCAL_SLURM.exists():
+        pytest.skip(f"SLURM: {LOCAL_SLURM} is missing")
+    started = False
+    if status().returncode != 0:
+        if os.environ.get("OFFLINE_RL_TEST_START_SLURM", "1") == "0":
+            pytest.skip("SLURM is not up (scripts/local_slurm.sh status) and "
+                        "OFFLINE_RL_TEST_START_SLURM=0")
+        try:
+            start = subprocess.run(["bash", str(LOCAL_SLURM), "start"], capture_output=True,
+                                   text=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            pytest.skip("SLURM: scripts/local_slurm.sh start did not finish in 600 s")
+        if start.returncode != 0:
+            pytest.skip("SLURM cannot start here (scripts/local_slurm.sh start): "
+                        + (start.stderr or start.stdout).strip()[-800:])
+        started = True
+    if shutil.which("sbatch") is None or shutil.which("sacct") is None:
+        pytest.skip("SLURM: sbatch/sacct not on PATH")
+    yield LOCAL_SLURM
+    if started:
+        subprocess.run(["bash", str(LOCAL_SLURM), "stop"], capture_output=True, text=True, timeout=300)
+
+
+def launch_command(args: list[str], store: Path, sweep: bool = False) -> list[str]:
+    """The command run_launch runs (launch.py, a store in ``store``); for a multirun, the sweep's
+    folders go under ``store/sweep``."""
+    flags = [a for a in args if a.startswith("-")]
+    overrides = [a for a in args if not a.startswith("-")]
+    folder = [f"hydra.sweep.dir={store}/sweep"] if sweep else [
+        f"hydra.run.dir={store}/hydra/${{now:%H-%M-%S-%f}}"]
+    return [sys.executable, str(ROOT / "launch.py"), *flags, f"tracker.store_dir={store}", *folder,
+            *overrides]
+
+
+def launch_env(minari_root: Path, extra_env: dict | None = None) -> dict:
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(minari_root), "HYDRA_FULL_ERROR": "0",
+           **(extra_env or {})}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def run_sweep(args: list[str], store: Path, minari_root: Path, timeout: float = 600,
+              extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    """A multirun through launch.py with its sweep folder and MLflow store in ``store``."""
+    return subprocess.run(launch_command(args, store, sweep=True), cwd=ROOT,
+                          env=launch_env(minari_root, extra_env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def metric_steps(store: Path, run_id: str, key: str) -> list[int]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """An empty, migrated MLflow sqlite store, made once (creating one costs ~6 s)."""
+    from mlflow.tracking import MlflowClient
+
+    folder = tmp_path_factory.mktemp("mlflow-template")
+    MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+    return folder / "mlflow.db"
+
+
+@pytest.fixture
+def new_store(mlflow_template):
+    """``new_store(folder)``: ``folder`` holding a copy of the empty store, ready for a run."""
+    import shutil
+
+    def make(folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(mlflow_template, folder / "mlflow.db")
+        return folder
+
+    return make

@@ -225,6 +225,7 @@ def test_every_documented_pair_runs_through_launch(algo, tmp_path, minari_root):
                          f"hydra.sweep.dir={tmp_path}/sweep", *extra], tmp_path, minari_root)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = search_runs(tmp_path)
+    runs = runs[runs["tags.sweep.role"] != "parent"]  # the sweep's parent run
     assert sorted(runs["tags.pretrain"]) == sorted(PAIRS[algo])
     assert set(runs["status"]) == {"FINISHED"}
     for _, run in runs.iterrows():

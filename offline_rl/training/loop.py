@@ -60,6 +60,16 @@ class MetricWindow:
                 self.first_bad[key] = torch.where((bad < 0) & ~torch.isfinite(value),
                                                   torch.full_like(bad, step), bad)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The partial window (a checkpoint may fall between two log points)."""
+        return {"sums": dict(self.sums), "counts": dict(self.counts), "first_bad": dict(self.first_bad)}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str | None = None) -> None:
+        move = (lambda t: t.to(device)) if device is not None else (lambda t: t)
+        self.sums = {k: move(v) for k, v in state["sums"].items()}
+        self.counts = {k: int(v) for k, v in state["counts"].items()}
+        self.first_bad = {k: move(v) for k, v in state["first_bad"].items()}
+
     def read(self, phase: str) -> dict[str, float]:
         """Means over the window (one host sync); raises on a non-finite loss."""
         if not self.sums:
@@ -92,20 +102,79 @@ class LoopState:
     phase_lengths: dict[int, int] = field(default_factory=dict)  # phases that stopped early
 
 
+class Interrupted(Exception):
+    """Raised by the loop after it wrote a checkpoint because an interrupt (a signal) asked it to
+    stop: the run is not over, it will be resumed from that checkpoint."""
+
+    def __init__(self, reason: str, global_step: int):
+        super().__init__(f"interrupted at update step {global_step}: {reason}")
+        self.reason, self.global_step = reason, global_step
+
+
+def _stop_state(stop: Any) -> dict[str, Any] | None:
+    """What a phase's stop rule remembers (Convergence: the loss history), for checkpoints."""
+    if stop is None:
+        return None
+    if hasattr(stop, "state_dict"):
+        return stop.state_dict()
+    if hasattr(stop, "__dict__"):
+        return dict(vars(stop))
+    return None
+
+
+def _load_stop_state(stop: Any, state: dict[str, Any] | None) -> None:
+    if stop is None or state is None:
+        return
+    if hasattr(stop, "load_state_dict"):
+        stop.load_state_dict(state)
+    else:
+        vars(stop).update(state)
+
+
 class Trainer:
+    """Runs the phases in order. With ``checkpoint``, calls it with the trainer every
+    ``checkpoint_every`` updates (after that step's logging and evaluation) and when
+    ``interrupt_requested`` is set (by a signal handler): then it raises ``Interrupted``.
+    ``state_dict`` / ``load_state_dict`` hold everything the loop needs to continue exactly."""
+
     def __init__(self, phases: list[Phase], tracker, evaluate: Callable[[], dict[str, float]] | None,
-                 log_every: int, eval_every: int, checkpoint: Callable[["LoopState"], None] | None = None,
+                 log_every: int, eval_every: int, checkpoint: Callable[["Trainer"], None] | None = None,
                  checkpoint_every: int = 0, progress: bool = True):
         self.phases, self.tracker, self.evaluate = phases, tracker, evaluate
         self.log_every, self.eval_every = log_every, eval_every
         self.checkpoint, self.checkpoint_every = checkpoint, checkpoint_every
         self.progress = progress
         self.state = LoopState()
+        self.window = MetricWindow()
+        self.last: dict[str, float] = {}
+        self.interrupt_requested: str | None = None  # a reason; set from a signal handler
 
     @property
     def total_steps(self) -> int:
         return sum(p.steps for p in self.phases)
 
+    # ----- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "loop": {"global_step": self.state.global_step, "phase_index": self.state.phase_index,
+                     "phase_step": self.state.phase_step, "last_eval": dict(self.state.last_eval),
+                     "phase_lengths": {int(k): int(v) for k, v in self.state.phase_lengths.items()}},
+            "window": self.window.state_dict(),
+            "last": dict(self.last),
+            "stops": {i: _stop_state(p.stop) for i, p in enumerate(self.phases) if p.stop is not None},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str | None = None) -> None:
+        loop = state["loop"]
+        self.state = LoopState(global_step=int(loop["global_step"]), phase_index=int(loop["phase_index"]),
+                               phase_step=int(loop["phase_step"]), last_eval=dict(loop["last_eval"]),
+                               phase_lengths={int(k): int(v) for k, v in loop["phase_lengths"].items()})
+        self.window.load_state_dict(state["window"], device)
+        self.last = dict(state["last"])
+        for index, stop_state in state.get("stops", {}).items():
+            _load_stop_state(self.phases[int(index)].stop, stop_state)
+
+    # ----- logging -------------------------------------------------------------------------------
     def _log(self, window: MetricWindow, phase: Phase) -> dict[str, float]:
         means = window.read(phase.name)
         if means:
@@ -148,6 +217,15 @@ class Trainer:
         self.tracker.log_metrics(summary, step)
         self.tracker.flush()
 
+    def _maybe_checkpoint(self) -> None:
+        if self.checkpoint is None:
+            return
+        interrupt = self.interrupt_requested
+        if interrupt or (self.checkpoint_every and self.state.global_step % self.checkpoint_every == 0):
+            self.checkpoint(self)
+            if interrupt:
+                raise Interrupted(interrupt, self.state.global_step)
+
     def run(self) -> LoopState:
         from tqdm.auto import tqdm
 
@@ -156,8 +234,7 @@ class Trainer:
             self.phases[int(index)].steps = length
         bar = tqdm(total=self.total_steps, initial=state.global_step, unit="upd",
                    disable=not self.progress, dynamic_ncols=True, mininterval=1.0)
-        window = MetricWindow()
-        last: dict[str, float] = {}
+        window = self.window
         try:
             while state.phase_index < len(self.phases):
                 phase = self.phases[state.phase_index]
@@ -170,22 +247,21 @@ class Trainer:
                     state.phase_step += 1
                     state.global_step += 1
                     if state.global_step % self.log_every == 0 or state.phase_step == phase.steps:
-                        last = self._log(window, phase) or last
+                        self.last = self._log(window, phase) or self.last
                         bar.update(state.global_step - bar.n)
-                        if phase.stop is not None and phase.stop(state.phase_step, last):
+                        if phase.stop is not None and phase.stop(state.phase_step, self.last):
                             stopped = True
                     if self.eval_every and state.global_step % self.eval_every == 0:
                         self._evaluate(bar)
-                    if (self.checkpoint is not None and self.checkpoint_every
-                            and state.global_step % self.checkpoint_every == 0):
-                        self.checkpoint(state)
-                last = self._log(window, phase) or last
+                    if not stopped:  # a stop is replayed from the checkpoint before it
+                        self._maybe_checkpoint()
+                self.last = self._log(window, phase) or self.last
                 if stopped:  # the phase's planned length shrinks to what it ran
                     bar.total -= phase.steps - state.phase_step
                     phase.steps = state.phase_step
                     state.phase_lengths[state.phase_index] = state.phase_step
-                self._end_phase(phase, last, stopped)
-                last = {}
+                self._end_phase(phase, self.last, stopped)
+                self.last = {}
                 state.phase_index += 1
                 state.phase_step = 0
             if self.evaluate is not None and (not self.eval_every or state.global_step % self.eval_every):

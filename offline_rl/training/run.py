@@ -1,10 +1,29 @@
-"""Compose one run from a Hydra config: data -> algorithm -> phases -> the loop, tracked in MLflow."""
+"""Compose one run from a Hydra config: data -> algorithm -> phases -> the loop, tracked in MLflow.
+
+Runs are preemption-safe. A run's identity is a hash of its resolved config (tracking, progress and
+checkpoint keys left out); its checkpoints live in ``<checkpoint.dir>/<name>-<identity>/``: every
+``checkpoint.every`` updates and when a signal stops it (SIGTERM from scancel / ``scontrol
+requeue`` / a time limit, Ctrl-C, submitit's pre-timeout SIGUSR2, which then requeues the job),
+each written atomically, the newest ``checkpoint.keep`` kept. With ``resume=auto`` the same command
+(or the requeued SLURM job) continues from the newest readable checkpoint -- a corrupt one is
+reported on stderr and in the MLflow tag ``checkpoint.corrupt``, and the one before it used --
+into the same MLflow run, and ends with the weights an uninterrupted run would have (the model,
+optimisers, replay sampling generator, global RNGs, loop position, partial metric window, the
+convergence rule's history and the (soft) returns-to-go are all restored). A finished run removes
+its checkpoints. In a sweep (offline_rl.sweep) the run is a child of the sweep's parent run.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import random
+import signal
+import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +35,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from offline_rl.config import validate
 from offline_rl.dataset.replay import ReplayBuffer
-from offline_rl.errors import ConfigError, OfflineRLError
-from offline_rl.training.checkpoint import save_checkpoint
+from offline_rl.errors import CheckpointError, ConfigError, OfflineRLError
+from offline_rl.sweep import job_context
+from offline_rl.tracker import NullTracker
+from offline_rl.training.checkpoint import CheckpointDir, save_checkpoint
 from offline_rl.training.evaluation import Evaluator
-from offline_rl.training.loop import Phase, Trainer
+from offline_rl.training.loop import Interrupted, Phase, Trainer
 
 GROUPS = ("algo", "pretrain", "dataset", "network", "finetune")
 
@@ -104,14 +125,118 @@ def build(cfg: DictConfig, device: torch.device):
     return data, algo, pretrain, finetune, replay
 
 
+# config keys that do not change what a run computes: left out of its identity
+IDENTITY_EXCLUDED = ("tracker", "progress", "checkpoint", "resume", "threads")
+
+
+def run_identity(cfg: DictConfig) -> str:
+    """A hash of the resolved config minus tracking/progress/checkpoint keys: the same command
+    gives the same identity (and checkpoint folder), whatever Hydra's output folder."""
+    flat = {k: v for k, v in flatten(cfg).items() if k.split(".", 1)[0] not in IDENTITY_EXCLUDED}
+    blob = json.dumps(flat, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNGs (torch's samples TD3+BC's target noise and EDAC's actions)."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "python": [py_version, list(py_state), py_gauss],
+             "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos),
+                       int(np_has_gauss), float(np_gauss)]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, py_state, gauss = state["python"]
+    random.setstate((version, tuple(py_state), gauss))
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_settings(cfg: DictConfig) -> dict[str, Any]:
+    ckpt = cfg.get("checkpoint") or {}
+    settings = {"every": int(ckpt.get("every", 0) or 0), "keep": int(ckpt.get("keep", 2) or 2),
+                "on_signal": bool(ckpt.get("on_signal", True)),
+                "dir": ckpt.get("dir") or str(Path(os.environ.get("OFFLINE_RL_ROOT", ".")) / "checkpoints"),
+                "resume": str(cfg.get("resume", "auto"))}
+    if settings["resume"] not in ("auto", "never"):
+        raise ConfigError(f"resume={settings['resume']!r} is not allowed: expected auto or never")
+    if settings["every"] < 0:
+        raise ConfigError(f"checkpoint.every={settings['every']} is not allowed: expected an "
+                          f"integer >= 0 (0: no periodic checkpoints)")
+    return settings
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+class SignalCheckpoint:
+    """While the loop runs: SIGTERM (scancel, ``scontrol requeue``, a time limit), SIGINT (Ctrl-C)
+    and SIGUSR2 (submitit's pre-timeout / preemption signal, when submitit handles it) ask the
+    loop to write a checkpoint at the end of the current update; then the run stops as the signal
+    wants (for SIGUSR2: submitit's own handler, which requeues the job). A second SIGINT / SIGTERM
+    meets the handler that was there before (by default: stop at once)."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.previous: dict[int, Any] = {}
+        self.received: int | None = None
+
+    def __enter__(self) -> "SignalCheckpoint":
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        wanted = [signal.SIGTERM, signal.SIGINT]
+        usr2 = signal.getsignal(signal.SIGUSR2)
+        if callable(usr2):  # submitit's checkpoint-and-requeue handler
+            wanted.append(signal.SIGUSR2)
+        for signum in wanted:
+            self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        self.received = signum
+        self.trainer.interrupt_requested = signal.Signals(signum).name
+        if signum != signal.SIGUSR2:  # the next one acts at once
+            signal.signal(signum, self._previous_or_default(signum))
+
+    def _previous_or_default(self, signum: int):
+        previous = self.previous.get(signum)
+        return previous if previous is not None else signal.SIG_DFL
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+
+    def finish(self) -> None:
+        """After the checkpoint: stop the way the signal asks."""
+        signum = self.received
+        previous = self.previous.get(signum)
+        self.__exit__()
+        if signum == signal.SIGUSR2 and callable(previous):
+            previous(signum, None)  # submitit: checkpoint the submission, requeue, exit
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        sys.exit(128 + int(signum))
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
     check_combination(cfg)
+    settings = checkpoint_settings(cfg)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     choices = group_choices(cfg)
+    job = job_context()
     tracker = make(cfg.tracker)
     tracker.ensure_store()
 
@@ -133,13 +258,84 @@ def train(cfg: DictConfig) -> dict[str, float]:
     def evaluate() -> dict[str, float]:
         return evaluator(lambda obs: algo.act(obs, deterministic=True))
 
-    tags = {**choices, "seed": cfg.seed, "dataset_id": data.dataset_id, "device": str(device)}
-    tracker.start(run_name(choices, cfg.seed, data.dataset_id), flatten(cfg), tags)
+    base_name = run_name(choices, cfg.seed, data.dataset_id)
+    name = job.run_name() or base_name
+    identity = run_identity(cfg)
+    checkpoints = CheckpointDir(Path(settings["dir"]) / f"{base_name}-{identity}", identity,
+                                keep=settings["keep"])
+
+    # ----- resume: the latest readable checkpoint, else the run recorded in run.json -----
+    resumed, corrupt = None, []
+    run_id = None
+    if settings["resume"] == "auto":
+        def report(message: str) -> None:
+            corrupt.append(message)
+            warn(message)
+
+        try:
+            found = checkpoints.load_latest(report)
+        except CheckpointError:
+            if evaluator is not None:
+                evaluator.close()
+            raise
+        info = checkpoints.read_info() or {}
+        run_id = found[0]["run_id"] if found else info.get("run_id")
+        if run_id and not isinstance(tracker, NullTracker) and tracker.run_status(run_id) is None:
+            warn(f"the checkpoint's MLflow run {run_id} is not in the store; starting a new run")
+            run_id = None
+        if found:
+            resumed = found
+    else:
+        checkpoints.clear()
+
+    tags = {**choices, "seed": cfg.seed, "dataset_id": data.dataset_id, "device": str(device),
+            **job.tags(), "run_identity": identity, "checkpoint_dir": str(checkpoints.path)}
+    run_id = tracker.start(name, flatten(cfg), tags, run_id=run_id, parent_run_id=job.parent_run_id)
+    if run_id is not None:
+        checkpoints.write_info({"run_id": run_id, "identity": identity, "name": name,
+                                "tracking_uri": str(getattr(tracker, "tracking_uri", None))})
+    if corrupt:
+        tracker.set_tags({"checkpoint_corrupt": " | ".join(corrupt)})
+
+    def save(trainer: Trainer) -> None:
+        tracker.flush()  # every metric up to this step is stored before the checkpoint says so
+        step = trainer.state.global_step
+        checkpoints.save({"run_id": run_id, "global_step": step, "algo": algo.state_dict(),
+                          "replay": replay.state_dict(),
+                          "returns_to_go": replay.storage["returns_to_go"][: replay.size].cpu(),
+                          "normalizer": replay.normalizer.state_dict(),
+                          "trainer": trainer.state_dict(), "rng": rng_state()}, step)
+
+    use_checkpoints = settings["every"] > 0 or settings["on_signal"]
+    trainer = Trainer(phases, tracker, evaluate if evaluator is not None else None,
+                      log_every=cfg.log_every, eval_every=cfg.eval.every,
+                      checkpoint=save if use_checkpoints else None,
+                      checkpoint_every=settings["every"], progress=cfg.progress)
+    if resumed is not None:
+        state, path = resumed
+        algo.load_state_dict(state["algo"])
+        replay.load_state_dict(state["replay"])
+        replay.storage["returns_to_go"][: replay.size] = state["returns_to_go"].to(replay.device)
+        trainer.load_state_dict(state["trainer"], device)
+        set_rng_state(state["rng"])
+        step = int(state["global_step"])
+        print(f"resuming from {path} (update step {step}, MLflow run {run_id})", file=sys.stderr,
+              flush=True)
+        tracker.set_tags({"resumed_from_step": step, "resumed_from": str(path)})
+
+    signals = SignalCheckpoint(trainer) if settings["on_signal"] else contextlib.nullcontext()
     try:
-        trainer = Trainer(phases, tracker, evaluate if evaluator is not None else None,
-                          log_every=cfg.log_every, eval_every=cfg.eval.every,
-                          progress=cfg.progress)
-        trainer.run()
+        with signals:
+            try:
+                trainer.run()
+            except Interrupted as exc:
+                tracker.flush()
+                tracker.set_tags({"interrupted": str(exc)})
+                print(f"{exc}; checkpoint written to {checkpoints.path}", file=sys.stderr, flush=True)
+                if exc.reason == "SIGINT" or (exc.reason == "SIGTERM" and not job.slurm_job_id):
+                    tracker.finish("KILLED")  # a later run of the same command resumes it
+                signals.finish()
+                raise
         with tempfile.TemporaryDirectory() as tmp:
             config_path = Path(tmp) / "config.yaml"
             config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -149,11 +345,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                    "normalizer": replay.normalizer.state_dict(),
                                    "global_step": trainer.state.global_step})
             tracker.log_artifact(ckpt)
+    except (Interrupted, SystemExit):
+        raise  # stopped after a checkpoint (or by submitit's requeue): continued later
+    except KeyboardInterrupt:
+        if trainer.interrupt_requested is None:  # not through the checkpoint path
+            tracker.finish("KILLED", error="KeyboardInterrupt")
+        raise
     except BaseException as exc:
         tracker.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
+        if not checkpoints.files():  # nothing to resume: the same command starts a new run
+            checkpoints.clear()
         raise
     finally:
         if evaluator is not None:
             evaluator.close()
     tracker.finish("FINISHED")
+    checkpoints.clear()  # done: the same command starts a new run
     return trainer.state.last_eval

@@ -1,0 +1,306 @@
+"""Named sweeps: one MLflow parent run per multirun, every job a child run.
+
+The sweeper (``hydra/sweeper: offline_rl``, the default of ``conf/config.yaml``; plugin class in
+``hydra_plugins/offline_rl_sweeper``) extends Hydra's basic sweeper (the same Cartesian grid from
+``hydra.sweeper.params`` and the command line). Before any job is launched it
+
+1. composes every job's config and validates it (``offline_rl.config.validate`` and the algorithm x
+   pre-training / fine-tuning pairing): a bad value ends the sweep with one message, exit status 2.
+   With ``hydra.sweeper.skip_incompatible=true`` the grid's algorithm x pre-training pairs that make
+   no sense (hard pre-training for EDAC, soft for TD3+BC) are dropped instead, and listed: that is
+   how one sweep file says "hard for TD3+BC, soft for EDAC";
+2. creates the MLflow store (once: sqlite's migration breaks when several jobs create it at once)
+   and the sweep's parent run, tagged with the sweep name and holding the grid as params;
+3. exports the parent run id, the sweep name and its axes in environment variables, which local
+   subprocesses inherit and ``sbatch`` passes on to SLURM jobs (also when requeued).
+
+Each job (``offline_rl.training.run.train``) reads them back through ``job_context`` and starts its
+run as a child of the parent, named from its swept overrides (``algo=edac,pretrain=soft,seed=1``)
+and tagged with the sweep, its overrides, its SLURM job id and one tag per swept axis. When the
+sweep ends the parent is marked FINISHED, or FAILED if a job failed (or KILLED on Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+ENV_PARENT_RUN_ID = "OFFLINE_RL_PARENT_RUN_ID"
+ENV_SWEEP_NAME = "OFFLINE_RL_SWEEP_NAME"
+ENV_SWEEP_AXES = "OFFLINE_RL_SWEEP_AXES"  # JSON list of the keys with more than one value
+
+log = logging.getLogger(__name__)
+
+
+def override_key(key: str) -> str:
+    """``+pretrain.lambda`` / ``++seed`` / ``~x`` -> the config key."""
+    return key.lstrip("+~")
+
+
+def split_override(text: str) -> tuple[str, str]:
+    key, _, value = text.partition("=")
+    return override_key(key), value
+
+
+# ----- inside a job ----------------------------------------------------------------------------
+
+
+@dataclass
+class JobContext:
+    """What a job knows about the sweep it belongs to (all empty for a single run)."""
+
+    sweep: str | None = None
+    parent_run_id: str | None = None
+    axes: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    slurm_job_id: str | None = None
+
+    @property
+    def axis_values(self) -> dict[str, str]:
+        values = dict(split_override(o) for o in self.overrides)
+        return {axis: values[axis] for axis in self.axes if axis in values}
+
+    def run_name(self) -> str | None:
+        """``algo=edac,pretrain=soft,seed=1``: the job's values of the swept axes."""
+        values = self.axis_values
+        return ",".join(f"{k}={v}" for k, v in values.items()) if values else None
+
+    def tags(self) -> dict[str, str]:
+        tags: dict[str, str] = {}
+        if self.sweep:
+            tags["sweep"] = self.sweep
+            tags["sweep.axes"] = ",".join(self.axes)
+            tags.update(self.axis_values)
+        if self.overrides:
+            tags["overrides"] = " ".join(self.overrides)
+        if self.slurm_job_id:
+            tags["slurm_job_id"] = self.slurm_job_id
+        return tags
+
+
+def slurm_job_id() -> str | None:
+    """The SLURM job id as ``sacct`` / submitit show it (``<array job>_<task>`` for an array)."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def job_context() -> JobContext:
+    slurm = slurm_job_id()
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # composed outside @hydra.main (tests, notebooks)
+        return JobContext(slurm_job_id=slurm)
+    overrides = [str(o) for o in hydra_cfg.overrides.task]
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return JobContext(overrides=overrides, slurm_job_id=slurm)
+    try:
+        axes = [str(a) for a in json.loads(os.environ.get(ENV_SWEEP_AXES, "[]"))]
+    except ValueError:
+        axes = []
+    return JobContext(sweep=os.environ.get(ENV_SWEEP_NAME) or None,
+                      parent_run_id=os.environ.get(ENV_PARENT_RUN_ID) or None,
+                      axes=axes, overrides=overrides, slurm_job_id=slurm)
+
+
+# ----- before the jobs: the grid, validation, the parent run ---------------------------------
+
+
+@dataclass
+class Grid:
+    """The sweep's axes (key -> values, in override order) and its fixed overrides."""
+
+    axes: dict[str, list[str]]
+    fixed: list[str]
+
+    @property
+    def varying(self) -> list[str]:
+        return [k for k, v in self.axes.items() if len(v) > 1]
+
+    def label(self, overrides: Sequence[str]) -> str:
+        """A job by its values of the swept axes (all its overrides when nothing is swept)."""
+        swept = [o for o in overrides if split_override(o)[0] in self.varying]
+        return " ".join(swept or overrides)
+
+
+def grid_of(overrides: Sequence[Any]) -> Grid:
+    """From Hydra's parsed overrides (hydra.core.override_parser.types.Override)."""
+    axes: dict[str, list[str]] = {}
+    fixed: list[str] = []
+    for override in overrides:
+        key = override_key(override.get_key_element())
+        if override.is_sweep_override():
+            axes[key] = [str(v) for v in override.sweep_string_iterator()]
+        else:
+            axes.pop(key, None)  # a later fixed value wins over an earlier sweep
+            fixed.append(f"{override.get_key_element()}={override.get_value_element_as_str()}")
+    return Grid(axes, fixed)
+
+
+def job_problem(cfg: DictConfig) -> tuple[str | None, str | None]:
+    """(error, incompatibility) for one composed job config: an error is a value that is not
+    allowed; an incompatibility an algorithm x pre-training / fine-tuning pair that makes no
+    sense (what ``skip_incompatible`` drops)."""
+    from hydra.utils import get_class
+
+    from offline_rl.config import validate
+    from offline_rl.errors import ConfigError, OfflineRLError
+    from offline_rl.training.run import make
+
+    try:
+        validate(cfg)
+        algo_class = get_class(cfg.algo._target_)
+        schemes = [make(cfg.pretrain), make(cfg.finetune)]
+    except OfflineRLError as exc:
+        return str(exc), None
+    except Exception as exc:  # noqa: BLE001 -- an unloadable class, a missing value
+        return f"{type(exc).__name__}: {exc}", None
+    for scheme in schemes:
+        try:
+            scheme.check(algo_class)
+        except ConfigError as exc:
+            return None, str(exc)
+    return None, None
+
+
+def sweep_name(configured: str | None, config: DictConfig) -> str:
+    if configured:
+        return str(configured)
+    choices = OmegaConf.select(config, "hydra.runtime.choices", default={}) or {}
+    experiment = choices.get("experiment") if hasattr(choices, "get") else None
+    return str(experiment) if experiment else "multirun"
+
+
+def make_tracker(config: DictConfig):
+    from offline_rl.training.run import make
+
+    return make(config.tracker)
+
+
+def fail(message: str) -> None:
+    """The sweep's own errors: one message, exit status 2 (as launch.py does for a run)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+class SweepLogic:
+    """The sweeper's behaviour; the Hydra plugin class (which must live in ``hydra_plugins``)
+    mixes it into Hydra's BasicSweeper."""
+
+    name: str | None = None
+    skip_incompatible: bool = False
+    dry_run: bool = False
+
+    def sweep(self, arguments: list[str]) -> Any:  # overrides BasicSweeper.sweep
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        assert self.config is not None and self.launcher is not None
+        params_conf = self._parse_config()
+        params_conf.extend(arguments)
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides(params_conf)
+        grid = grid_of(overrides)
+        jobs = self.split_arguments(overrides, None)[0]
+        name = sweep_name(self.name, self.config)
+
+        tic = time.perf_counter()
+        jobs, skipped = self.check_jobs(jobs, grid)
+        log.info(f"Sweep '{name}': {len(jobs)} job(s) validated in {time.perf_counter() - tic:.1f}s"
+                 + (f", {len(skipped)} incompatible combination(s) skipped" if skipped else ""))
+        for overrides_, reason in skipped:
+            log.info(f"\tskipped {grid.label(overrides_)}: {reason.split(';')[0]}")
+
+        if self.dry_run:  # list the jobs, launch nothing, create nothing
+            print(f"sweep '{name}': {len(jobs)} job(s), {len(skipped)} skipped")
+            for job in jobs:
+                print(f"  job: {grid.label(job)}")
+            for job, _ in skipped:
+                print(f"  skipped: {grid.label(job)}")
+            return []
+
+        self.overrides = [list(x) for x in self.split_overrides_to_chunks(jobs, self.max_batch_size)]
+        self.batch_index = 0
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+
+        tracker = make_tracker(self.config)
+        tracker.ensure_store()  # once, before any job starts
+        launcher = OmegaConf.select(self.config, "hydra.runtime.choices", default={}).get("hydra/launcher")
+        params = {f"grid.{k}": ",".join(v) for k, v in grid.axes.items()}
+        params.update({"sweep.jobs": len(jobs), "sweep.skipped": len(skipped),
+                       "sweep.fixed_overrides": " ".join(grid.fixed) or "-"})
+        tags = {"sweep": name, "sweep.role": "parent", "sweep.axes": ",".join(grid.varying),
+                "sweep.grid": json.dumps(grid.axes), "sweep.dir": str(sweep_dir),
+                "launcher": str(launcher), "sweep.skipped_jobs": json.dumps(
+                    [grid.label(o) for o, _ in skipped])[:5000]}
+        parent_id = tracker.start(name, params, tags)
+        if parent_id:
+            os.environ[ENV_PARENT_RUN_ID] = parent_id
+        os.environ[ENV_SWEEP_NAME] = name
+        os.environ[ENV_SWEEP_AXES] = json.dumps(grid.varying)
+        log.info(f"Sweep '{name}': MLflow parent run {parent_id}")
+
+        status, error = "FAILED", None
+        returns = []
+        try:
+            initial_job_idx = 0
+            while not self.is_done():
+                batch = self.get_job_batch()
+                results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
+                for r in results:
+                    _ = r.return_value  # raises the job's exception if it failed
+                initial_job_idx += len(batch)
+                returns.append(results)
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status, error = "KILLED", "interrupted (Ctrl-C)"
+            raise
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            if status == "FINISHED" and parent_id:
+                failed = [s for s in tracker.child_statuses(parent_id) if s != "FINISHED"]
+                if failed:
+                    status, error = "FAILED", f"{len(failed)} child run(s) not finished: {failed}"
+            tracker.finish(status, error=error)
+        return returns
+
+    def check_jobs(self, jobs: list[list[str]], grid: Grid) -> tuple[list[list[str]], list[tuple[list[str], str]]]:
+        """Compose and validate every job before any is launched."""
+        kept, skipped, errors = [], [], []
+        for overrides in jobs:
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            error, incompatible = job_problem(cfg)
+            if error:
+                errors.append(f"[{grid.label(overrides)}] {error}")
+            elif incompatible:
+                skipped.append((list(overrides), incompatible))
+            else:
+                kept.append(list(overrides))
+        if errors:
+            fail(f"{len(errors)} of the sweep's {len(jobs)} job(s) have an invalid config; nothing "
+                 f"was launched:\n  " + "\n  ".join(dict.fromkeys(errors)))
+        if skipped and not self.skip_incompatible:
+            first, reason = skipped[0]
+            fail(f"{len(skipped)} of the sweep's {len(jobs)} job(s) pair an algorithm with a "
+                 f"pre-training or fine-tuning that does not fit it, e.g. [{grid.label(first)}]: "
+                 f"{reason}. Nothing was launched; sweep over fitting pairs, or set "
+                 f"hydra.sweeper.skip_incompatible=true to drop such pairs from the grid")
+        if not kept:
+            fail(f"none of the sweep's {len(jobs)} job(s) pairs an algorithm with a pre-training "
+                 f"that fits it; nothing to launch")
+        return kept, skipped

@@ -1,0 +1,209 @@
+"""Checkpoints and resuming: rotation and a corrupt latest checkpoint; a run stopped by a signal at
+an arbitrary update and resumed ends with exactly the weights (and metric values) of an
+uninterrupted run; kill -9 of launch.py, then the same command again, continues the same MLflow run
+with one value per metric step."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT, SMALL_RUN, launch_command, launch_env, metric_steps, run_launch, search_runs
+from offline_rl.dataset.replay import ReplayBuffer
+from offline_rl.errors import CheckpointError
+from offline_rl.training.checkpoint import CheckpointDir
+
+# ----- the checkpoint folder ------------------------------------------------------------------
+
+
+def test_checkpoints_rotate_and_a_corrupt_latest_falls_back_reported(tmp_path):
+    folder = CheckpointDir(tmp_path / "run", identity="abc", keep=2)
+    base = {"run_id": "r", "algo": {"w": torch.ones(3)}, "replay": {}, "trainer": {}, "rng": {}}
+    for step in (10, 20, 30):
+        folder.save({**base, "global_step": step}, step)
+    assert [p.name for p in folder.files()] == ["step-000000000030.pt", "step-000000000020.pt"]
+    # plain tensors and containers only: loads with weights_only=True
+    assert torch.load(folder.files()[0], weights_only=True)["global_step"] == 30
+
+    latest = folder.files()[0]
+    latest.write_bytes(latest.read_bytes()[:100])  # truncated
+    reports = []
+    state, path = folder.load_latest(reports.append)
+    assert state["global_step"] == 20 and path.name == "step-000000000020.pt"
+    assert len(reports) == 1 and "truncated or corrupt" in reports[0] and latest.name in reports[0]
+
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="no readable checkpoint"):
+        folder.load_latest(reports.append)
+
+    folder.save({**base, "global_step": 40}, 40)
+    other = CheckpointDir(tmp_path / "run", identity="xyz", keep=2)  # another config's folder
+    with pytest.raises(CheckpointError, match="another run configuration"):
+        other.load_latest(lambda m: None)
+    folder.clear()
+    assert folder.files() == [] and folder.load_latest(reports.append) is None
+
+
+# ----- resuming gives the uninterrupted run's weights -------------------------------------------
+
+
+def small_run(*overrides: str) -> list[str]:
+    """SMALL_RUN with some of its values replaced."""
+    keys = {o.split("=", 1)[0] for o in overrides}
+    return [a for a in SMALL_RUN if a.split("=", 1)[0] not in keys] + list(overrides)
+
+
+def composed(store: Path, *overrides: str):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=[*small_run(*overrides), f"tracker.store_dir={store}"])
+
+
+def final_state(store: Path) -> tuple[str, dict]:
+    runs = search_runs(store)
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["status"] == "FINISHED"
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    local = client.download_artifacts(run["run_id"], "checkpoint.pt", str(store / "download"))
+    return run["run_id"], torch.load(local, weights_only=True)
+
+
+def assert_same_tensors(a, b, where="") -> None:
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_tensors(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a} != {b}"
+
+
+# this machine is shared (2 cores): one torch thread, small batches
+SHARED_MACHINE = ["threads=1", "batch_size=32"]
+
+CASES = {
+    # hard pre-training stopped at its loss plateau (the Convergence history is checkpointed),
+    # interrupted during pre-training, between two log points
+    "td3_bc-ac": (["algo=td3_bc", "pretrain=ac", "pretrain.steps=80", "pretrain.window=10",
+                   "pretrain.tolerance=0.5", "updates=40"], 2 * 27),
+    # soft pre-training: interrupted in the critic phase, after the soft returns were computed
+    "edac-soft": (["algo=edac", "algo.num_critics=2", "pretrain=soft", "pretrain.steps=20",
+                   "pretrain.until=null", "updates=20"], 1 * 20 + 1 * 7),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("corrupt_latest", [False, True], ids=["", "corrupt-latest"])
+def test_resume_after_signal_gives_the_uninterrupted_weights(case, corrupt_latest, tmp_path,
+                                                              minari_root, monkeypatch, new_store):
+    from offline_rl.training.run import train
+
+    overrides, interrupt_at_sample = CASES[case]
+    if corrupt_latest and case != "td3_bc-ac":
+        pytest.skip("one case is enough for the corrupt checkpoint")
+    common = [*overrides, "eval.episodes=1", "eval.every=30", "log_every=5", "checkpoint.every=12",
+              *SHARED_MACHINE]
+    train(composed(new_store(tmp_path / "straight"), *common))
+    straight_id, straight = final_state(tmp_path / "straight")
+
+    store = new_store(tmp_path / "resumed")
+    samples = {"n": 0}
+    original = ReplayBuffer.sample
+
+    def sample(self, batch_size):  # SIGTERM (as scancel / scontrol requeue send) mid-run
+        samples["n"] += 1
+        if samples["n"] == interrupt_at_sample:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch_size)
+
+    monkeypatch.setattr(ReplayBuffer, "sample", sample)
+    with pytest.raises(SystemExit) as stopped:
+        train(composed(store, *common))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    monkeypatch.setattr(ReplayBuffer, "sample", original)
+    killed = search_runs(store).iloc[0]
+    assert killed["status"] == "KILLED" and "SIGTERM" in killed["tags.interrupted"]
+    files = list((store / "checkpoints").glob("*/step-*.pt"))
+    steps = sorted(int(f.stem.split("-")[1]) for f in files)
+    assert steps[-1] % 12 != 0  # the signal's own checkpoint, between two periodic ones
+    if corrupt_latest:
+        latest = max(files, key=lambda f: int(f.stem.split("-")[1]))
+        latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+
+    train(composed(store, *common))
+    resumed_id, resumed = final_state(store)
+    run = search_runs(store).iloc[0]
+    assert int(run["tags.resumed_from_step"]) == (steps[-2] if corrupt_latest else steps[-1])
+    if corrupt_latest:
+        assert "truncated or corrupt" in run["tags.checkpoint_corrupt"]
+    assert resumed["global_step"] == straight["global_step"]
+    assert_same_tensors(straight["algo"], resumed["algo"], "algo")
+    assert_same_tensors(straight["replay"], resumed["replay"], "replay")
+
+    # the same metric values at the same steps, each step once
+    a = MlflowClient(f"sqlite:///{tmp_path / 'straight' / 'mlflow.db'}")
+    b = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    keys = sorted(a.get_run(straight_id).data.metrics)
+    assert keys == sorted(b.get_run(resumed_id).data.metrics)
+    for key in keys:
+        want = sorted((m.step, m.value) for m in a.get_metric_history(straight_id, key))
+        got = sorted((m.step, m.value) for m in b.get_metric_history(resumed_id, key))
+        assert got == want, key
+    assert not list((store / "checkpoints").glob("*/*"))  # a finished run's checkpoints are gone
+
+
+# ----- kill -9, then the same command ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_kill_9_then_the_same_command_resumes_the_same_run(tmp_path, minari_root, new_store):
+    new_store(tmp_path)
+    # long enough that a fast machine cannot finish between the first checkpoint and the kill
+    args = small_run("updates=1500", "log_every=50", "eval.every=500", "eval.episodes=1",
+                     "checkpoint.every=50", *SHARED_MACHINE)
+    proc = subprocess.Popen(launch_command(args, tmp_path), cwd=ROOT, env=launch_env(minari_root),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(tmp_path.glob("checkpoints/*/step-*.pt")):
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    killed = search_runs(tmp_path)
+    assert len(killed) == 1 and killed.iloc[0]["status"] == "RUNNING"
+    run_id = killed.iloc[0]["run_id"]
+
+    result = run_launch(args, tmp_path, minari_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"MLflow run {run_id}" in result.stderr  # "resuming from ... (update step k, MLflow run ...)"
+    runs = search_runs(tmp_path)
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["run_id"] == run_id and run["status"] == "FINISHED"
+    assert int(run["tags.resumed_from_step"]) % 50 == 0
+    losses = metric_steps(tmp_path, run_id, "offline_rl/critic_loss")
+    assert losses == sorted(set(losses))  # strictly increasing: no step logged twice
+    assert losses == list(range(50, 1501, 50))  # and none missing
+    assert metric_steps(tmp_path, run_id, "eval/return_mean") == [500, 1000, 1500]

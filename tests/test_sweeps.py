@@ -1,0 +1,227 @@
+"""Named sweeps (conf/experiment/*): multiruns by themselves, grids with fitting algorithm x
+pre-training pairs, validated before anything is launched; the local launcher's cap; one MLflow
+parent run per sweep with its jobs as tagged child runs; and, on the local SLURM cluster
+(scripts/local_slurm.sh), a 2x2 sweep through the SLURM preset and a job requeued mid-run that
+finishes as one MLflow run."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import (ROOT, SMALL_RUN, launch_command, launch_env, metric_steps, run_sweep,
+                      search_runs)
+
+EXPERIMENTS = ["pretrain_ablation", "lambda_sweep", "layernorm_ablation", "qt_max_baseline", "paper_fig2"]
+
+TINY = ["dataset=minari", "dataset.dataset_id=tests/hopper/random-v0", "network=small",
+        "eval.episodes=1", "log_every=20", "progress=false", "updates=40", "pretrain.steps=20",
+        "pretrain.until=null", "threads=1", "batch_size=32"]  # a shared 2-core machine
+
+
+def children_and_parent(store):
+    runs = search_runs(store)
+    parents = runs[runs["tags.sweep.role"] == "parent"]
+    assert len(parents) == 1, runs[["tags.mlflow.runName", "status"]]
+    parent = parents.iloc[0]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"]]
+    assert len(children) == len(runs) - 1  # every other run is a child of this parent
+    return parent, children
+
+
+# ----- the sweep files ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_sweep_files_are_multiruns_with_three_seeds(experiment):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"+experiment={experiment}"], return_hydra_config=True)
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"  # no -m needed, never one silent job
+    params = cfg.hydra.sweeper.params
+    assert params.seed == "0,1,2"
+    assert cfg.hydra.sweeper._target_ == "hydra_plugins.offline_rl_sweeper.OfflineRLSweeper"
+
+
+def dry_run(folder, *args: str) -> list[str]:
+    result = subprocess.run(launch_command([*args, "hydra.sweeper.dry_run=true"], folder, sweep=True),
+                            cwd=ROOT, env=launch_env(folder), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(folder.iterdir()) == []  # a dry run creates nothing
+    return [line.split("job: ", 1)[1] for line in result.stdout.splitlines() if "  job: " in line]
+
+
+def pairs(jobs: list[str], fixed: dict[str, str]) -> set[tuple[str, str]]:
+    out = set()
+    for job in jobs:  # a job is listed by its swept values
+        values = {**fixed, **dict(o.split("=", 1) for o in job.split())}
+        out.add((values["algo"], values["pretrain"]))
+    return out
+
+
+HARD, SOFT = ("none", "actor", "critic", "ac"), ("none", "soft_actor", "soft_critic", "soft")
+
+
+@pytest.mark.parametrize("experiment,extra,count,expected_pairs", [
+    ("pretrain_ablation", [], 24, {("td3_bc", p) for p in HARD} | {("edac", p) for p in SOFT}),
+    ("paper_fig2", [], 36, {("td3_bc", "none"), ("td3_bc", "ac"), ("edac", "none"), ("edac", "soft")}),
+    ("qt_max_baseline", [], 18, {("td3_bc", "none"), ("td3_bc", "ac"), ("td3_bc", "qt_max"),
+                                 ("edac", "none"), ("edac", "soft"), ("edac", "qt_max")}),
+    ("lambda_sweep", [], 30, {("td3_bc", "ac"), ("edac", "soft")}),
+    # the grid is overridable from the command line
+    ("pretrain_ablation", ["algo=edac", "seed=0,1,2,3,4"], 20, {("edac", p) for p in SOFT}),
+])
+def test_sweeps_pair_each_algorithm_with_its_own_pretraining(experiment, extra, count, expected_pairs,
+                                                             tmp_path):
+    jobs = dry_run(tmp_path, f"+experiment={experiment}", *extra)
+    assert len(jobs) == count == len(set(jobs))
+    assert pairs(jobs, dict(o.split("=", 1) for o in extra)) == expected_pairs
+    if experiment == "lambda_sweep":
+        assert {dict(o.split("=") for o in j.split())["pretrain.lambda"] for j in jobs} == {
+            "0.0", "0.1", "0.25", "0.5", "1.0"}
+
+
+@pytest.mark.slow
+def test_bad_job_config_or_unfitting_pair_stops_the_sweep_before_launch(tmp_path, minari_root):
+    result = run_sweep(["-m", *SMALL_RUN, "algo.tau=0.5,1.5"], tmp_path, minari_root)
+    assert result.returncode == 2
+    assert "algo.tau=1.5 is not allowed" in result.stderr and "nothing was launched" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+    result = run_sweep(["-m", *SMALL_RUN, "algo=td3_bc,edac", "pretrain=ac"], tmp_path, minari_root)
+    assert result.returncode == 2
+    assert "hydra.sweeper.skip_incompatible=true" in result.stderr and "algo=edac" in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+# ----- running sweeps locally -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_named_sweep_without_dash_m_runs_every_job_under_one_parent(tmp_path, minari_root):
+    result = run_sweep(["+experiment=pretrain_ablation", "algo=td3_bc", "pretrain=none,ac", "seed=0,1",
+                        "hydra/launcher=local", *TINY], tmp_path, minari_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent, children = children_and_parent(tmp_path)
+    assert parent["tags.mlflow.runName"] == "pretrain_ablation" and parent["status"] == "FINISHED"
+    assert parent["params.grid.pretrain"] == "none,ac" and parent["params.grid.seed"] == "0,1"
+    assert json.loads(parent["tags.sweep.grid"]) == {"pretrain": ["none", "ac"], "seed": ["0", "1"]}
+    assert parent["tags.launcher"] == "local"
+    assert sorted(children["tags.mlflow.runName"]) == [
+        "pretrain=ac,seed=0", "pretrain=ac,seed=1", "pretrain=none,seed=0", "pretrain=none,seed=1"]
+    assert set(children["status"]) == {"FINISHED"}
+    assert set(children["tags.sweep"]) == {"pretrain_ablation"}
+    assert set(children["tags.sweep.axes"]) == {"pretrain,seed"}
+    for _, child in children.iterrows():
+        name = dict(kv.split("=") for kv in child["tags.mlflow.runName"].split(","))
+        assert child["tags.pretrain"] == name["pretrain"] and child["tags.seed"] == name["seed"]
+        assert f"pretrain={name['pretrain']}" in child["tags.overrides"]
+        assert "+experiment=pretrain_ablation" in child["tags.overrides"]
+    # the local preset's cap: at most 2 jobs at once
+    spans = [(r["start_time"], r["end_time"]) for _, r in children.iterrows()]
+    for start, _ in spans:
+        assert sum(1 for s, e in spans if s <= start < e) <= 2
+
+
+@pytest.mark.slow
+def test_a_failed_job_fails_the_parent(tmp_path, minari_root, new_store):
+    new_store(tmp_path)
+    result = run_sweep(["-m", "dataset=minari", "dataset.dataset_id=tests/hopper/random-v0,tests/hopper/nan-v0",
+                        "network=small", "eval.episodes=0", "progress=false", "updates=40",
+                        "log_every=20", "threads=1", "batch_size=32"], tmp_path, minari_root)
+    assert result.returncode != 0
+    parent, children = children_and_parent(tmp_path)
+    assert parent["status"] == "FAILED"
+    status = dict(zip(children["tags.dataset_id"], children["status"]))
+    assert status == {"tests/hopper/random-v0": "FINISHED", "tests/hopper/nan-v0": "FAILED"}
+
+
+# ----- on the local SLURM cluster -------------------------------------------------------------
+
+
+def sacct_states(job_id: str) -> list[str]:
+    """Every state the job went through (-D: requeued instances too); sacct may lag a little."""
+    out = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-o", "JobID,State", "-j", job_id],
+                         capture_output=True, text=True, timeout=30).stdout
+    return [line.split("|")[1].split()[0] for line in out.splitlines() if line.strip()]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_slurm_2x2_sweep_children_under_one_parent(slurm_cluster, tmp_path, minari_root):
+    result = run_sweep(["-m", "pretrain=none,ac", "seed=0,1", "hydra/launcher=slurm_local",
+                        "hydra.sweeper.name=slurm-2x2", *TINY], tmp_path, minari_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent, children = children_and_parent(tmp_path)  # the sweeper created the store
+    assert parent["tags.mlflow.runName"] == "slurm-2x2" and parent["status"] == "FINISHED"
+    assert parent["tags.launcher"] == "slurm_local"
+    assert parent["params.grid.pretrain"] == "none,ac" and parent["params.grid.seed"] == "0,1"
+    assert len(children) == 4 and set(children["status"]) == {"FINISHED"}
+    assert set(children["tags.sweep"]) == {"slurm-2x2"}
+    assert {(r["tags.pretrain"], r["tags.seed"]) for _, r in children.iterrows()} == {
+        ("none", "0"), ("none", "1"), ("ac", "0"), ("ac", "1")}
+    job_ids = list(children["tags.slurm_job_id"])
+    assert all(re.fullmatch(r"\d+_[0-3]", j) for j in job_ids)
+    assert len({j.split("_")[0] for j in job_ids}) == 1  # one job array
+    for job_id in job_ids:
+        for _ in range(10):
+            states = sacct_states(job_id)
+            if states and states[-1] == "COMPLETED":
+                break
+            time.sleep(1)
+        assert states[-1] == "COMPLETED", (job_id, states)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_slurm_job_requeued_mid_run_finishes_as_one_run(slurm_cluster, tmp_path, minari_root,
+                                                         new_store):
+    new_store(tmp_path)
+    args = ["-m", "seed=0", "hydra/launcher=slurm_local", "dataset=minari",
+            "dataset.dataset_id=tests/hopper/random-v0", "network=small", "eval.episodes=1",
+            "eval.every=500", "log_every=50", "progress=false", "updates=1500", "checkpoint.every=50",
+            "threads=1", "batch_size=32"]
+    driver = subprocess.Popen(launch_command(args, tmp_path, sweep=True), cwd=ROOT,
+                              env=launch_env(minari_root), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(tmp_path.glob("checkpoints/*/step-*.pt")):
+            assert driver.poll() is None, driver.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.05)
+        children = search_runs(tmp_path)
+        child = children[children["tags.sweep.role"] != "parent"].iloc[0]
+        job_id = child["tags.slurm_job_id"]
+        requeue = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+        assert requeue.returncode == 0, requeue.stderr
+        output, _ = driver.communicate(timeout=400)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+            subprocess.run(["scancel", str(job_id)], capture_output=True)
+    assert driver.returncode == 0, output[-3000:]
+
+    runs = search_runs(tmp_path)
+    assert len(runs) == 2  # the parent and ONE child: the requeued job continued its run
+    run = runs[runs["tags.sweep.role"] != "parent"].iloc[0]
+    assert run["run_id"] == child["run_id"] and run["status"] == "FINISHED"
+    assert run["tags.slurm_job_id"] == job_id
+    assert "SIGTERM" in run["tags.interrupted"] and int(run["tags.resumed_from_step"]) > 0
+    losses = metric_steps(tmp_path, run["run_id"], "offline_rl/critic_loss")
+    assert losses == list(range(50, 1501, 50))  # continuous: no step missing, none twice
+    assert metric_steps(tmp_path, run["run_id"], "eval/return_mean") == [500, 1000, 1500]
+    for _ in range(10):
+        states = sacct_states(job_id)
+        if states[-1:] == ["COMPLETED"]:
+            break
+        time.sleep(1)
+    assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", states
