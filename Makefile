@@ -4,9 +4,9 @@ ENVS ?= Hopper-v5
 
 .PHONY: install run test bench datasets clean-datasets mlflow-ui analysis
 
-install:  ## install the CPU torch wheel, then this package with its dev extras
+install:  ## install the CPU torch wheel, then this package with its dev and Adroit extras
 	$(PYTHON) -m pip install torch==2.13.0
-	$(PYTHON) -m pip install -e '.[dev]'
+	$(PYTHON) -m pip install -e '.[dev,adroit]'
 
 run:  ## the README's main job: TD3+BC on the locally generated Hopper medium dataset
 	$(PYTHON) launch.py algo=td3_bc dataset=hopper-medium-local updates=30000 eval.every=5000
