@@ -113,6 +113,25 @@ RULES: list[Rule] = [
     _rule("algo.importance_sample", boolean()),
     _rule("algo.backup_entropy", boolean()),
     _rule("algo.orthogonal_init", boolean()),
+    # online fine-tuning ("Finetuning from offline RL", Table B1 / B2, appendix C.1)
+    _rule("finetune.env_steps", int_at_least(1)),
+    _rule("finetune.min_replay_size", int_at_least(1)),
+    _rule("finetune.exploration_noise", number_in(0.0, float("inf"))),
+    _rule("finetune.batch_size", int_at_least(1)),
+    _rule("finetune.init_with_offline", boolean()),
+    _rule("finetune.offline_fraction", (lambda v: v is None or (_is_num(v) and 0 <= v <= 1), "null (uniform over the replay) or a number in [0, 1]")),
+    _rule("finetune.max_replay_size", int_at_least(1)),
+    _rule("finetune.from_run", (lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "null or an MLflow run id / checkpoint path")),
+    _rule("finetune.algorithm.epsilon", positive_number()),
+    _rule("finetune.algorithm.dqda_clipping", (lambda v: v is None or (_is_num(v) and v > 0), "null (off) or a number > 0")),
+    _rule("finetune.algorithm.initial_multiplier", positive_number()),
+    _rule("finetune.algorithm.multiplier_lr", positive_number()),
+    _rule("finetune.algorithm.policy_delay", int_at_least(1)),
+    _rule("finetune.algorithm.tau", number_in(0.0, 1.0, low_open=True)),
+    _rule("finetune.algorithm.actor_lr", positive_number()),
+    _rule("finetune.algorithm.critic_lr", positive_number()),
+    _rule("finetune.algorithm.alpha", number_in(0.0, float("inf"))),
+    _rule("finetune.algorithm.eta", number_in(0.0, float("inf"))),
     # evaluation overrides of Minari datasets (appendix G.5)
     _rule("dataset.use_minari_reference", boolean()),
     _rule("dataset.eval_max_episode_steps", (lambda v: v is None or (_is_int(v) and v >= 1), "null (the dataset's environment's time limit) or an integer >= 1")),
@@ -123,6 +142,10 @@ RULES: list[Rule] = [
 
 def validate(cfg: DictConfig, rules: list[Rule] | None = None) -> None:
     problems = []
+    fraction = OmegaConf.select(cfg, "finetune.offline_fraction", default=None)
+    if fraction is not None and OmegaConf.select(cfg, "finetune.init_with_offline") is False:
+        problems.append(f"finetune.offline_fraction={fraction!r} needs the offline data in the "
+                        f"replay: set finetune.init_with_offline=true or finetune.offline_fraction=null")
     for rule in RULES if rules is None else rules:
         value = OmegaConf.select(cfg, rule.key, default="__missing__", throw_on_missing=False)
         if isinstance(value, str) and value == "__missing__":

@@ -31,6 +31,9 @@ class NullTracker:
     def child_statuses(self, parent_run_id: str) -> list[str]:
         return []
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def download_artifact(self, run_id: str, name: str, dst: str | Path) -> Path:
+        raise FileNotFoundError("tracker=none keeps no runs: give a checkpoint file path instead "
+                                "of an MLflow run id")
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def flush(self) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
@@ -159,6 +162,17 @@ class MlflowTracker:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def download_artifact(self, run_id: str, name: str, dst: str | Path) -> Path:
+        """Run ``run_id``'s artifact ``name`` into the folder ``dst``; FileNotFoundError naming
+        what is missing (no such run in this store, or no such artifact)."""
+        if self.run_status(run_id) is None:
+            raise FileNotFoundError(f"no MLflow run {run_id!r} in the store {self.tracking_uri}")
+        try:
+            return Path(self.client.download_artifacts(run_id, name, str(dst)))
+        except Exception as exc:
+            raise FileNotFoundError(f"MLflow run {run_id} has no artifact {name!r} (a run that "
+                                    f"did not finish has none): {type(exc).__name__}") from None
 
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         if self.run_id is None:

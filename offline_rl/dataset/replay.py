@@ -106,6 +106,10 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int) -> Batch:
         idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=self.generator)
+        return self.gather(idx)
+
+    def gather(self, idx: torch.Tensor) -> Batch:
+        """The transitions at storage rows ``idx`` (a tensor on the device)."""
         return Batch(*(self.storage[k][idx] for k in FIELDS))
 
     def all(self) -> Batch:
@@ -120,3 +124,79 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.size, self.position = int(state["size"]), int(state["position"])
+
+    def contents(self) -> dict:
+        """The stored transitions (on the CPU), for checkpoints of buffers filled online."""
+        return {"storage": {k: v[: self.size].cpu() for k, v in self.storage.items()},
+                "timeouts": self.timeouts[: self.size].cpu(), **self.state_dict()}
+
+    def load_contents(self, state: dict) -> None:
+        n = int(state["size"])
+        if n > self.capacity:
+            raise ValueError(f"replay contents of {n} transitions do not fit a buffer of {self.capacity}")
+        for key, value in state["storage"].items():
+            self.storage[key][:n] = value.to(self.device)
+        self.timeouts[:n] = state["timeouts"].to(self.device)
+        self.load_state_dict(state)
+
+
+class MixedReplay:
+    """What online fine-tuning samples from: the offline dataset's buffer and an online buffer
+    (section 3.3 and appendix C.1 of "Finetuning from offline RL").
+
+    - ``init_with_offline=False``: online transitions only.
+    - ``init_with_offline=True, offline_fraction=None``: the online replay starts as the offline
+      dataset and is sampled uniformly, so the share of offline samples is the share of offline
+      transitions in it (the paper's default protocol). The replay holds at most ``max_size``
+      transitions: once full, the oldest go first -- the offline ones, which came first.
+    - ``offline_fraction=f``: every batch has round(f * B) offline transitions (uniform over the
+      whole dataset) and the rest online ones (appendix C.1's fixed ratio).
+    Indices are drawn on the device with the online buffer's generator.
+    """
+
+    def __init__(self, offline: ReplayBuffer, online: ReplayBuffer, init_with_offline: bool,
+                 offline_fraction: float | None, max_size: int):
+        if offline_fraction is not None and not init_with_offline:
+            raise ValueError("a fixed offline fraction needs the offline data (init_with_offline)")
+        self.offline, self.online = offline, online
+        self.init_with_offline, self.offline_fraction = init_with_offline, offline_fraction
+        self.max_size = int(max_size)
+
+    def offline_pool(self) -> tuple[int, int]:
+        """[start, end) of the offline rows still in the replay (uniform mode)."""
+        if not self.init_with_offline:
+            return 0, 0
+        if self.offline_fraction is not None:
+            return 0, self.offline.size
+        evicted = max(0, self.offline.size + self.online.size - self.max_size)
+        return min(evicted, self.offline.size), self.offline.size
+
+    def __len__(self) -> int:
+        start, end = self.offline_pool()
+        return end - start + self.online.size
+
+    def sample(self, batch_size: int) -> tuple[Batch, torch.Tensor]:
+        """A batch and the fraction of it drawn from the offline data (a 0-d tensor)."""
+        device = self.online.device
+        if not self.init_with_offline or self.offline.size == 0:
+            return self.online.sample(batch_size), torch.zeros((), device=device)
+        if self.offline_fraction is not None:
+            k = int(round(self.offline_fraction * batch_size))
+            if self.online.size == 0:
+                k = batch_size
+            parts = [self.offline.sample(k), self.online.sample(batch_size - k)]
+            batch = Batch(*(torch.cat(fields) for fields in zip(*parts)))
+            return batch, torch.full((), k / batch_size, device=device)
+        start, end = self.offline_pool()
+        n_offline = end - start
+        j = torch.randint(0, n_offline + self.online.size, (batch_size,), device=device,
+                          generator=self.online.generator)
+        from_offline = j < n_offline
+        if self.online.size == 0:
+            return self.offline.gather(start + j), torch.ones((), device=device)
+        off = self.offline.gather((start + j).clamp(max=self.offline.size - 1))
+        on = self.online.gather((j - n_offline).clamp(min=0))
+        pick = from_offline.unsqueeze(-1)
+        batch = Batch(*(torch.where(pick if a.dim() > 1 else from_offline, a, b)
+                        for a, b in zip(off, on)))
+        return batch, from_offline.float().mean()

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 
 class NoFinetuning:
+    from_run = None
+    agent = None
+
     def check(self, algo) -> None:
         """Nothing to check."""
 
-    def phases(self, algo, replay, data, cfg) -> list:
+    def phases(self, algo, replay, data, cfg, evaluate=None) -> list:
         return []
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore."""

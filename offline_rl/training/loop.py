@@ -24,7 +24,10 @@ class Phase:
     """``steps`` calls of ``update``. ``stop`` (optional) is asked at every log point with the
     window's mean metrics and may end the phase early (convergence); ``on_start`` / ``on_end``
     run before / after it and may return metrics to log. With ``snapshot``, the phase's last
-    losses and an evaluation of the policy at its end are logged as ``<phase>/final/...``."""
+    losses and an evaluation of the policy at its end are logged as ``<phase>/final/...``.
+    ``counters`` (optional) gives values logged as they are at every log point (not averaged over
+    the window: environment steps so far, replay size); ``agent`` (optional) is the algorithm
+    whose actor evaluations use during and after this phase (online fine-tuning trains its own)."""
 
     name: str
     update: UpdateFn
@@ -33,6 +36,8 @@ class Phase:
     snapshot: bool = False
     on_start: Callable[[], dict[str, float] | None] | None = None
     on_end: Callable[[], dict[str, float] | None] | None = None
+    counters: Callable[[], dict[str, float]] | None = None
+    agent: Any = None
     state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -148,6 +153,7 @@ class Trainer:
         self.window = MetricWindow()
         self.last: dict[str, float] = {}
         self.interrupt_requested: str | None = None  # a reason; set from a signal handler
+        self._counters_step = -1  # the step whose counters were logged last (logged once a step)
 
     @property
     def total_steps(self) -> int:
@@ -177,8 +183,12 @@ class Trainer:
     # ----- logging -------------------------------------------------------------------------------
     def _log(self, window: MetricWindow, phase: Phase) -> dict[str, float]:
         means = window.read(phase.name)
-        if means:
-            self.tracker.log_metrics({f"{phase.name}/{k}": v for k, v in means.items()},
+        logged = dict(means)
+        if phase.counters is not None and self._counters_step != self.state.global_step:
+            logged.update(phase.counters())
+            self._counters_step = self.state.global_step
+        if logged:
+            self.tracker.log_metrics({f"{phase.name}/{k}": v for k, v in logged.items()},
                                      self.state.global_step)
         return means
 

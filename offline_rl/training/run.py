@@ -34,11 +34,11 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from offline_rl.config import validate
-from offline_rl.dataset.replay import ReplayBuffer
+from offline_rl.dataset.replay import ReplayBuffer, StateNormalizer
 from offline_rl.errors import CheckpointError, ConfigError, OfflineRLError
 from offline_rl.sweep import job_context
 from offline_rl.tracker import NullTracker
-from offline_rl.training.checkpoint import CheckpointDir, save_checkpoint
+from offline_rl.training.checkpoint import CheckpointDir, load_checkpoint, save_checkpoint
 from offline_rl.training.evaluation import Evaluator
 from offline_rl.training.loop import Interrupted, Phase, Trainer
 
@@ -73,9 +73,12 @@ def group_choices(cfg: DictConfig) -> dict[str, str]:
 
 
 def run_name(choices: dict[str, str], seed: int, dataset_id: str) -> str:
-    """e.g. td3_bc-none-hopper-medium-local-s0; a dataset given by id shows its id."""
+    """e.g. td3_bc-none-hopper-medium-local-s0, td3_bc-ac-hopper-medium-local-td3_c-s0 (with
+    online fine-tuning); a dataset given by id shows its id."""
     dataset = choices["dataset"] if choices["dataset"] != "minari" else dataset_id.replace("/", "-")
-    return f"{choices['algo']}-{choices['pretrain']}-{dataset}-s{seed}"
+    finetune = choices.get("finetune")
+    tail = f"-{finetune}" if finetune not in (None, "none", "?", "None") else ""
+    return f"{choices['algo']}-{choices['pretrain']}-{dataset}{tail}-s{seed}"
 
 
 def flatten(cfg: DictConfig) -> dict[str, Any]:
@@ -178,6 +181,41 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+def load_source_run(from_run: str, tracker, algo, replay: ReplayBuffer) -> dict[str, Any]:
+    """Load the offline networks of a previous run into ``algo`` for ``finetune.from_run``: an
+    MLflow run id (its final ``checkpoint.pt`` artifact, from this run's store) or a path to a
+    checkpoint file (or a folder holding ``checkpoint.pt``). Its state statistics must be this
+    run's (the same dataset), its networks this run's shapes (the same algo / network options)."""
+    key = f"finetune.from_run={from_run!r}"
+    path = Path(str(from_run)).expanduser()
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.exists():
+        if path.suffix == ".pt" or "/" in str(from_run):
+            raise ConfigError(f"{key}: no checkpoint file {path}; give an existing checkpoint.pt "
+                              f"or the MLflow run id of a finished run")
+        folder = Path(tempfile.mkdtemp(prefix="offline_rl-source-"))
+        try:
+            path = tracker.download_artifact(str(from_run), "checkpoint.pt", folder)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{key}: {exc}. Give the id of a FINISHED run in this store (see "
+                              f"make mlflow-ui) or a path to its checkpoint.pt") from None
+    state = load_checkpoint(path, map_location=algo.device)
+    try:
+        algo.load_state_dict(state["algo"])
+    except (RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{key}: its networks do not fit this run's ({first}); use the algo= "
+                          f"and network= options of that run (its config.yaml artifact)") from None
+    theirs = StateNormalizer.from_state_dict(state["normalizer"])
+    ours = replay.normalizer
+    if theirs.mean.shape != ours.mean.shape or not (np.allclose(theirs.mean, ours.mean, atol=1e-5)
+                                                    and np.allclose(theirs.std, ours.std, atol=1e-5)):
+        raise ConfigError(f"{key}: that run normalised states with other statistics (another "
+                          f"dataset, or another algo.normalize_states); use that run's dataset=")
+    return {"global_step": int(state.get("global_step", 0)), "path": str(path)}
+
+
 class SignalCheckpoint:
     """While the loop runs: SIGTERM (scancel, ``scontrol requeue``, a time limit), SIGINT (Ctrl-C)
     and SIGUSR2 (submitit's pre-timeout / preemption signal, when submitit handles it) ask the
@@ -242,21 +280,34 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     data, algo, pretrain, finetune, replay = build(cfg, device)
 
+    source = None  # fine-tuning a previous run's checkpoint: no pre-training, no offline phase
+    if getattr(finetune, "from_run", None):
+        source = load_source_run(finetune.from_run, tracker, algo, replay)
+
     def offline_update() -> dict[str, torch.Tensor]:
         return algo.update(replay.sample(cfg.batch_size))
-
-    phases: list[Phase] = []
-    phases += pretrain.phases(algo, replay, cfg.batch_size)
-    phases.append(Phase("offline_rl", offline_update, int(cfg.updates)))
-    phases += finetune.phases(algo, replay, data, cfg)
 
     evaluator = None
     if cfg.eval.episodes > 0:
         evaluator = Evaluator(data.env_spec, cfg.eval.episodes, cfg.eval.seed + cfg.seed,
                               replay.normalizer, device, data.ref_min_score, data.ref_max_score)
+    evaluations: dict[tuple[int, int], dict[str, float]] = {}
 
     def evaluate() -> dict[str, float]:
-        return evaluator(lambda obs: algo.act(obs, deterministic=True))
+        """The acting phase's agent (fine-tuning trains its own), evaluated once per update step."""
+        index = min(trainer.state.phase_index, len(phases) - 1)
+        agent = phases[index].agent or algo
+        key = (trainer.state.global_step, index)
+        if key not in evaluations:
+            evaluations.clear()
+            evaluations[key] = evaluator(lambda obs: agent.act(obs, deterministic=True))
+        return evaluations[key]
+
+    phases: list[Phase] = []
+    if source is None:
+        phases += pretrain.phases(algo, replay, cfg.batch_size)
+        phases.append(Phase("offline_rl", offline_update, int(cfg.updates)))
+    phases += finetune.phases(algo, replay, data, cfg, evaluate if evaluator is not None else None)
 
     base_name = run_name(choices, cfg.seed, data.dataset_id)
     name = job.run_name() or base_name
@@ -290,6 +341,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     tags = {**choices, "seed": cfg.seed, "dataset_id": data.dataset_id, "device": str(device),
             **job.tags(), "run_identity": identity, "checkpoint_dir": str(checkpoints.path)}
+    if source is not None:
+        tags.update({"finetune.from_run": finetune.from_run, "finetune.source": source["path"]})
     run_id = tracker.start(name, flatten(cfg), tags, run_id=run_id, parent_run_id=job.parent_run_id)
     if run_id is not None:
         checkpoints.write_info({"run_id": run_id, "identity": identity, "name": name,
@@ -304,6 +357,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                           "replay": replay.state_dict(),
                           "returns_to_go": replay.storage["returns_to_go"][: replay.size].cpu(),
                           "normalizer": replay.normalizer.state_dict(),
+                          "finetune": finetune.state_dict(),
                           "trainer": trainer.state_dict(), "rng": rng_state()}, step)
 
     use_checkpoints = settings["every"] > 0 or settings["on_signal"]
@@ -311,11 +365,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
                       log_every=cfg.log_every, eval_every=cfg.eval.every,
                       checkpoint=save if use_checkpoints else None,
                       checkpoint_every=settings["every"], progress=cfg.progress)
+    if source is not None:  # the x-axis continues from the source run's last update
+        trainer.state.global_step = source["global_step"]
     if resumed is not None:
         state, path = resumed
         algo.load_state_dict(state["algo"])
         replay.load_state_dict(state["replay"])
         replay.storage["returns_to_go"][: replay.size] = state["returns_to_go"].to(replay.device)
+        finetune.load_state_dict(state.get("finetune") or {})
         trainer.load_state_dict(state["trainer"], device)
         set_rng_state(state["rng"])
         step = int(state["global_step"])
@@ -341,9 +398,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
             tracker.log_artifact(config_path)
             ckpt = Path(tmp) / "checkpoint.pt"
-            save_checkpoint(ckpt, {"algo": algo.state_dict(), "replay": replay.state_dict(),
-                                   "normalizer": replay.normalizer.state_dict(),
-                                   "global_step": trainer.state.global_step})
+            final = {"algo": algo.state_dict(), "replay": replay.state_dict(),
+                     "normalizer": replay.normalizer.state_dict(),
+                     "global_step": trainer.state.global_step}
+            if getattr(finetune, "agent", None) is not None:  # the fine-tuned networks
+                final["finetune_agent"] = finetune.agent.state_dict()
+            save_checkpoint(ckpt, final)
             tracker.log_artifact(ckpt)
     except (Interrupted, SystemExit):
         raise  # stopped after a checkpoint (or by submitit's requeue): continued later

@@ -1,0 +1,235 @@
+"""Online fine-tuning after offline training ("Finetuning from offline RL", Luo et al.).
+
+The same run continues in the dataset's environment: a fine-tuning algorithm (TD3, TD3+BC, TD3-C
+or SAC) starts from the offline networks' weights (actor, critic and their targets; SAC also the
+temperature) with fresh optimisers, and each step of the ``finetune`` phase is one environment
+step with the exploring policy followed by one gradient update (section 3.1: "one gradient step
+after every transition"), once the replay holds ``min_replay_size`` transitions. The policy acts
+from the first step (as Acme's TD3 actor does; no random warm-up). Exploration: the deterministic
+actor plus N(0, (exploration_noise * max_action)^2), clipped to the action box (Table B1: 0.1);
+SAC samples its stochastic policy.
+
+Replay (section 3.3, appendix C.1): see ``offline_rl.dataset.replay.MixedReplay`` --
+initialised with the offline dataset or empty, optionally a fixed offline fraction per batch.
+
+Logged (phase ``finetune``): ``offline_score`` (the normalised score evaluated as fine-tuning
+starts: the offline policy), evaluations every ``eval.every`` steps as in every phase, and at the
+end ``online_score`` and ``delta`` = online - offline (Table 1 / C3); at every log point the
+counters ``env_steps``, ``updates``, ``replay_size``, ``env_steps_per_s`` (environment steps per
+second of wall time, updates included) and ``env_time_fraction`` (the share of that time spent
+acting and stepping the environment: collection is not the bottleneck while it is small); per
+window the losses, ``episode_return`` / ``episode_length`` of the training episodes and
+``batch_offline_fraction``.
+
+Fine-tuning can start from an earlier run instead of this run's offline phase: ``from_run`` = an
+MLflow run id (its ``checkpoint.pt`` artifact) or a path to a checkpoint file; the run then has
+only the ``finetune`` phase, and its x-axis continues from the source run's last update.
+
+On resume mid-fine-tuning everything is restored (networks, optimisers, the multiplier, the online
+replay's contents, counters, RNGs) except the environment's internal state: the episode that was
+running is abandoned and a new one starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import time
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from offline_rl.dataset.replay import MixedReplay, ReplayBuffer
+from offline_rl.errors import ConfigError
+from offline_rl.training.loop import Phase
+
+# the training environment's first reset seed: away from evaluation seeds (eval.seed + seed + i)
+ENV_SEED_OFFSET = 40_000
+# what the fine-tuning algorithm takes over from the offline one, where both have it
+TRANSFERRED = ("actor", "actor_target", "critic", "critic_target", "temperature")
+
+
+def _copy_of(module: torch.nn.Module) -> Callable[..., torch.nn.Module]:
+    """A network factory giving a copy of ``module`` (same architecture; weights set later)."""
+    return lambda *args, **kwargs: copy.deepcopy(module)
+
+
+class OnlineFinetuning:
+    """The ``finetune`` group's options (conf/finetune/{td3,td3_bc,td3_c,sac}.yaml)."""
+
+    def __init__(self, algorithm: Callable[..., Any], env_steps: int = 200_000,
+                 min_replay_size: int = 1000, exploration_noise: float = 0.1,
+                 batch_size: int = 256, init_with_offline: bool = True,
+                 offline_fraction: float | None = None, max_replay_size: int = 1_000_000,
+                 from_run: str | None = None):
+        self.algorithm = algorithm  # a partial of the fine-tuning algorithm's class
+        self.env_steps, self.min_replay_size = int(env_steps), int(min_replay_size)
+        self.exploration_noise, self.batch_size = float(exploration_noise), int(batch_size)
+        self.init_with_offline = bool(init_with_offline)
+        self.offline_fraction = None if offline_fraction is None else float(offline_fraction)
+        self.max_replay_size = int(max_replay_size)
+        self.from_run = from_run or None
+        if self.offline_fraction is not None and not self.init_with_offline:
+            raise ConfigError(f"finetune.offline_fraction={self.offline_fraction} needs the offline "
+                              f"data in the replay: set finetune.init_with_offline=true, or "
+                              f"finetune.offline_fraction=null")
+        self.agent = None
+        self.replay: MixedReplay | None = None
+        self._reset_counters()
+
+    @property
+    def algorithm_class(self) -> type:
+        return getattr(self.algorithm, "func", self.algorithm)
+
+    def check(self, algo_class: type) -> None:
+        """The offline algorithm must have what the fine-tuning one continues: a critic, and an
+        actor of the same kind (deterministic for the TD3 family, tanh-Gaussian for SAC)."""
+        target = self.algorithm_class
+        if not getattr(algo_class, "has_critic", True):
+            raise ConfigError(f"{algo_class.__name__} has no critic to fine-tune online; train "
+                              f"offline with an actor-critic algorithm (e.g. algo=td3_bc) or use "
+                              f"finetune=none")
+        if bool(algo_class.stochastic_actor) != bool(target.stochastic_actor):
+            kind = "stochastic (tanh-Gaussian)" if algo_class.stochastic_actor else "deterministic"
+            fit = "finetune=sac" if algo_class.stochastic_actor else "finetune=td3, td3_bc or td3_c"
+            raise ConfigError(f"{target.__name__} cannot continue {algo_class.__name__}: its actor "
+                              f"is {kind}; use {fit}")
+
+    # ----- state -----------------------------------------------------------------------------
+    def _reset_counters(self) -> None:
+        self.steps_done = 0  # environment steps taken
+        self.updates_done = 0
+        self.offline_score: float | None = None
+        self.episode_return, self.episode_length = 0.0, 0
+        self._needs_reset = True
+        self._timing = {"env": 0.0, "total": 0.0, "steps": 0}
+
+    def state_dict(self) -> dict:
+        if self.agent is None:
+            return {}
+        return {"agent": self.agent.state_dict(), "online_replay": self.replay.online.contents(),
+                "steps_done": self.steps_done, "updates_done": self.updates_done,
+                "offline_score": self.offline_score,
+                "noise_rng": self.noise_rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state or self.agent is None:
+            return
+        self.agent.load_state_dict(state["agent"])
+        self.replay.online.load_contents(state["online_replay"])
+        self.steps_done, self.updates_done = int(state["steps_done"]), int(state["updates_done"])
+        self.offline_score = state["offline_score"]
+        self.noise_rng.bit_generator.state = state["noise_rng"]
+        self._needs_reset = True  # the environment's state is not checkpointed: a new episode
+
+    # ----- phases ----------------------------------------------------------------------------
+    def phases(self, algo, replay: ReplayBuffer, data, cfg, evaluate: Callable[[], dict] | None
+               ) -> list[Phase]:
+        source = algo
+        kwargs: dict[str, Any] = dict(actor=_copy_of(source.actor), critic=_copy_of(source.critic),
+                                      gamma=source.gamma, max_action=source.max_action,
+                                      normalize_states=source.normalize_states, device=source.device)
+        parameters = inspect.signature(self.algorithm_class).parameters
+        if "num_critics" in parameters:  # SAC keeps the offline ensemble (SAC-N)
+            kwargs["num_critics"] = source.critic.num_critics
+        if "corl_init" in parameters:
+            kwargs["corl_init"] = False  # the weights come from the offline networks
+        self.agent = agent = self.algorithm(data.obs_dim, data.act_dim, **kwargs)
+        device = agent.device
+        online = ReplayBuffer(min(self.env_steps, self.max_replay_size), data.obs_dim, data.act_dim,
+                              device, seed=int(cfg.seed) + 1, normalizer=replay.normalizer)
+        self.replay = MixedReplay(replay, online, self.init_with_offline, self.offline_fraction,
+                                  self.max_replay_size)
+        self.noise_rng = np.random.default_rng(int(cfg.seed) + ENV_SEED_OFFSET)
+        env = gym.make(data.env_spec)
+        env_seed = int(cfg.seed) + ENV_SEED_OFFSET
+        state = {"obs": None}
+        normalizer = replay.normalizer
+        noise_scale = self.exploration_noise * float(source.max_action)
+        max_action = float(source.max_action)
+        samples_needed = self.min_replay_size
+
+        def start() -> dict[str, float]:
+            for name in TRANSFERRED:
+                if hasattr(source, name) and hasattr(agent, name):
+                    getattr(agent, name).load_state_dict(getattr(source, name).state_dict())
+            metrics = {}
+            if evaluate is not None:
+                score = evaluate()
+                self.offline_score = score.get("eval/normalized_score_mean",
+                                               score.get("eval/return_mean"))
+                metrics["offline_score"] = self.offline_score
+            return metrics
+
+        def end() -> dict[str, float]:
+            env.close()
+            if evaluate is None:
+                return {}
+            score = evaluate()
+            online_score = score.get("eval/normalized_score_mean", score.get("eval/return_mean"))
+            metrics = {"online_score": online_score}
+            if self.offline_score is not None:
+                metrics["delta"] = online_score - self.offline_score
+            return metrics
+
+        def explore(obs: np.ndarray) -> np.ndarray:
+            obs_t = torch.as_tensor(normalizer(obs[None]), device=device)
+            with torch.no_grad():
+                if agent.stochastic_actor:
+                    return agent.act(obs_t, deterministic=False)[0].cpu().numpy()
+                action = agent.act(obs_t)[0].cpu().numpy()
+            action = action + self.noise_rng.normal(0.0, noise_scale, size=action.shape)
+            return np.clip(action, -max_action, max_action).astype(np.float32)
+
+        def ready() -> bool:
+            if self.init_with_offline and self.offline_fraction is None:
+                return len(self.replay) >= samples_needed
+            return online.size >= samples_needed
+
+        def step() -> dict[str, torch.Tensor]:
+            began = time.perf_counter()
+            if self._needs_reset:
+                state["obs"], _ = env.reset(seed=env_seed + self.steps_done)
+                self.episode_return, self.episode_length = 0.0, 0
+                self._needs_reset = False
+            obs = state["obs"]
+            action = explore(obs)
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            online.add(obs[None], action[None], np.array([reward]), next_obs[None],
+                       np.array([terminated]), timeouts=np.array([truncated and not terminated]))
+            self.steps_done += 1
+            self.episode_return += float(reward)
+            self.episode_length += 1
+            metrics: dict[str, torch.Tensor] = {}
+            if terminated or truncated:
+                metrics["episode_return"] = torch.tensor(self.episode_return, device=device)
+                metrics["episode_length"] = torch.tensor(float(self.episode_length), device=device)
+                self._needs_reset = True
+            else:
+                state["obs"] = next_obs
+            env_done = time.perf_counter()
+            if ready():
+                batch, offline_share = self.replay.sample(self.batch_size)
+                metrics.update(agent.update(batch))
+                metrics["batch_offline_fraction"] = offline_share
+                self.updates_done += 1
+            timing = self._timing
+            timing["env"] += env_done - began
+            timing["total"] += time.perf_counter() - began
+            timing["steps"] += 1
+            return metrics
+
+        def counters() -> dict[str, float]:
+            timing = self._timing
+            values = {"env_steps": self.steps_done, "updates": self.updates_done,
+                      "replay_size": len(self.replay)}
+            if timing["steps"] and timing["total"] > 0:
+                values["env_steps_per_s"] = timing["steps"] / timing["total"]
+                values["env_time_fraction"] = timing["env"] / timing["total"]
+            self._timing = {"env": 0.0, "total": 0.0, "steps": 0}
+            return values
+
+        return [Phase("finetune", step, self.env_steps, on_start=start, on_end=end,
+                      counters=counters, agent=agent)]
