@@ -1,6 +1,7 @@
 # Targets a researcher uses. PYTHON can point at a venv: make test PYTHON=.venv/bin/python
 PYTHON ?= python
 ENVS ?= Hopper-v5
+BENCH_FLAGS ?=
 
 .PHONY: install run test bench datasets clean-datasets mlflow-ui analysis
 
@@ -14,8 +15,8 @@ run:  ## the README's main job: TD3+BC on the locally generated Hopper medium da
 test:  ## the whole test suite (CPU, a few minutes)
 	$(PYTHON) -m pytest -q
 
-bench:  ## updates/s of the TD3+BC and EDAC update steps on this machine
-	$(PYTHON) -m offline_rl.bench
+bench:  ## TD3+BC and EDAC update and pre-training steps: CORL-style eager vs ours, table to docs/bench.md (BENCH_FLAGS=--quick)
+	$(PYTHON) -m offline_rl.bench $(BENCH_FLAGS)
 
 datasets:  ## generate the local D4RL-style datasets (medium, medium-replay, expert) for ENVS
 	for env in $(ENVS); do $(PYTHON) -m offline_rl.dataset.generate --env $$env || exit 1; done

@@ -81,6 +81,7 @@ RULES: list[Rule] = [
     _rule("log_every", int_at_least(1)),
     _rule("threads", int_at_least(0)),
     _rule("progress", boolean()),
+    _rule("compile", ((lambda v: v in ("auto", "compile", "eager")), "auto, compile or eager")),
     _rule("eval.every", int_at_least(0)),
     _rule("eval.episodes", int_at_least(0)),
     _rule("eval.seed", int_at_least(0)),

@@ -13,10 +13,12 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from offline_rl.algo.common import Algorithm, adam, frozen_copy, polyak_update
+from offline_rl.algo.common import Algorithm, adam, frozen_copy, minimise, polyak_update
 from offline_rl.dataset.replay import Batch
-from offline_rl.network import EnsembleCritic, TanhGaussianActor, linear_layers
+from offline_rl.network import (EnsembleCritic, EnsembleLayerNorm, EnsembleLinear,
+                                TanhGaussianActor, linear_layers)
 
 
 class Temperature(nn.Module):
@@ -56,6 +58,57 @@ def diversity_loss(q_action_grads: torch.Tensor) -> torch.Tensor:
     g = q_action_grads / (torch.norm(q_action_grads, p=2, dim=-1, keepdim=True) + 1e-10)
     pairwise = g.sum(0).pow(2).sum(-1) - g.pow(2).sum((0, 2))  # [B]
     return pairwise.mean() / (num_critics - 1)
+
+
+def q_and_action_grad(critic: EnsembleCritic, obs: torch.Tensor,
+                      actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Q_i(s, a) [N, B] and dQ_i/da [N, B, A] of an EnsembleCritic (obs [B, S], actions [B, A],
+    shared by the members), the gradient written out as a differentiable backward pass through
+    its layers (Linear, LayerNorm with or without affine, ReLU).
+
+    The same numbers as ``torch.autograd.grad(Q.sum(), a, create_graph=True)``, but as plain
+    first-order operations: the second-order gradient the diversity term sends to the critic is
+    then ordinary backpropagation (no double backward through LayerNorm), and the forward pass is
+    the critic's own (same operations as ``EnsembleCritic.forward``). None for a critic built of
+    other layers (the caller then uses autograd)."""
+    layers = list(critic.net)
+    if not layers or not isinstance(layers[-1], EnsembleLinear) or not all(
+            isinstance(layer, (EnsembleLinear, EnsembleLayerNorm, nn.ReLU)) for layer in layers):
+        return None
+    x = torch.cat([obs, actions], dim=-1)
+    x = x.unsqueeze(0).expand(critic.num_critics, -1, -1)
+    saved: list[tuple] = []
+    for layer in layers:
+        if isinstance(layer, EnsembleLinear):
+            x = layer(x)
+            saved.append(("linear", layer))
+        elif isinstance(layer, EnsembleLayerNorm):
+            rstd = torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + layer.eps)
+            normed = F.layer_norm(x, x.shape[-1:], eps=layer.eps)
+            x = normed if layer.weight is None else normed * layer.weight + layer.bias
+            saved.append(("norm", layer, normed, rstd))
+        else:
+            x = torch.relu(x)
+            saved.append(("relu", x))
+    q = x.squeeze(-1)
+    # backward for the input only: dQ/dx through the layers in reverse
+    grad = layers[-1].weight.transpose(1, 2)  # [N, 1, H]: dQ / d(last hidden), any sample
+    for index in range(len(saved) - 2, -1, -1):
+        entry = saved[index]
+        if entry[0] == "relu":
+            grad = grad * (entry[1] > 0)
+        elif entry[0] == "norm":
+            layer, normed, rstd = entry[1:]
+            if layer.weight is not None:
+                grad = grad * layer.weight
+            grad = rstd * (grad - grad.mean(-1, keepdim=True)
+                           - normed * (grad * normed).mean(-1, keepdim=True))
+        else:
+            weight = entry[1].weight
+            if index == 0:  # the first layer: only the action's rows
+                weight = weight[:, obs.shape[-1]:, :]
+            grad = torch.bmm(grad, weight.transpose(1, 2))
+    return q, grad
 
 
 class EDAC(Algorithm):
@@ -123,14 +176,18 @@ class EDAC(Algorithm):
         return batch.rewards + self.gamma * (1.0 - batch.dones) * next_v
 
     def critic_values(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Q_i(s, a) [N, B] and the diversity term computed from the same forward: dQ_i/da comes
-        from that graph (create_graph, for the second-order gradient to the critic)."""
-        actions = batch.actions.unsqueeze(0).repeat(self.num_critics, 1, 1)
-        if self.eta > 0:
-            actions.requires_grad_(True)
-        q = self.critic(batch.observations, actions)
+        """Q_i(s, a) [N, B] and the diversity term computed from the same forward: dQ_i/da written
+        out as differentiable operations (``q_and_action_grad``), so the second-order gradient to
+        the critic is ordinary backpropagation; autograd.grad(create_graph=True) for other critics."""
         if self.eta <= 0:
-            return q, torch.zeros((), device=q.device)
+            return self.critic(batch.observations, batch.actions), torch.zeros((), device=self.device)
+        explicit = q_and_action_grad(self.critic, batch.observations, batch.actions)
+        if explicit is not None:
+            q, grads = explicit
+            return q, diversity_loss(grads)
+        actions = batch.actions.unsqueeze(0).repeat(self.num_critics, 1, 1)
+        actions.requires_grad_(True)
+        q = self.critic(batch.observations, actions)
         grads, = torch.autograd.grad(q.sum(), actions, create_graph=True)
         return q, diversity_loss(grads)
 
@@ -141,27 +198,26 @@ class EDAC(Algorithm):
         return mse + self.eta * diversity, diversity.detach()
 
     # ----- one update -------------------------------------------------------------------------
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        self.total_updates += 1
+    def update_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """alpha -> actor -> critic -> target, each step's gradients for its own optimiser's
+        parameters only; one step function (one compiled graph)."""
         alpha_loss = self.alpha_loss(batch.observations)
-        self.alpha_optimizer.zero_grad(set_to_none=True)
-        alpha_loss.backward()
-        self.alpha_optimizer.step()
+        minimise(alpha_loss, self.alpha_optimizer)
 
         actor_loss, actor_metrics = self.actor_objective(batch)
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_optimizer.step()
+        minimise(actor_loss, self.actor_optimizer)
 
         target = self.td_target(batch)
         extra: dict[str, torch.Tensor] = {}
         if self.target_transform is not None:
             target, extra = self.target_transform(batch, target)
         critic_loss, diversity = self.critic_loss(batch, target)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optimizer.step()
+        minimise(critic_loss, self.critic_optimizer)
         polyak_update(self.critic_target, self.critic, self.tau)
         return {"alpha_loss": alpha_loss.detach(), "actor_loss": actor_loss.detach(),
                 "critic_loss": critic_loss.detach(), "diversity_loss": diversity,
                 "alpha": self.alpha, **actor_metrics, "q_target": target.mean(), **extra}
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        self.total_updates += 1
+        return self.run_step("edac.update", self.update_step, batch)

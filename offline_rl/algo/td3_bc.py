@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
-from offline_rl.algo.common import Algorithm, adam, frozen_copy, polyak_update
+from offline_rl.algo.common import Algorithm, adam, frozen_copy, minimise, polyak_update
 from offline_rl.dataset.replay import Batch
 from offline_rl.network import DeterministicActor, EnsembleCritic
 
@@ -75,25 +75,33 @@ class TD3BC(Algorithm):
         return -lmbda * q.mean() + bc_loss, bc_loss
 
     # ----- one update -------------------------------------------------------------------------
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        self.total_updates += 1
+    def critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One critic step on the (possibly transformed) TD target."""
         target = self.td_target(batch)
         extra: dict[str, torch.Tensor] = {}
         if self.target_transform is not None:
             target, extra = self.target_transform(batch, target)
         critic_loss, critic_metrics = self.critic_objective(batch, target)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optimizer.step()
-        metrics = {"critic_loss": critic_loss.detach(), "q_target": target.mean(), **critic_metrics, **extra}
+        minimise(critic_loss, self.critic_optimizer)
+        return {"critic_loss": critic_loss.detach(), "q_target": target.mean(), **critic_metrics, **extra}
 
+    def actor_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One actor step (gradients for the actor optimiser's parameters only), then both
+        targets Polyak-averaged."""
+        actor_loss, bc_loss = self.actor_loss(batch)
+        minimise(actor_loss, self.actor_optimizer)
+        polyak_update(self.critic_target, self.critic, self.tau)
+        polyak_update(self.actor_target, self.actor, self.tau)
+        return {"actor_loss": actor_loss.detach(), "bc_loss": bc_loss.detach()}
+
+    def critic_actor_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {**self.critic_step(batch), **self.actor_step(batch)}
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The critic every call, the actor and the targets every ``policy_delay``-th call. The
+        two cases are two step functions (two compiled graphs), chosen here in Python: the
+        counter never enters a graph."""
+        self.total_updates += 1
         if self.total_updates % self.policy_delay == 0:
-            actor_loss, bc_loss = self.actor_loss(batch)
-            self.actor_optimizer.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            self.actor_optimizer.step()
-            polyak_update(self.critic_target, self.critic, self.tau)
-            polyak_update(self.actor_target, self.actor, self.tau)
-            metrics["actor_loss"] = actor_loss.detach()
-            metrics["bc_loss"] = bc_loss.detach()
-        return metrics
+            return self.run_step("td3_bc.critic_actor", self.critic_actor_step, batch)
+        return self.run_step("td3_bc.critic", self.critic_step, batch)

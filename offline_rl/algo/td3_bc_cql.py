@@ -24,8 +24,6 @@ is the scheme's own option (``pretrain.cql_weight``), as in the reference code.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 
 from offline_rl.algo.td3_bc import TD3BC
@@ -48,8 +46,7 @@ class TD3BCCQL(TD3BC):
         pre-training's ``cql_penalty`` (T = 1) applied to Q / T, times T: the same random actions,
         the same per-critic reduction (``cql_on_min_q`` is False for the TD3 family)."""
         temperature = self.cql_temperature
-        tempered = SimpleNamespace(critic=lambda obs, act: self.critic(obs, act) / temperature,
-                                   cql_on_min_q=self.cql_on_min_q)
+        tempered = _Tempered(self.critic, temperature, self.cql_on_min_q)
         return temperature * cql_penalty(tempered, batch, q / temperature, self.cql_n_actions)
 
     def critic_objective(self, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -64,3 +61,15 @@ class TD3BCCQL(TD3BC):
 
     def critic_loss(self, batch: Batch, target: torch.Tensor) -> torch.Tensor:
         return self.critic_objective(batch, target)[0]
+
+
+class _Tempered:
+    """What ``cql_penalty`` reads from an algorithm -- ``critic(obs, act)`` and ``cql_on_min_q`` --
+    with the critic's values divided by the CQL temperature (a plain class: torch.compile traces
+    it, which it cannot do for a SimpleNamespace)."""
+
+    def __init__(self, critic, temperature: float, cql_on_min_q: bool):
+        self._critic, self.temperature, self.cql_on_min_q = critic, temperature, cql_on_min_q
+
+    def critic(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return self._critic(obs, act) / self.temperature

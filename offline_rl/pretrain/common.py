@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch.nn import functional as F
 
-from offline_rl.algo.common import polyak_update
+from offline_rl.algo.common import minimise, polyak_update
 from offline_rl.dataset.episodes import discounted_cumsum
 from offline_rl.dataset.replay import Batch, ReplayBuffer
 from offline_rl.errors import ConfigError
@@ -221,50 +221,52 @@ class Scheme(abc.ABC):
         return Phase(name, update, self.steps, stop=stop, snapshot=True, **hooks)
 
     # ----- phase updates ------------------------------------------------------------------------
+    # Each phase's update samples a batch (eagerly: the replay's generator) and runs one step
+    # function through ``algo.run_step``, which compiles it (training/compiled.py) when the run
+    # asks for it and the phase is long enough (``planned``: its configured length).
     def actor_update(self, algo, replay: ReplayBuffer, batch_size: int) -> Callable[[], dict]:
         """Hard BC of the actor (Algorithm 1), actor target Polyak-averaged."""
 
-        def update() -> dict[str, torch.Tensor]:
-            loss = bc_loss(algo, replay.sample(batch_size))
-            algo.actor_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            algo.actor_optimizer.step()
+        def step(batch: Batch) -> dict[str, torch.Tensor]:
+            loss = bc_loss(algo, batch)
+            minimise(loss, algo.actor_optimizer)
             if hasattr(algo, "actor_target"):
                 polyak_update(algo.actor_target, algo.actor, algo.tau)
             return {"bc_loss": loss.detach()}
+
+        def update() -> dict[str, torch.Tensor]:
+            return algo.run_step("pretrain.actor", step, replay.sample(batch_size), planned=self.steps)
 
         return update
 
     def soft_actor_update(self, algo, replay: ReplayBuffer, batch_size: int) -> Callable[[], dict]:
         """Soft BC of the tanh-Gaussian actor (Eq. 20), with alpha learned as in the algorithm."""
 
-        def update() -> dict[str, torch.Tensor]:
-            batch = replay.sample(batch_size)
+        def step(batch: Batch) -> dict[str, torch.Tensor]:
             alpha_loss = algo.alpha_loss(batch.observations)
-            algo.alpha_optimizer.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            algo.alpha_optimizer.step()
+            minimise(alpha_loss, algo.alpha_optimizer)
             loss = soft_bc_loss(algo, batch)
-            algo.actor_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            algo.actor_optimizer.step()
+            minimise(loss, algo.actor_optimizer)
             return {"soft_bc_loss": loss.detach(), "alpha_loss": alpha_loss.detach(),
                     "alpha": algo.alpha}
+
+        def update() -> dict[str, torch.Tensor]:
+            return algo.run_step("pretrain.soft_actor", step, replay.sample(batch_size), planned=self.steps)
 
         return update
 
     def critic_update(self, algo, replay: ReplayBuffer, batch_size: int) -> Callable[[], dict]:
         """Critic regression on the replay's (soft) returns-to-go, critic target Polyak-averaged."""
 
-        def update() -> dict[str, torch.Tensor]:
-            batch = replay.sample(batch_size)
+        def step(batch: Batch) -> dict[str, torch.Tensor]:
             loss, metrics = critic_pretrain_loss(algo, batch, batch.returns_to_go, self.td_lambda,
                                                  self.cql_weight, self.cql_n_actions)
-            algo.critic_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            algo.critic_optimizer.step()
+            minimise(loss, algo.critic_optimizer)
             polyak_update(algo.critic_target, algo.critic, algo.tau)
             return {"critic_loss": loss.detach(), **metrics}
+
+        def update() -> dict[str, torch.Tensor]:
+            return algo.run_step("pretrain.critic", step, replay.sample(batch_size), planned=self.steps)
 
         return update
 

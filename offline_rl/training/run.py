@@ -39,6 +39,7 @@ from offline_rl.errors import CheckpointError, ConfigError, OfflineRLError
 from offline_rl.sweep import job_context
 from offline_rl.tracker import NullTracker
 from offline_rl.training.checkpoint import CheckpointDir, load_checkpoint, save_checkpoint
+from offline_rl.training.compiled import compile_metrics, optimise
 from offline_rl.training.evaluation import Evaluator
 from offline_rl.training.loop import Interrupted, Phase, Trainer
 
@@ -303,11 +304,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
             evaluations[key] = evaluator(lambda obs: agent.act(obs, deterministic=True))
         return evaluations[key]
 
+    # compiled update steps (offline_rl/training/compiled.py): compile=auto compiles the steps of
+    # phases long enough to repay compilation (lazily, at their first call), eager fallback with a
+    # warning; compile=eager never compiles (debugging)
+    compile_mode = str(cfg.get("compile", "auto"))
+    compile_reports = [optimise(algo, compile_mode, updates=int(cfg.updates))]
+
     phases: list[Phase] = []
     if source is None:
         phases += pretrain.phases(algo, replay, cfg.batch_size)
         phases.append(Phase("offline_rl", offline_update, int(cfg.updates)))
     phases += finetune.phases(algo, replay, data, cfg, evaluate if evaluator is not None else None)
+    for phase in phases:  # fine-tuning trains its own agent
+        if phase.agent is not None and phase.agent is not algo:
+            compile_reports.append(optimise(phase.agent, compile_mode, updates=phase.steps))
 
     base_name = run_name(choices, cfg.seed, data.dataset_id)
     name = job.run_name() or base_name
@@ -393,6 +403,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                     tracker.finish("KILLED")  # a later run of the same command resumes it
                 signals.finish()
                 raise
+        tracker.log_metrics(compile_metrics(compile_reports), trainer.state.global_step)
+        tracker.set_tags({"compile": " | ".join(r.summary() for r in compile_reports)[:5000]})
         with tempfile.TemporaryDirectory() as tmp:
             config_path = Path(tmp) / "config.yaml"
             config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -1,0 +1,270 @@
+"""The compiled update steps (offline_rl/training/compiled.py) against the same steps run eagerly:
+the same losses, parameters and optimiser states after a few updates from the same seed; a
+compile failure falls back to eager with a warning; short phases are not compiled; a compiled run
+continued from a checkpoint is bit-identical to one that was not stopped. Tiny networks: the cost
+here is compilation (a few seconds per graph on 2 cores)."""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+from functools import partial
+
+import pytest
+import torch
+
+from offline_rl.algo.edac import EDAC, diversity_loss, q_and_action_grad
+from offline_rl.algo.edac_bc import EDACBC
+from offline_rl.algo.td3_bc import TD3BC
+from offline_rl.algo.td3_bc_cql import TD3BCCQL
+from offline_rl.dataset.replay import Batch
+from offline_rl.network import DeterministicActor, EnsembleCritic, EnsembleLayerNorm, TanhGaussianActor
+from offline_rl.pretrain.soft import SoftPretraining
+from offline_rl.training.compiled import optimise
+
+OBS, ACT, B, WIDTH = 5, 2, 32, 16
+
+# Tolerance of compiled vs eager. Inductor fuses and reorders float32 arithmetic (sums in
+# LayerNorm, the loss means, Adam's update in one kernel, matrix-vector products as reductions),
+# which changes results by a few ulp (~1e-7 relative) per operation; Adam then scales gradient
+# differences by 1/sqrt(v), so after a few updates parameters and moments differ by up to ~1e-6
+# relative. The largest difference measured here is 6% of this tolerance (EDAC+BC: the critic's
+# Adam first moment, 6e-7 on 3e-3); a real difference -- a wrong sign, a skipped step, another
+# random draw -- changes values by 1e-3 or more.
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def batches(n: int, seed: int = 0) -> list[Batch]:
+    g = torch.Generator().manual_seed(seed)
+    return [Batch(torch.randn(B, OBS, generator=g), torch.rand(B, ACT, generator=g) * 2 - 1,
+                  torch.randn(B, generator=g), torch.randn(B, OBS, generator=g),
+                  (torch.rand(B, generator=g) < 0.2).float(), torch.randn(B, generator=g))
+            for _ in range(n)]
+
+
+def tiny(cls, **options):
+    torch.manual_seed(0)
+    if issubclass(cls, EDAC):
+        return cls(OBS, ACT, partial(TanhGaussianActor, width=WIDTH, depth=2),
+                   partial(EnsembleCritic, width=WIDTH, depth=2), num_critics=3, **options)
+    return cls(OBS, ACT, partial(DeterministicActor, width=WIDTH, depth=2),
+               partial(EnsembleCritic, width=WIDTH, depth=2), **options)
+
+
+def run(step, data: list[Batch], seed: int = 1) -> list[dict[str, torch.Tensor]]:
+    torch.manual_seed(seed)
+    return [{k: v.detach().clone() for k, v in step(batch).items()} for batch in data]
+
+
+def assert_close_state(a, b, exact: bool = False, where: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        if exact:
+            assert torch.equal(a, b), where
+        else:
+            torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL, msg=where)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_close_state(a[k], b[k], exact, f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_close_state(x, y, exact, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def same_optimiser_states(eager_state: dict, compiled_state: dict) -> dict:
+    """The compiled path creates every Adam state before its first step (zeros, step 0: what
+    Adam's lazy initialisation creates); an optimiser the eager run has not stepped yet has none."""
+    eager_state = copy.deepcopy(eager_state)
+    for key, value in compiled_state.items():
+        if isinstance(value, dict) and "param_groups" in value and not eager_state[key]["state"]:
+            for state in value["state"].values():
+                assert all(not t.any() for t in state.values()), key
+            eager_state[key]["state"] = value["state"]
+    return eager_state
+
+
+def compare_runs(eager_metrics, compiled_metrics, eager_algo, compiled_algo) -> None:
+    for step, (m_eager, m_compiled) in enumerate(zip(eager_metrics, compiled_metrics, strict=True)):
+        assert m_eager.keys() == m_compiled.keys()
+        for key in m_eager:
+            torch.testing.assert_close(m_compiled[key], m_eager[key], rtol=RTOL, atol=ATOL,
+                                       msg=f"update {step + 1}: {key}")
+    # parameters, targets and Adam's moments and step counts
+    compiled_state = compiled_algo.state_dict()
+    assert_close_state(same_optimiser_states(eager_algo.state_dict(), compiled_state), compiled_state,
+                       where="state")
+
+
+# ----- compiled == eager -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls, options", [(TD3BC, {}), (TD3BCCQL, {"cql_weight": 1.0}),
+                                          (EDAC, {}), (EDACBC, {"bc_weight": 1.0})],
+                         ids=["td3_bc", "td3_bc_cql", "edac", "edac_bc"])
+def test_compiled_update_matches_eager(cls, options):
+    eager = tiny(cls, **options)
+    compiled = copy.deepcopy(eager)
+    report = optimise(compiled, "auto", updates=1_000_000)
+    data = batches(4)  # TD3: two critic-only and two critic+actor updates
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled_metrics = run(compiled.update, data)
+    caught = [w for w in caught if "compile=auto" in str(w.message)]
+    compare_runs(run(eager.update, data), compiled_metrics, eager, compiled)
+    if cls is TD3BCCQL:  # its critic loss builds a SimpleNamespace, which dynamo cannot trace
+        assert report.steps["td3_bc.critic"].status in ("compiled", "fallback")
+        assert len(caught) == sum(r.status == "fallback" for r in report.steps.values())
+    else:
+        assert not caught, [str(w.message) for w in caught]
+        assert all(r.status == "compiled" and r.compile_seconds > 0 and r.graphs == 1
+                   for r in report.steps.values()), report.summary()
+        assert report.metrics()["compile/seconds"] > 0
+    expected = {"td3_bc.critic", "td3_bc.critic_actor"} if issubclass(cls, TD3BC) else {"edac.update"}
+    assert set(report.steps) == expected
+    assert eager.total_updates == compiled.total_updates == 4
+
+
+def test_subclass_with_an_extra_parameter_group_compiles_its_override():
+    """A subclass overriding actor_loss with a second parameter group in the actor's optimiser
+    (as a Lagrange multiplier would be): the compiled step traces the override and steps both
+    groups, at their own learning rates."""
+
+    class Penalised(TD3BC):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.weight = torch.nn.Parameter(torch.tensor(0.5))
+            self.actor_optimizer.add_param_group({"params": [self.weight], "lr": 1e-2})
+
+        def actor_loss(self, batch):
+            loss, bc = super().actor_loss(batch)
+            return loss + self.weight * (bc.detach() - 0.1) + self.weight.detach() * bc, bc
+
+    eager = tiny(Penalised)
+    compiled = copy.deepcopy(eager)
+    optimise(compiled, "compile")
+    data = batches(2)
+    compare_runs(run(eager.update, data), run(compiled.update, data), eager, compiled)
+    torch.testing.assert_close(compiled.weight, eager.weight, rtol=RTOL, atol=ATOL)
+    assert not torch.equal(compiled.weight.detach(), torch.tensor(0.5))  # it was stepped
+
+
+def test_pretraining_steps_compiled_match_eager():
+    """Soft pre-training's two steps (alpha + soft BC; MC critic with the diversity term)."""
+    eager = tiny(EDAC)
+    compiled = copy.deepcopy(eager)
+    report = optimise(compiled, "auto", updates=0)  # the phases' own length decides
+    scheme = SoftPretraining(steps=50_000, until=None)
+
+    class Replay:
+        def __init__(self):
+            self.data = iter(batches(6, seed=3))
+
+        def sample(self, batch_size):
+            return next(self.data)
+
+    for make in (scheme.soft_actor_update, scheme.critic_update):
+        step_eager, step_compiled = make(eager, Replay(), B), make(compiled, Replay(), B)
+        compare_runs(run(lambda _: step_eager(), range(3)), run(lambda _: step_compiled(), range(3)),
+                     eager, compiled)
+    assert {n: r.status for n, r in report.steps.items()} == {
+        "pretrain.soft_actor": "compiled", "pretrain.critic": "compiled"}
+
+
+# ----- the rule, the fallback, resuming ------------------------------------------------------
+
+
+def test_auto_leaves_short_phases_eager_and_eager_mode_never_compiles():
+    from torch._dynamo.utils import counters
+
+    for mode, updates in (("auto", 100), ("eager", None)):
+        algo = tiny(TD3BC)
+        reference = copy.deepcopy(algo)
+        report = optimise(algo, mode, updates=updates)
+        graphs = counters["stats"]["unique_graphs"]
+        data = batches(2)
+        got, want = run(algo.update, data), run(reference.update, data)
+        assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled
+        assert_close_state(want, got, exact=True)  # the eager path, bit for bit
+        assert {r.status for r in report.steps.values()} == {"eager"}
+        assert report.compile_seconds == 0
+    with pytest.raises(ValueError, match="compile='sometimes'"):
+        optimise(tiny(TD3BC), "sometimes")
+
+
+def test_a_compile_failure_warns_and_runs_eagerly():
+    def broken_backend(graph_module, example_inputs):
+        raise RuntimeError("simulated compiler failure")
+
+    algo = tiny(EDAC)
+    reference = copy.deepcopy(algo)
+    report = optimise(algo, "auto", updates=1_000_000, backend=broken_backend)
+    data = batches(3)
+    with pytest.warns(RuntimeWarning, match="compiling the update step 'edac.update' failed"):
+        got = run(algo.update, data)
+    want = run(reference.update, data)
+    assert_close_state(want, got, exact=True)  # nothing was applied twice, nothing skipped
+    assert_close_state(reference.state_dict(), algo.state_dict(), exact=True)
+    record = report.steps["edac.update"]
+    assert record.status == "fallback" and "simulated compiler failure" in record.reason
+    assert report.metrics()["compile/fallbacks"] == 1
+
+    strict = tiny(EDAC)
+    optimise(strict, "compile", backend=broken_backend)
+    with pytest.raises(Exception, match="simulated compiler failure"):
+        strict.update(data[0])
+
+
+def test_compiled_run_resumed_from_a_checkpoint_is_bit_identical():
+    data = batches(6)
+    straight = tiny(TD3BC)
+    optimise(straight, "compile")
+    torch.manual_seed(1)
+    for batch in data[:3]:
+        straight.update(batch)
+    buffer = io.BytesIO()
+    torch.save({"algo": straight.state_dict(), "rng": torch.get_rng_state()}, buffer)
+    for batch in data[3:]:
+        straight.update(batch)
+
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    resumed = tiny(TD3BC)
+    resumed.load_state_dict(checkpoint["algo"])
+    optimise(resumed, "compile")
+    torch.set_rng_state(checkpoint["rng"])
+    for batch in data[3:]:  # starts with a critic+actor update (update 4)
+        resumed.update(batch)
+    assert_close_state(straight.state_dict(), resumed.state_dict(), exact=True)
+
+
+# ----- EDAC's explicit dQ/da ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer_norm, affine", [(True, False), (True, True), (False, False)])
+def test_explicit_action_gradient_matches_autograd(layer_norm, affine):
+    """q_and_action_grad: Q, dQ/da and the diversity term's second-order gradient to the critic's
+    parameters equal autograd.grad(create_graph=True)'s (float64)."""
+    torch.manual_seed(0)
+    critic = EnsembleCritic(OBS, ACT, num_critics=4, width=WIDTH, depth=3, layer_norm=layer_norm,
+                            layer_norm_affine=affine).double()
+    if affine:  # non-trivial affine parameters
+        with torch.no_grad():
+            for layer in critic.net:
+                if isinstance(layer, EnsembleLayerNorm):
+                    layer.weight.normal_()
+                    layer.bias.normal_()
+    obs, act = torch.randn(7, OBS, dtype=torch.float64), torch.randn(7, ACT, dtype=torch.float64)
+    actions = act.unsqueeze(0).repeat(4, 1, 1).requires_grad_(True)
+    q = critic(obs, actions)
+    grads, = torch.autograd.grad(q.sum(), actions, create_graph=True)
+    q_explicit, grads_explicit = q_and_action_grad(critic, obs, act)
+    torch.testing.assert_close(q_explicit, q, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads_explicit, grads, rtol=1e-10, atol=1e-12)
+    params = list(critic.parameters())
+    second = torch.autograd.grad(diversity_loss(grads) + q.square().mean(), params)
+    second_explicit = torch.autograd.grad(diversity_loss(grads_explicit) + q_explicit.square().mean(), params)
+    for a, b in zip(second_explicit, second):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
