@@ -14,6 +14,7 @@ from functools import partial
 import pytest
 import torch
 
+from conftest import SMALL_RUN, run_launch, search_runs
 from offline_rl.algo.edac import EDAC, diversity_loss, q_and_action_grad
 from offline_rl.algo.edac_bc import EDACBC
 from offline_rl.algo.td3_bc import TD3BC
@@ -268,3 +269,17 @@ def test_explicit_action_gradient_matches_autograd(layer_norm, affine):
     second_explicit = torch.autograd.grad(diversity_loss(grads_explicit) + q_explicit.square().mean(), params)
     for a, b in zip(second_explicit, second):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_launch_records_the_compile_choice_and_rejects_a_bad_one(tmp_path, minari_root, new_store):
+    """run.py wires compile=...: the per-step summary as the `compile` tag and compile/* metrics
+    (a short run under auto stays eager by the 10,000-update rule); a bad value stops at once."""
+    store = new_store(tmp_path / "store")
+    result = run_launch([*SMALL_RUN, "updates=30", "eval.episodes=0", "compile=auto"], store, minari_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = search_runs(store).iloc[0]
+    assert run["status"] == "FINISHED"
+    assert "compile=auto" in run["tags.compile"] and "30 updates < 10000" in run["tags.compile"]
+    assert run["metrics.compile/compiled_steps"] == 0 and run["metrics.compile/eager_steps"] >= 1
+    bad = run_launch([*SMALL_RUN, "compile=sometimes"], store, minari_root)
+    assert bad.returncode == 2 and "compile='sometimes' is not allowed" in bad.stderr
