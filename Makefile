@@ -18,8 +18,8 @@ test:  ## the whole test suite (CPU, a few minutes)
 bench:  ## TD3+BC and EDAC update and pre-training steps: CORL-style eager vs ours, table to docs/bench.md (BENCH_FLAGS=--quick)
 	$(PYTHON) -m offline_rl.bench $(BENCH_FLAGS)
 
-datasets:  ## generate the local D4RL-style datasets (medium, medium-replay, expert) for ENVS
-	for env in $(ENVS); do $(PYTHON) -m offline_rl.dataset.generate --env $$env || exit 1; done
+datasets:  ## generate the local D4RL-style datasets (all five levels) for ENVS, e.g. ENVS="Hopper-v5 Walker2d-v5"
+	for env in $(ENVS); do $(PYTHON) -m offline_rl.generate --env $$env || exit 1; done
 
 clean-datasets:  ## delete the locally generated datasets (namespace local/ in the Minari folder)
 	$(PYTHON) -c "import shutil; from offline_rl.dataset.minari_source import dataset_path; shutil.rmtree(dataset_path('local'), ignore_errors=True)"

@@ -7,6 +7,7 @@ are not written twice, so every metric's history stays one value per step."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,12 @@ from typing import Any
 MAX_PARAMS_PER_CALL = 100
 MAX_METRICS_PER_CALL = 1000
 MAX_PARAM_LENGTH = 6000
+
+
+def default_store_dir() -> Path:
+    """The checkout's sqlite store folder: ``$OFFLINE_RL_ROOT/mlflow`` (launch.py sets it to the
+    checkout), else ``./mlflow``."""
+    return Path(os.environ.get("OFFLINE_RL_ROOT", ".")) / "mlflow"
 
 
 class NullTracker:

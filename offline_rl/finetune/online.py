@@ -25,25 +25,24 @@ Fine-tuning can start from an earlier run instead of this run's offline phase: `
 MLflow run id (its ``checkpoint.pt`` artifact) or a path to a checkpoint file; the run then has
 only the ``finetune`` phase, and its x-axis continues from the source run's last update.
 
-On resume mid-fine-tuning everything is restored (networks, optimisers, the multiplier, the online
-replay's contents, counters, RNGs) except the environment's internal state: the episode that was
-running is abandoned and a new one starts.
+The environment loop is ``offline_rl.training.online.EnvironmentLoop``, the same one that trains
+the behaviour agent generating this project's datasets. On resume mid-fine-tuning everything is
+restored (networks, optimisers, the multiplier, the online replay's contents, counters, RNGs and,
+for MuJoCo environments, the episode in progress: the simulator's state is checkpointed).
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-import time
 from typing import Any, Callable
 
-import gymnasium as gym
-import numpy as np
 import torch
 
-from offline_rl.dataset.replay import MixedReplay, ReplayBuffer
+from offline_rl.dataset.replay import Batch, MixedReplay, ReplayBuffer
 from offline_rl.errors import ConfigError
 from offline_rl.training.loop import Phase
+from offline_rl.training.online import EnvironmentLoop
 
 # the training environment's first reset seed: away from evaluation seeds (eval.seed + seed + i)
 ENV_SEED_OFFSET = 40_000
@@ -99,30 +98,22 @@ class OnlineFinetuning:
 
     # ----- state -----------------------------------------------------------------------------
     def _reset_counters(self) -> None:
-        self.steps_done = 0  # environment steps taken
-        self.updates_done = 0
         self.offline_score: float | None = None
-        self.episode_return, self.episode_length = 0.0, 0
-        self._needs_reset = True
-        self._timing = {"env": 0.0, "total": 0.0, "steps": 0}
+        self.loop: EnvironmentLoop | None = None
 
     def state_dict(self) -> dict:
         if self.agent is None:
             return {}
         return {"agent": self.agent.state_dict(), "online_replay": self.replay.online.contents(),
-                "steps_done": self.steps_done, "updates_done": self.updates_done,
-                "offline_score": self.offline_score,
-                "noise_rng": self.noise_rng.bit_generator.state}
+                "loop": self.loop.state_dict(), "offline_score": self.offline_score}
 
     def load_state_dict(self, state: dict) -> None:
         if not state or self.agent is None:
             return
         self.agent.load_state_dict(state["agent"])
         self.replay.online.load_contents(state["online_replay"])
-        self.steps_done, self.updates_done = int(state["steps_done"]), int(state["updates_done"])
+        self.loop.load_state_dict(state["loop"])
         self.offline_score = state["offline_score"]
-        self.noise_rng.bit_generator.state = state["noise_rng"]
-        self._needs_reset = True  # the environment's state is not checkpointed: a new episode
 
     # ----- phases ----------------------------------------------------------------------------
     def phases(self, algo, replay: ReplayBuffer, data, cfg, evaluate: Callable[[], dict] | None
@@ -137,19 +128,25 @@ class OnlineFinetuning:
         if "corl_init" in parameters:
             kwargs["corl_init"] = False  # the weights come from the offline networks
         self.agent = agent = self.algorithm(data.obs_dim, data.act_dim, **kwargs)
-        device = agent.device
         online = ReplayBuffer(min(self.env_steps, self.max_replay_size), data.obs_dim, data.act_dim,
-                              device, seed=int(cfg.seed) + 1, normalizer=replay.normalizer)
-        self.replay = MixedReplay(replay, online, self.init_with_offline, self.offline_fraction,
-                                  self.max_replay_size)
-        self.noise_rng = np.random.default_rng(int(cfg.seed) + ENV_SEED_OFFSET)
-        env = gym.make(data.env_spec)
-        env_seed = int(cfg.seed) + ENV_SEED_OFFSET
-        state = {"obs": None}
-        normalizer = replay.normalizer
-        noise_scale = self.exploration_noise * float(source.max_action)
-        max_action = float(source.max_action)
-        samples_needed = self.min_replay_size
+                              agent.device, seed=int(cfg.seed) + 1, normalizer=replay.normalizer)
+        self.replay = mixed = MixedReplay(replay, online, self.init_with_offline,
+                                          self.offline_fraction, self.max_replay_size)
+
+        def sample(batch_size: int) -> tuple[Batch, dict[str, torch.Tensor]]:
+            batch, offline_share = mixed.sample(batch_size)
+            return batch, {"batch_offline_fraction": offline_share}
+
+        def ready() -> bool:
+            if self.init_with_offline and self.offline_fraction is None:
+                return len(mixed) >= self.min_replay_size
+            return online.size >= self.min_replay_size
+
+        self.loop = loop = EnvironmentLoop(
+            data.env_spec, agent, online, seed=int(cfg.seed) + ENV_SEED_OFFSET,
+            batch_size=self.batch_size, exploration_noise=self.exploration_noise,
+            normalizer=replay.normalizer, sample=sample, ready=ready,
+            replay_size=lambda: len(mixed))
 
         def start() -> dict[str, float]:
             for name in TRANSFERRED:
@@ -164,7 +161,7 @@ class OnlineFinetuning:
             return metrics
 
         def end() -> dict[str, float]:
-            env.close()
+            loop.close()
             if evaluate is None:
                 return {}
             score = evaluate()
@@ -174,62 +171,4 @@ class OnlineFinetuning:
                 metrics["delta"] = online_score - self.offline_score
             return metrics
 
-        def explore(obs: np.ndarray) -> np.ndarray:
-            obs_t = torch.as_tensor(normalizer(obs[None]), device=device)
-            with torch.no_grad():
-                if agent.stochastic_actor:
-                    return agent.act(obs_t, deterministic=False)[0].cpu().numpy()
-                action = agent.act(obs_t)[0].cpu().numpy()
-            action = action + self.noise_rng.normal(0.0, noise_scale, size=action.shape)
-            return np.clip(action, -max_action, max_action).astype(np.float32)
-
-        def ready() -> bool:
-            if self.init_with_offline and self.offline_fraction is None:
-                return len(self.replay) >= samples_needed
-            return online.size >= samples_needed
-
-        def step() -> dict[str, torch.Tensor]:
-            began = time.perf_counter()
-            if self._needs_reset:
-                state["obs"], _ = env.reset(seed=env_seed + self.steps_done)
-                self.episode_return, self.episode_length = 0.0, 0
-                self._needs_reset = False
-            obs = state["obs"]
-            action = explore(obs)
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            online.add(obs[None], action[None], np.array([reward]), next_obs[None],
-                       np.array([terminated]), timeouts=np.array([truncated and not terminated]))
-            self.steps_done += 1
-            self.episode_return += float(reward)
-            self.episode_length += 1
-            metrics: dict[str, torch.Tensor] = {}
-            if terminated or truncated:
-                metrics["episode_return"] = torch.tensor(self.episode_return, device=device)
-                metrics["episode_length"] = torch.tensor(float(self.episode_length), device=device)
-                self._needs_reset = True
-            else:
-                state["obs"] = next_obs
-            env_done = time.perf_counter()
-            if ready():
-                batch, offline_share = self.replay.sample(self.batch_size)
-                metrics.update(agent.update(batch))
-                metrics["batch_offline_fraction"] = offline_share
-                self.updates_done += 1
-            timing = self._timing
-            timing["env"] += env_done - began
-            timing["total"] += time.perf_counter() - began
-            timing["steps"] += 1
-            return metrics
-
-        def counters() -> dict[str, float]:
-            timing = self._timing
-            values = {"env_steps": self.steps_done, "updates": self.updates_done,
-                      "replay_size": len(self.replay)}
-            if timing["steps"] and timing["total"] > 0:
-                values["env_steps_per_s"] = timing["steps"] / timing["total"]
-                values["env_time_fraction"] = timing["env"] / timing["total"]
-            self._timing = {"env": 0.0, "total": 0.0, "steps": 0}
-            return values
-
-        return [Phase("finetune", step, self.env_steps, on_start=start, on_end=end,
-                      counters=counters, agent=agent)]
+        return [loop.phase("finetune", self.env_steps, on_start=start, on_end=end)]

@@ -1,0 +1,307 @@
+"""The behaviour agent whose run becomes this project's D4RL-style datasets: one online training run
+per environment, through the same machinery as every other phase -- ``EnvironmentLoop`` (the one
+online loop), the ``Trainer`` with its evaluator, compiled update steps, MLflow tracking (its own
+experiment, ``datasets``; the learning curve is an ordinary run) and preemption-safe checkpoints.
+
+The algorithm is CrossQ (``offline_rl.algo.crossq``) with 2 x 256 networks: measured here it is by
+far the most sample-efficient choice per second of a 2-core CPU (README, "Local datasets"); SAC
+(``algorithm="sac"``: this project's EDAC with two critics and eta = 0) is available too.
+
+What dataset generation needs from the run: every transition collected, in order, with its
+episode-end flags (the replay: ``full-replay`` is all of it, ``medium-replay`` a prefix); actor
+snapshots every ``snapshot_every`` environment steps with their deterministic evaluation return
+(``medium`` is the one closest to a third of the final policy's); the final actor (``expert``); the
+returns of a uniform-random policy and of the final policy.
+
+Interrupted (Ctrl-C, SIGTERM, kill -9), the same generation resumes from its newest checkpoint
+(every ``checkpoint_every`` env steps and on a signal; the agent, optimisers, replay, snapshots,
+RNGs and the simulator's state) and produces the same transitions as an uninterrupted run (exactly
+so with ``compile="eager"``; compiled steps round differently from eager ones at ~1e-7).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from offline_rl.algo.crossq import CrossQ
+from offline_rl.algo.edac import EDAC
+from offline_rl.algo.td3 import TD3
+from offline_rl.dataset.replay import ReplayBuffer, StateNormalizer
+from offline_rl.errors import CheckpointError, ConfigError
+from offline_rl.generate.rollouts import actor_policy, box_spaces, evaluate_policy, random_policy
+from offline_rl.network import DeterministicActor, EnsembleCritic, TanhGaussianActor
+from offline_rl.training.checkpoint import CheckpointDir
+from offline_rl.training.compiled import compile_metrics, optimise
+from offline_rl.training.evaluation import Evaluator
+from offline_rl.training.loop import Interrupted, Trainer
+from offline_rl.training.online import EnvironmentLoop
+from offline_rl.training.run import SignalCheckpoint, rng_state, set_rng_state, warn
+
+# evaluation and reference episodes start from seeds of their own, away from the training env's
+EVAL_SEED_OFFSET = 10_000
+RANDOM_REF_SEED_OFFSET = 20_000
+FINAL_REF_SEED_OFFSET = 30_000
+ALGORITHMS = ("crossq", "sac", "td3")
+PHASE = "behaviour"
+
+
+@dataclass
+class BehaviourConfig:
+    """Everything that decides what the behaviour run does (and so the data it produces)."""
+
+    env_id: str = "Hopper-v5"
+    algorithm: str = "crossq"  # crossq, sac or td3 (the default per environment: ENV_DEFAULTS)
+    env_steps: int = 100_000  # environment steps of online training, warm-up included
+    random_steps: int = 5_000  # uniform-random warm-up steps before the first update (CrossQ, SAC)
+    batch_size: int = 256
+    snapshot_every: int = 2_500  # evaluate the policy and keep a snapshot every this many env steps
+    eval_episodes: int = 10  # deterministic episodes per snapshot evaluation
+    ref_episodes: int = 50  # episodes for the random and final policies' returns
+    num_envs: int = 10  # environments side by side for evaluation and rollouts
+    actor_width: int = 256
+    critic_width: int = 256  # CrossQ's paper: 2048 (~30 GFLOP per update: too slow on 2 cores)
+    hidden_depth: int = 2
+    learning_rate: float | None = None  # None: the algorithm's (CrossQ 1e-3, SAC / TD3 3e-4)
+    exploration_noise: float = 0.1  # TD3: Gaussian action noise (x max_action)
+    gamma: float = 0.99
+    seed: int = 0
+    # runtime settings: how fast or where it runs, not what it generates (never compared)
+    device: str = "cpu"
+    compile: str = "auto"  # the update steps as one compiled graph each (training/compiled.py)
+    checkpoint_every: int = 10_000  # env steps between checkpoints (0: only on a signal)
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else the checkout's sqlite store
+    track: bool = True  # record the behaviour run in MLflow (experiment "datasets")
+
+    def __post_init__(self) -> None:
+        positive = ("env_steps", "batch_size", "snapshot_every", "eval_episodes", "ref_episodes",
+                    "num_envs", "actor_width", "critic_width", "hidden_depth")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"generator setting {name} must be at least 1, got "
+                                  f"{getattr(self, name)!r}")
+        for name in ("random_steps", "checkpoint_every"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"generator setting {name} must be >= 0, got "
+                                  f"{getattr(self, name)!r}")
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"generator setting algorithm={self.algorithm!r} is not allowed: "
+                              f"expected one of {', '.join(ALGORITHMS)}")
+        if self.compile not in ("auto", "compile", "eager"):
+            raise ConfigError(f"generator setting compile={self.compile!r} is not allowed: "
+                              f"expected auto, compile or eager")
+
+
+@dataclass
+class Snapshot:
+    step: int  # environment steps taken when the actor was saved
+    eval_return: float  # mean undiscounted return of the deterministic policy over eval_episodes
+    actor_state: dict  # the actor's state_dict, on the CPU
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class BehaviourRun:
+    """What one behaviour training run leaves behind for dataset generation."""
+
+    config: BehaviourConfig
+    agent: Any
+    snapshots: list[Snapshot]
+    replay: ReplayBuffer  # every transition, in the order collected (nothing is evicted)
+    random_returns: np.ndarray  # uniform-random policy, ref_episodes episodes
+    final_returns: np.ndarray  # final policy, deterministic, ref_episodes episodes
+    train_seconds: float
+    tracker: Any = None  # the behaviour run's tracker, still open: generation finishes it
+
+    @property
+    def random_return(self) -> float:
+        return float(np.mean(self.random_returns))
+
+    @property
+    def final_return(self) -> float:
+        return float(np.mean(self.final_returns))
+
+    def actor_at(self, snapshot: Snapshot):
+        """A copy of the actor with the snapshot's weights, on the agent's device."""
+        actor = copy.deepcopy(self.agent.actor)
+        actor.load_state_dict(snapshot.actor_state)
+        return actor
+
+
+# ----- building blocks -----------------------------------------------------------------------------
+def make_agent(config: BehaviourConfig, obs_dim: int, act_dim: int, max_action: float,
+               device: torch.device):
+    """The behaviour agent of ``config.algorithm`` (observations are not normalised online)."""
+    if config.algorithm == "crossq":
+        lr = {} if config.learning_rate is None else {"learning_rate": config.learning_rate}
+        return CrossQ(obs_dim, act_dim, actor_width=config.actor_width,
+                      critic_width=config.critic_width, depth=config.hidden_depth,
+                      gamma=config.gamma, max_action=max_action, device=device, **lr)
+    lr = 3e-4 if config.learning_rate is None else config.learning_rate
+    if config.algorithm == "td3":  # Fujimoto et al. (2018): 2 x 256 ReLU networks, no LayerNorm
+        return TD3(obs_dim, act_dim,
+                   actor=functools.partial(DeterministicActor, width=config.actor_width,
+                                           depth=config.hidden_depth, layer_norm=False),
+                   critic=functools.partial(EnsembleCritic, width=config.critic_width,
+                                            depth=config.hidden_depth, layer_norm=False),
+                   gamma=config.gamma, actor_lr=lr, critic_lr=lr, max_action=max_action,
+                   normalize_states=False, device=device)
+    return EDAC(obs_dim, act_dim,  # SAC: two critics, no diversity term, standard networks
+                actor=functools.partial(TanhGaussianActor, width=config.actor_width,
+                                        depth=config.hidden_depth, layer_norm=False),
+                critic=functools.partial(EnsembleCritic, width=config.critic_width,
+                                         depth=config.hidden_depth, layer_norm=False),
+                num_critics=2, eta=0.0, gamma=config.gamma, actor_lr=lr, critic_lr=lr,
+                alpha_lr=lr, max_action=max_action, normalize_states=False, device=device)
+
+
+def data_settings_hash(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def make_tracker(config: BehaviourConfig):
+    from offline_rl.tracker import MlflowTracker, NullTracker, default_store_dir
+
+    if not config.track:
+        return NullTracker()
+    uri = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+    return MlflowTracker(experiment="datasets", tracking_uri=uri,
+                         store_dir=None if uri else default_store_dir())
+
+
+# ----- the run -------------------------------------------------------------------------------------
+def train_behaviour(config: BehaviourConfig, checkpoint_dir: Path, identity: str,
+                    reference: tuple[float, float] | None = None,
+                    progress: bool = True) -> BehaviourRun:
+    """Train the behaviour agent online on ``config.env_id`` (resuming from ``checkpoint_dir``
+    when it holds a checkpoint of this ``identity``: the hash of the data settings) and collect
+    what dataset generation needs. ``reference``: (random, expert) returns that normalise the
+    evaluation scores (D4RL's, for the MuJoCo tasks)."""
+    device = torch.device(config.device)
+    env = gym.make(config.env_id)
+    obs_dim, act_dim, max_action = box_spaces(env)
+    action_space = env.action_space
+    env.close()
+    torch.manual_seed(config.seed)
+    agent = make_agent(config, obs_dim, act_dim, max_action, device)
+    compile_report = optimise(agent, config.compile,
+                              updates=max(config.env_steps - config.random_steps, 0))
+    replay = ReplayBuffer(config.env_steps, obs_dim, act_dim, device, seed=config.seed)
+    loop = EnvironmentLoop(config.env_id, agent, replay, seed=config.seed,
+                           batch_size=config.batch_size, random_steps=config.random_steps,
+                           min_replay_size=config.batch_size,
+                           exploration_noise=config.exploration_noise)
+    low, high = reference if reference is not None else (None, None)
+    evaluator = Evaluator(config.env_id, config.eval_episodes, config.seed + EVAL_SEED_OFFSET,
+                          StateNormalizer.identity(obs_dim), device, low, high)
+    snapshots: list[Snapshot] = []
+
+    def evaluate() -> dict[str, float]:
+        if snapshots and snapshots[-1].step == trainer.state.global_step:  # resumed at the end
+            return trainer.state.last_eval
+        metrics = evaluator(lambda obs: agent.act(obs, deterministic=True))
+        state = {k: v.detach().to("cpu", copy=True) for k, v in agent.actor.state_dict().items()}
+        snapshots.append(Snapshot(trainer.state.global_step, metrics["eval/return_mean"], state))
+        return metrics
+
+    checkpoints = CheckpointDir(checkpoint_dir, identity, keep=2)
+    tracker = make_tracker(config)
+    seconds_before = 0.0
+
+    def save(trainer: Trainer) -> None:
+        tracker.flush()
+        checkpoints.save({"run_id": tracker.run_id, "global_step": trainer.state.global_step, "algo": agent.state_dict(),
+                          "replay": replay.contents(), "loop": loop.state_dict(),
+                          "snapshots": [s.to_dict() for s in snapshots],
+                          "train_seconds": seconds_before + time.perf_counter() - started,
+                          "trainer": trainer.state_dict(), "rng": rng_state()},
+                         trainer.state.global_step)
+
+    phase = loop.phase(PHASE, config.env_steps)
+    trainer = Trainer([phase], tracker, evaluate, log_every=1000, eval_every=config.snapshot_every,
+                      checkpoint=save, checkpoint_every=config.checkpoint_every, progress=progress)
+
+    try:
+        found = checkpoints.load_latest(warn)
+    except CheckpointError as exc:  # nothing readable: the run starts again from step 0
+        warn(f"{exc}; starting the behaviour run afresh")
+        checkpoints.clear()
+        found = None
+    info = checkpoints.read_info() or {}
+    same_store = info.get("tracking_uri") == str(tracker.tracking_uri)
+    run_id = info.get("run_id") if same_store else None
+    if found is not None:
+        state, path = found
+        agent.load_state_dict(state["algo"])
+        replay.load_contents(state["replay"])
+        loop.load_state_dict(state["loop"])
+        trainer.load_state_dict(state["trainer"], device)
+        snapshots[:] = [Snapshot(**s) for s in state["snapshots"]]
+        set_rng_state(state["rng"])
+        seconds_before = float(state["train_seconds"])
+        print(f"resuming the {config.env_id} behaviour run from {path} (env step "
+              f"{state['global_step']} of {config.env_steps})", file=sys.stderr, flush=True)
+    if run_id is not None and tracker.run_status(run_id) is None:
+        run_id = None
+    name = f"behaviour-{config.algorithm}-{config.env_id.split('-')[0].lower()}-s{config.seed}"
+    settings = {k: v for k, v in dataclasses.asdict(config).items()}
+    tracker.start(name, settings, {"phase": PHASE, "env_id": config.env_id,
+                                   "algorithm": config.algorithm, "generator_identity": identity,
+                                   "checkpoint_dir": str(checkpoints.path)}, run_id=run_id)
+    checkpoints.write_info({"run_id": tracker.run_id, "tracking_uri": str(tracker.tracking_uri),
+                            "identity": identity})
+    started = time.perf_counter()
+    try:
+        with SignalCheckpoint(trainer) as signals:
+            try:
+                trainer.run()
+            except Interrupted as exc:
+                tracker.flush()
+                tracker.set_tags({"interrupted": str(exc)})
+                tracker.finish("KILLED")
+                print(f"{exc}; checkpoint written to {checkpoints.path}", file=sys.stderr,
+                      flush=True)
+                signals.finish()
+                raise
+        if not found or trainer.state.global_step != found[0]["global_step"]:
+            save(trainer)  # training done: a rerun goes straight to the datasets
+        train_seconds = seconds_before + time.perf_counter() - started
+
+        random_returns = evaluate_policy(
+            random_policy(action_space, config.seed + RANDOM_REF_SEED_OFFSET),
+            config.env_id, config.ref_episodes, config.seed + RANDOM_REF_SEED_OFFSET, config.num_envs)
+        final_returns = evaluate_policy(actor_policy(agent, device), config.env_id,
+                                        config.ref_episodes, config.seed + FINAL_REF_SEED_OFFSET,
+                                        config.num_envs)
+        tracker.log_metrics({"final/return_mean": float(final_returns.mean()),
+                             "final/return_std": float(final_returns.std()),
+                             "random/return_mean": float(random_returns.mean()),
+                             "train_seconds": train_seconds, **compile_metrics([compile_report])},
+                            trainer.state.global_step)
+        tracker.flush()
+    except (Interrupted, SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        tracker.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        evaluator.close()
+        loop.close()
+    return BehaviourRun(config=config, agent=agent, snapshots=snapshots, replay=replay,
+                        random_returns=random_returns, final_returns=final_returns,
+                        train_seconds=train_seconds, tracker=tracker)
