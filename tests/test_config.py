@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -21,12 +22,13 @@ def composed(*overrides: str):
 
 
 def test_defaults_follow_the_papers():
-    cfg = composed()
+    # the algorithms' own defaults (CORL's), on a dataset without reference-code settings
+    cfg = composed("dataset=minari", "dataset.dataset_id=x/y-v0")
     assert cfg.algo._target_ == "offline_rl.algo.td3_bc.TD3BC"
     assert (cfg.algo.alpha, cfg.algo.policy_delay, cfg.algo.policy_noise, cfg.algo.noise_clip) == (2.5, 2, 0.2, 0.5)
     assert (cfg.algo.tau, cfg.algo.actor_lr, cfg.batch_size, cfg.algo.gamma) == (0.005, 3e-4, 256, 0.99)
     assert cfg.algo.actor.depth == 2 and cfg.network.actor_layer_norm and cfg.network.critic_layer_norm
-    edac = composed("algo=edac")
+    edac = composed("algo=edac", "dataset=minari", "dataset.dataset_id=x/y-v0")
     assert (edac.algo.num_critics, edac.algo.eta, edac.algo.critic.depth) == (10, 1.0, 3)
     assert composed("algo=sac_n").algo.eta == 0.0
     assert composed("algo=edac", "network.depth=4").algo.critic.depth == 4
@@ -34,6 +36,8 @@ def test_defaults_follow_the_papers():
     assert (ln.algo.actor.layer_norm, ln.algo.critic.layer_norm) == (False, True)
     for group in ("algo", "pretrain", "dataset", "network", "finetune", "tracker"):
         assert "_target_" in cfg[group] or group == "network"
+    # the default dataset (hopper-medium-local) brings the reference code's Hopper values
+    assert (composed().algo.alpha, composed().updates) == (10.0, 500_000)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -63,3 +67,64 @@ def test_help_lists_groups_and_cfg_job_prints_config():
     job = subprocess.run([sys.executable, "launch.py", "--cfg", "job", "algo=edac"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     assert OmegaConf.create(job).algo._target_ == "offline_rl.algo.edac.EDAC"
+
+
+# ----- the paper's reference-code settings per dataset (conf/reference/) -------------------------
+MUJOCO = {"hopper": (10.0, 500_000, 50, 3_000_000, 0.0),
+          "halfcheetah": (20.0, 100_000, 10, 1_000_000, 0.1),
+          "walker2d": (5.0, 500_000, 10, 12_000_000, 0.1)}
+LOCAL_LEVELS = ("medium", "medium-replay", "full-replay", "expert", "medium-expert")
+OFFICIAL_LEVELS = ("simple", "medium", "expert")
+
+
+@pytest.mark.parametrize("env", sorted(MUJOCO))
+def test_reference_settings_compose_for_every_mujoco_dataset(env):
+    alpha, td3_updates, n, edac_updates, lam = MUJOCO[env]
+    datasets = [f"{env}-{level}-local" for level in LOCAL_LEVELS] + [
+        f"{env}-{level}" for level in OFFICIAL_LEVELS]
+    for dataset in datasets:
+        td3 = composed(f"dataset={dataset}")
+        assert (td3.algo.alpha, td3.updates, td3.pretrain.get("lambda")) == (alpha, td3_updates, 0.0), dataset
+        edac = composed("algo=edac", "pretrain=soft", f"dataset={dataset}")
+        full_replay_walker = dataset == "walker2d-full-replay-local"
+        expected_updates = 3_000_000 if full_replay_walker else edac_updates
+        assert (edac.algo.num_critics, edac.algo.eta, edac.updates) == (n, 1.0, expected_updates), dataset
+        assert edac.pretrain["lambda"] == lam, dataset
+        validate(td3)
+        validate(edac)
+
+
+def test_reference_settings_lose_to_the_command_line_and_skip_other_datasets():
+    cfg = composed("dataset=walker2d-medium-local", "algo.alpha=2.5", "updates=30000")
+    assert (cfg.algo.alpha, cfg.updates) == (2.5, 30000)
+    edac = composed("algo=edac", "pretrain=soft", "dataset=halfcheetah-medium",
+                    "pretrain.lambda=0", "algo.num_critics=5")
+    assert (edac.pretrain["lambda"], edac.algo.num_critics, edac.updates) == (0, 5, 1_000_000)
+    # Adroit keeps Table 3's values (conf/tuning/), any Minari id keeps the algorithm's defaults
+    assert composed("dataset=pen-human").algo.alpha == 1.0
+    other = composed("dataset=minari", "dataset.dataset_id=x/y-v0")
+    assert (other.algo.alpha, other.updates) == (2.5, 1_000_000)
+    # variants without reference settings keep their own defaults on MuJoCo data too
+    assert composed("algo=sac_n", "dataset=hopper-medium-local").algo.num_critics == 10
+
+
+def test_hard_pretraining_completes_timeouts_as_the_reference_code(tmp_path):
+    """Every pre-training scheme's default: a time-limited episode's return-to-go is completed with
+    r_T / (1 - gamma), the reference code's hard and soft choice, computed by hand here."""
+    from hydra.utils import instantiate
+
+    from offline_rl.dataset.episodes import OfflineData
+    from offline_rl.dataset.replay import ReplayBuffer
+
+    for scheme in ("ac", "actor", "critic", "none", "qt_max", "soft"):
+        assert instantiate(composed(f"pretrain={scheme}").pretrain).bootstrap_timeouts, scheme
+    # one episode of 3 steps cut by the time limit: rewards 1, 2, 4, gamma 0.5
+    data = OfflineData("hand", np.zeros((3, 1), np.float32), np.zeros((3, 1), np.float32),
+                       np.array([1.0, 2.0, 4.0], np.float32), np.zeros((3, 1), np.float32),
+                       np.zeros(3, bool), np.array([False, False, True]))
+    scheme = instantiate(composed("pretrain=ac").pretrain)
+    replay = ReplayBuffer.from_offline(data, "cpu", gamma=0.5, normalize_states=False,
+                                       bootstrap_timeouts=scheme.bootstrap_timeouts)
+    last = 4.0 / (1 - 0.5)  # 8: the last reward repeated forever
+    expected = [1 + 0.5 * 2 + 0.25 * last, 2 + 0.5 * last, last]  # 4.0, 6.0, 8.0
+    assert replay.storage["returns_to_go"][:3].tolist() == pytest.approx(expected)

@@ -3,8 +3,12 @@
 Defaults: N = 10 critics, eta = 1.0, automatic entropy temperature with target entropy -|A|,
 tau = 5e-3, lr 3e-4 for actor, critic and temperature, gamma = 0.99, 3x256 networks, tanh-Gaussian
 actor with log-sigma clipped to [-5, 2]. Update order alpha -> actor -> critic, as CORL (and the
-EDAC authors) do. CORL's initialisation: hidden biases 0.1, output layers U(-1e-3, 1e-3) for the
-actor heads and U(-3e-3, 3e-3) for the critic's last layer.
+EDAC authors) do. ``corl_init``: CORL's (and the paper's reference code's) special values --
+hidden biases 0.1, output layers U(-1e-3, 1e-3) for the actor heads and U(-3e-3, 3e-3) for the
+critic's last layer. The critic's other weights are ours, not theirs: ``EnsembleLinear`` draws
+U(+-1/sqrt(fan_in)) (nn.Linear's distribution) where CORL's and the reference's VectorizedLinear take
+the fan-in from a transposed tensor and draw U(+-1/sqrt(256)) for every hidden layer (the first
+layer's differs most: fan-in 14 on Hopper, bound 0.27 here against 0.0625 there).
 """
 
 from __future__ import annotations
@@ -113,8 +117,9 @@ def q_and_action_grad(critic: EnsembleCritic, obs: torch.Tensor,
 
 class EDAC(Algorithm):
     stochastic_actor = True
-    # as the paper's reference code pre-trains EDAC's critics: MC loss averaged over the members,
-    # CQL on the ensemble minimum
+    # critic pre-training: the MC loss averaged over the members, as the paper's reference code
+    # does; a CQL term (pretrain.cql_weight) on the ensemble minimum is this project's choice (the
+    # reference EDAC has no CQL)
     mc_member_reduction = "mean"
     cql_on_min_q = True
     _state_attrs = ("actor", "critic", "critic_target", "temperature", "actor_optimizer",

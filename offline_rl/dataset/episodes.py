@@ -116,8 +116,9 @@ def returns_to_go(rewards: np.ndarray | torch.Tensor, terminals: np.ndarray | to
     """Discounted Monte-Carlo return-to-go R_t = sum_n gamma^n r_{t+n} to the end of t's episode.
 
     ``bootstrap_timeouts``: an episode cut by a time limit continues in truth; complete it by
-    assuming its last reward repeats forever, r_T / (1 - gamma), as the paper's reference soft
-    code does. Otherwise (plain truncation) the sum stops at the cut. Computed in float64.
+    assuming its last reward repeats forever, r_T / (1 - gamma), as the paper's reference code
+    does in its hard (td3_bc.py) and soft (edac.py) pre-training alike -- the pre-training
+    schemes' default. Otherwise (plain truncation) the sum stops at the cut. Computed in float64.
     """
     r = torch.as_tensor(rewards, dtype=torch.float64)
     term = torch.as_tensor(terminals, dtype=torch.bool, device=r.device)

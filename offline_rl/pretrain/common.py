@@ -46,8 +46,10 @@ def td_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def cql_penalty(algo, batch: Batch, q: torch.Tensor, n_actions: int) -> torch.Tensor:
-    """CQL's value regulariser with uniform random actions (section 5.2; the reference code):
-    logsumexp_k Q(s, a_k) - Q(s, a), per critic (TD3) or on the ensemble minimum (EDAC)."""
+    """CQL's value regulariser with uniform random actions (section 5.2):
+    logsumexp_k Q(s, a_k) - Q(s, a), per critic for the TD3 family (as the reference code's
+    td3_bc.py) or on the ensemble minimum for EDAC (this project's choice: the reference EDAC has
+    no CQL)."""
     obs, act = batch.observations, batch.actions
     random_actions = torch.empty(n_actions * act.shape[0], act.shape[1], device=act.device).uniform_(-1, 1)
     q_random = algo.critic(obs.repeat(n_actions, 1), random_actions)  # [N, n_actions * B]
@@ -165,7 +167,8 @@ class Scheme(abc.ABC):
     lambda              the paper's lambda (Eq. 17): TD(0) share of the critic's targets
     cql_weight          CQL value regulariser during critic pre-training (section 5.2), 0 = off
     cql_n_actions       random actions per state for the CQL logsumexp
-    bootstrap_timeouts  complete a time-limited episode's return with r / (1 - gamma)
+    bootstrap_timeouts  complete a time-limited episode's return with r / (1 - gamma), as the
+                        paper's reference code does in its hard and soft pre-training alike
     """
 
     #: which actors the scheme fits: "deterministic", "stochastic" or "any"
@@ -175,7 +178,7 @@ class Scheme(abc.ABC):
 
     def __init__(self, steps: int = 50000, until: str | None = "converged", window: int = 5000,
                  tolerance: float = 0.01, cql_weight: float = 0.0, cql_n_actions: int = 10,
-                 bootstrap_timeouts: bool = False, **options: Any):
+                 bootstrap_timeouts: bool = True, **options: Any):
         # ``lambda`` is a Python keyword, so it arrives through **options
         self.td_lambda = float(options.pop("lambda", 0.0))
         if options:

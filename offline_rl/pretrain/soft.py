@@ -12,10 +12,6 @@ class SoftPretraining(Scheme):
     actor_kind = "stochastic"
     suggestion = "pretrain=ac"
 
-    def __init__(self, bootstrap_timeouts: bool = True, **options):
-        # the reference soft code completes time-outs with r / (1 - gamma)
-        super().__init__(bootstrap_timeouts=bootstrap_timeouts, **options)
-
     def phases(self, algo, replay, batch_size: int) -> list[Phase]:
         return [
             self.phase("pretrain_actor", self.soft_actor_update(algo, replay, batch_size), ["soft_bc_loss"]),
