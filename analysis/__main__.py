@@ -8,6 +8,7 @@ Examples:
   python -m analysis window --parent-run-id ID --window 200000:300000
   python -m analysis finetune --parent-run-id ID --env-steps 200000
   python -m analysis export --parent-run-id ID --metrics eval/normalized_score_mean,offline_rl/critic_loss
+  python -m analysis results --parent-run-id ID --out docs
 """
 
 from __future__ import annotations
@@ -143,6 +144,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env-steps", type=int, default=None,
                    help="online score at this many env steps of fine-tuning (default: final eval)")
 
+    p = sub.add_parser("results", help="the reproduction page: docs/results.md + its figure",
+                       description="Fig. 2-style curves with 95%% intervals, the efficiency table, "
+                       "where the convergence rule stopped pre-training, the machine and the wall "
+                       "time, and whether the paper's '< 1/2 of the updates' holds, as one Markdown "
+                       "page (--out/--name.md) for a sweep of runs with and without pre-training.",
+                       epilog=EPILOG, formatter_class=fmt)
+    _common(p, outputs=False)
+    p.add_argument("--out", default="docs", help="folder of the page and its figure (default docs)")
+    p.add_argument("--name", default="results", help="file stem (default results)")
+    p.add_argument("--fraction", type=float, default=0.9, help="default 0.9")
+    p.add_argument("--baseline", default=None, help="e.g. pretrain=none (the default when present)")
+    p.add_argument("--final-last", type=int, default=1,
+                   help="baseline final score = mean of each run's last N evaluations (default 1)")
+    p.add_argument("--command", default=None, help="the command that reproduces the runs, quoted "
+                   "on the page")
+
     p = sub.add_parser("export", help="tidy CSV of runs and metric histories",
                        description="runs.csv (one row per run, every config choice) and "
                        "metrics.csv (one row per run, metric, step).", epilog=EPILOG,
@@ -249,6 +266,20 @@ def _run(args) -> int:
             table = tables.finetune_table(rs, args.env_steps, args.metric, args.variant, args.panel)
         print(table.markdown())
         _finish(args, rs, table.write(out, args.command), rs.warnings + table.warnings)
+        return 0
+    if args.command == "results":
+        from analysis.results import results_page
+
+        rs = _load(args)
+        page = results_page(rs, args.out, name=args.name, metric=args.metric,
+                            fraction=args.fraction, baseline=args.baseline,
+                            final_last=args.final_last, command=args.command)
+        print(page.table.markdown())
+        for sentence in page.verdicts.values():
+            print(sentence)
+        for w in page.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        print(f"wrote {page.path} and {page.figure}")
         return 0
     if args.command == "export":
         rs = _load(args)

@@ -6,6 +6,7 @@ checked through their matplotlib objects; the CLI end to end, artifacts included
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -517,3 +518,42 @@ def test_cli_commands_and_errors(store, tmp_path, capsys):
     assert "no experiment 'nope'" in capsys.readouterr().err
     assert main(["curves", "--tracking-uri", f"sqlite:///{tmp_path}/absent.db", "--out",
                  str(tmp_path)]) == 2
+
+
+def test_results_page_states_whether_the_claim_holds(clean, tmp_path):
+    from analysis.results import results_page
+
+    page = results_page(clean, tmp_path, command="python launch.py +experiment=paper_check")
+    text = page.path.read_text()
+    assert page.path == tmp_path / "results.md" and page.figure.exists()
+    assert "![learning curves](results.png)" in text
+    assert "python launch.py +experiment=paper_check" in text
+    # hand-computed (test_efficiency_table): 4,000 updates with pre-training against 9,000
+    for panel in ("hopper-medium-local", "walker2d-medium-local"):
+        verdict = page.verdicts[panel]
+        assert "4,000 updates against 9,000" in verdict and "ratio 0.44 < 0.5" in verdict
+        assert "the claim holds" in verdict
+    assert "| pretrain=ac" in text or "pretrain=ac |" in text
+    # pre-training length: the six pre-trained runs, 2,000 updates each, no convergence tag
+    section = text.split("## Pre-training length")[1].split("## Where")[0]
+    assert len(re.findall(r"\| 2,000 +\|", section)) == 6 and "no (ran to pretrain.steps)" in section
+    assert "## Where and how long" in text and "cores" in text and "torch" in text
+
+
+def test_results_verdict_when_pretraining_is_slower():
+    from types import SimpleNamespace
+
+    from analysis.results import verdicts
+
+    frame = pd.DataFrame([
+        {"panel": "p", "variant": "pretrain=none", "baseline": True, "updates_to_threshold": 5000.0,
+         "ratio_to_baseline": 1.0, "threshold": 45.0},
+        {"panel": "p", "variant": "pretrain=ac", "baseline": False, "updates_to_threshold": 4000.0,
+         "ratio_to_baseline": 0.8, "threshold": 45.0},
+        {"panel": "q", "variant": "pretrain=none", "baseline": True, "updates_to_threshold": 5000.0,
+         "ratio_to_baseline": 1.0, "threshold": 45.0},
+        {"panel": "q", "variant": "pretrain=ac", "baseline": False,
+         "updates_to_threshold": np.nan, "ratio_to_baseline": np.nan, "threshold": 45.0}])
+    said = verdicts(SimpleNamespace(frame=frame))
+    assert "ratio 0.80 ≥ 0.5): the claim does not hold" in said["p"]
+    assert "never reached 45.0" in said["q"]

@@ -71,16 +71,19 @@ ROLLOUT_SEED_OFFSET = {"medium": 40_000, "expert": 50_000}
 REFERENCE_RETURNS = {"Hopper-v5": (-20.272305, 3234.3),
                      "HalfCheetah-v5": (-280.178953, 12135.0),
                      "Walker2d-v5": (1.629008, 4592.3)}
-#: per-environment defaults (chosen by measurement on a 2-core CPU: README, "Local datasets")
+#: per-environment defaults, chosen by measurement on a 2-core CPU (README, "Local datasets"):
+#: CrossQ reaches an expert Hopper / Walker2d in the fewest CPU-seconds; on HalfCheetah CrossQ with
+#: 2 x 256 networks learned slowly (2,069 after 60k steps) and TD3 got furthest per second
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
-    "Hopper-v5": {"env_steps": 100_000},
-    "Walker2d-v5": {"env_steps": 200_000},
-    "HalfCheetah-v5": {"env_steps": 200_000},
+    "Hopper-v5": {"algorithm": "crossq", "env_steps": 100_000},
+    "Walker2d-v5": {"algorithm": "crossq", "env_steps": 200_000, "snapshot_every": 5_000},
+    "HalfCheetah-v5": {"algorithm": "td3", "env_steps": 450_000, "random_steps": 10_000,
+                       "snapshot_every": 10_000},
 }
-#: measured speeds on an idle 2-core CPU (defaults, compiled CrossQ; README): env steps per second
-#: of behaviour training (one update each) and rollout transitions per second, for the estimate
+#: measured speeds on an idle 2-core CPU (compiled update steps; README): env steps per second of
+#: behaviour training (one update each), and rollout transitions per second -- for the estimate
 #: printed before a generation starts
-TRAINING_STEPS_PER_S = 120.0
+TRAINING_STEPS_PER_S = {"crossq": 120.0, "sac": 190.0, "td3": 280.0}
 ROLLOUT_STEPS_PER_S = 6000.0
 
 
@@ -131,7 +134,8 @@ class GeneratorConfig(BehaviourConfig):
     def estimated_minutes(self, levels: Sequence[str]) -> float:
         rollouts = (("medium" in levels or "medium-expert" in levels)
                     + ("expert" in levels or "medium-expert" in levels)) * self.dataset_size
-        return (self.env_steps / TRAINING_STEPS_PER_S + rollouts / ROLLOUT_STEPS_PER_S) / 60.0
+        return (self.env_steps / TRAINING_STEPS_PER_S[self.algorithm]
+                + rollouts / ROLLOUT_STEPS_PER_S) / 60.0
 
 
 def env_name(env_id: str) -> str:
