@@ -450,3 +450,18 @@ def test_existing_datasets_are_not_overwritten_unless_asked(datasets):
     with pytest.raises(DatasetError, match="--overwrite"):
         generate_local_datasets(GeneratorConfig.for_env("Hopper-v5", **TINY), levels=["expert"])
     assert os.path.isdir(dataset_path(IDS["expert"]))
+
+
+def test_the_final_policy_averages_the_snapshots_of_the_last_stretch_of_training():
+    from offline_rl.generate.behaviour import Snapshot, averaged_actor
+
+    actor = torch.nn.Linear(2, 1)
+    actor.register_buffer("count", torch.tensor(0))  # a non-float buffer: taken from the last
+    states = [{"weight": torch.full((1, 2), float(v)), "bias": torch.full((1,), -float(v)),
+               "count": torch.tensor(v)} for v in (1, 2, 4)]
+    snapshots = [Snapshot(step, float(step), state) for step, state in zip((80, 90, 100), states)]
+    mean = averaged_actor(actor, snapshots, since=90)
+    assert mean.weight.tolist() == [[3.0, 3.0]] and mean.bias.tolist() == [-3.0]
+    assert int(mean.count) == 4 and actor.weight.tolist() != [[3.0, 3.0]]  # a copy
+    assert averaged_actor(actor, snapshots, since=80).weight.tolist() == pytest.approx([[7 / 3, 7 / 3]])
+    assert averaged_actor(actor, snapshots, since=101).weight.tolist() == [[4.0, 4.0]]  # the last

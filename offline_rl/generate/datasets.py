@@ -8,7 +8,8 @@ One behaviour run per environment (``offline_rl.generate.behaviour``) gives D4RL
   to that snapshot's step, episode by episode; the episode still running then is cut, marked
   truncated;
 * ``full-replay``: the whole replay buffer, from the first step to the last (appendix E.2);
-* ``expert``: ``dataset_size`` transitions of stochastic rollouts of the final policy;
+* ``expert``: ``dataset_size`` transitions of stochastic rollouts of the final policy (the mean of
+  the actor snapshots over the last ``average_last`` of training);
 * ``medium-expert``: the ``medium`` and ``expert`` episodes together.
 
 Normalised scores read like the literature's: for Hopper, HalfCheetah and Walker2d the datasets'
@@ -59,7 +60,7 @@ logger = logging.getLogger(__name__)
 
 LEVELS = ("medium", "medium-replay", "full-replay", "expert", "medium-expert")
 #: bumped whenever the generation procedure changes what it writes for the same settings
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 #: settings that change how fast or where generation runs, not what it generates (never compared)
 RUNTIME_SETTINGS = ("device", "num_threads", "progress", "compile", "checkpoint_every",
                     "tracking_uri", "track")
@@ -77,7 +78,7 @@ REFERENCE_RETURNS = {"Hopper-v5": (-20.272305, 3234.3),
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "Hopper-v5": {"algorithm": "crossq", "env_steps": 100_000},
     "Walker2d-v5": {"algorithm": "crossq", "env_steps": 200_000, "snapshot_every": 5_000},
-    "HalfCheetah-v5": {"algorithm": "td3", "env_steps": 450_000, "random_steps": 10_000,
+    "HalfCheetah-v5": {"algorithm": "td3", "env_steps": 500_000, "random_steps": 10_000,
                        "snapshot_every": 10_000},
 }
 #: measured speeds on an idle 2-core CPU (compiled update steps; README): env steps per second of
@@ -323,9 +324,10 @@ def _level_data(level: str, config: GeneratorConfig, run: BehaviourRun, medium,
                 f"return {ret:.1f}, closest to {frac:.3g} x the final policy's "
                 f"{run.final_return:.1f})")
     else:
-        actor, step, ret = run.agent.actor, env_steps, run.final_return
-        what = (f"the final {config.algorithm} policy after {env_steps} env steps (deterministic "
-                f"return {ret:.1f})")
+        actor, step, ret = run.final_actor, env_steps, run.final_return
+        what = (f"the final {config.algorithm} policy after {env_steps} env steps: the mean of its "
+                f"snapshots' weights over the last {config.average_last:.0%} of training "
+                f"(deterministic return {ret:.1f})")
     if level not in rollouts:
         torch.manual_seed(config.seed + ROLLOUT_SEED_OFFSET[level])  # the actor's sampling noise
         rollouts[level] = collect_episodes(
