@@ -42,8 +42,8 @@ datasets: $(INSTALLED)  ## generate the local D4RL-style datasets (medium, mediu
 clean-datasets: $(INSTALLED)  ## delete the locally generated datasets (namespace local/ in the Minari folder)
 	$(PYTHON) -c "import shutil; from offline_rl.dataset.minari_source import dataset_path; shutil.rmtree(dataset_path('local'), ignore_errors=True)"
 
-mlflow-ui: $(INSTALLED)  ## browse runs of this checkout's store at http://127.0.0.1:5000
-	$(PYTHON) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
+mlflow-ui: $(INSTALLED)  ## browse runs of this checkout's store at http://127.0.0.1:5000 (prints the runs-table link)
+	$(PYTHON) -m offline_rl.tracking_ui 5000
 
 analysis: $(INSTALLED)  ## the paper's figures and tables for a sweep: make analysis PARENT=<parent run id> OUT=results
 	$(PYTHON) -m analysis paper --parent-run-id $(PARENT) --out $(OUT)

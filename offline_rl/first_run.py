@@ -65,7 +65,7 @@ def summary(client, run, uri: str) -> str:
     datasets = [d.dataset for d in run.inputs.dataset_inputs]
     dataset = f"{datasets[0].name} (digest {datasets[0].digest})" if datasets else "?"
     url = (f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/"
-           f"{run.info.run_id}")
+           f"{run.info.run_id}?workflowType=machine_learning")
     fmt = lambda v: "—" if v is None else f"{v:.1f}"  # noqa: E731
     lines = [
         "",

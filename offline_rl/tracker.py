@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -191,8 +192,12 @@ class MlflowTracker:
         from mlflow.entities import Dataset, DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-        source = (CodeDatasetSource({"dataset": record.dataset_id}) if record.source == "in-memory"
-                  else resolve_dataset_source(record.source))
+        if record.source == "in-memory":
+            source = CodeDatasetSource({"dataset": record.dataset_id})
+        else:
+            with warnings.catch_warnings():  # MLflow registers its local source class twice and
+                warnings.simplefilter("ignore")  # warns that a path "can be interpreted" as both
+                source = resolve_dataset_source(record.source)
         fields = MetaDataset(source, name=record.dataset_id, digest=record.digest).to_dict()
         dataset = Dataset(name=fields["name"], digest=fields["digest"],
                           source_type=fields["source_type"], source=fields["source"],

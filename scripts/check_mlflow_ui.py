@@ -16,6 +16,9 @@ parent otherwise). Exit status 0 when every check passes, 1 otherwise, 2 when it
 from __future__ import annotations
 
 import argparse
+import base64
+import itertools
+import json
 import os
 import shutil
 import signal
@@ -28,14 +31,16 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+MODEL_TRAINING = "custom_model_development"
+WORKFLOW = "machine_learning"
 DATASET_ID = "ui/hopper/random-v0"
 SWEEP = ["pretrain=ac,none", "seed=0,1"]
-TINY = [f"dataset=minari", f"dataset.dataset_id={DATASET_ID}", "network=small", "updates=300",
+TINY = ["dataset=minari", f"dataset.dataset_id={DATASET_ID}", "network=small", "updates=300",
         "eval.every=150", "eval.episodes=2", "log_every=50", "pretrain.steps=100",
         "pretrain.until=null", "progress=false", "threads=1", "batch_size=64", "compile=eager"]
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--window-size=1600,1000", "--virtual-time-budget=30000"]
+                  "--disable-sync", "--window-size=1600,1000"]
 
 
 def free_port() -> int:
@@ -74,18 +79,78 @@ def wait_for(url: str, timeout_s: float) -> None:
         time.sleep(1)
 
 
-def chromium(url: str, screenshot: Path | None) -> str:
-    """The DOM after rendering (and a screenshot of the page when asked)."""
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    with tempfile.TemporaryDirectory() as profile:
-        flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
-        dom = subprocess.run([binary, *flags, "--dump-dom", url], capture_output=True, text=True,
-                             timeout=180).stdout
-        if screenshot is not None:
-            screenshot.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([binary, *flags, f"--screenshot={screenshot.resolve()}", url],
-                           capture_output=True, timeout=180, check=True)
-    return dom
+class Browser:
+    """Headless Chromium driven over the DevTools protocol (websockets): load a page, wait for
+    what it renders, click, read the text, take a screenshot."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("chromium") or shutil.which("chromium-browser")
+        self.profile = tempfile.TemporaryDirectory(prefix="offline_rl-chromium-")
+        port = free_port()
+        self.process = subprocess.Popen(
+            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile.name}",
+             f"--remote-debugging-port={port}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as r:
+                    pages = [p for p in json.load(r) if p["type"] == "page"]
+                if pages:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("Chromium's DevTools endpoint did not answer within 60 s")
+            time.sleep(0.3)
+        from websockets.sync.client import connect
+
+        self.connection = connect(pages[0]["webSocketDebuggerUrl"], max_size=2**26)
+        self.socket = self.connection.__enter__()
+        self.ids = itertools.count(1)
+        self.call("Page.enable")
+
+    def call(self, method: str, **params):
+        message_id = next(self.ids)
+        self.socket.send(json.dumps({"id": message_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.socket.recv())
+            if message.get("id") == message_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+
+    def js(self, expression: str):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result.get("result", {}).get("value")
+
+    def open(self, url: str, until: str, timeout_s: float = 90) -> bool:
+        """Navigate, then wait until the JavaScript expression ``until`` is true."""
+        self.call("Page.navigate", url=url)
+        return self.wait(until, timeout_s)
+
+    def wait(self, until: str, timeout_s: float = 90) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.js(until):
+                return True
+            time.sleep(0.5)
+        return False
+
+    def screenshot(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot")["data"]))
+
+    def close(self) -> None:
+        try:
+            self.connection.__exit__(None, None, None)
+        finally:
+            stop_group(self.process)
+            self.profile.cleanup()
+
+
+def text_has(text: str) -> str:
+    return f"document.body && document.body.innerText.includes({json.dumps(text)})"
 
 
 def stop_group(process: subprocess.Popen) -> None:
@@ -150,38 +215,55 @@ def main(argv: list[str] | None = None) -> int:
                            "--host", "127.0.0.1", "--port", str(port)], cwd=store,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           start_new_session=True)  # its own process group, stopped as a whole
+    base = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}"
+    browser = None
     try:
         start = time.monotonic()
         wait_for(f"http://127.0.0.1:{port}/health", args.timeout)
         print(f"mlflow ui answered on 127.0.0.1:{port} after {time.monotonic() - start:.0f} s")
-        # the experiment page as a user opens it (MLflow picks the view from the experiment kind),
-        # then the runs table
-        landing = chromium(f"http://127.0.0.1:{port}/#/experiments/{experiment_id}", None)
-        dom = chromium(f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs",
-                       args.screenshot)
+        browser = Browser()
+        # MLflow 3.17 picks the experiment's first page from the browser's "GenAI | Model
+        # training" switch (default GenAI), or from ?workflowType= in the link
+        browser.open(base, "location.hash.includes('/overview') || location.hash.includes('/runs')")
+        plain = browser.js("location.hash")
+        browser.open(f"{base}?workflowType={WORKFLOW}", "location.hash.includes('/runs')", 60)
+        landing = browser.js("location.hash")
+        shown = browser.wait(text_has(parent))
+        expander = "button[data-component-id*='runnamecellrenderer']"
+        clicked = shown and browser.js(f"(() => {{ const b = document.querySelector(\"{expander}\");"
+                                       f" if (!b) return false; b.click(); return true; }})()")
+        nested = clicked and browser.wait(" && ".join(text_has(c) for c in children) or "false")
+        browser.wait(" && ".join(text_has(f"{d} (") for d in datasets) or "false", 30)
+        browser.js("(() => { const b = [...document.querySelectorAll('button')].find(b => "
+                   "(b.getAttribute('aria-label') || '').toLowerCase().includes('close')); "
+                   "if (b) b.click(); })()")  # the assistant panel, for the screenshot
+        time.sleep(1)
+        grid = browser.js("(document.querySelector('.ag-root') || document.body).innerText") or ""
+        if args.screenshot:
+            browser.screenshot(args.screenshot)
     finally:
+        if browser is not None:
+            browser.close()
         stop_group(ui)
         if temporary is not None:
             temporary.cleanup()
+    print(f"info: {base} opened {plain.split('?')[0].rsplit('/', 2)[-2:]} in a fresh browser "
+          f"profile; the link with ?workflowType={WORKFLOW} opened {landing.split('?')[0]}")
     checks = {
-        f"experiment kind is custom_model_development ({kind})": kind == "custom_model_development",
-        "the experiment opens on the runs, not the GenAI overview":
-            "Traces" not in _visible(landing) or parent in landing,
-        f"parent run '{parent}' shown": parent in dom,
-        f"{len(children)} child runs nested under it ({', '.join(children)})":
-            bool(children) and all(c in dom for c in children),
+        f"experiment tagged mlflow.experimentKind={MODEL_TRAINING} ({kind})": kind == MODEL_TRAINING,
+        f"the link with ?workflowType={WORKFLOW} opens the runs table": "/runs" in landing,
+        f"parent run '{parent}' shown": bool(shown) and parent in grid,
+        f"{len(children)} child runs nested under it (shown after expanding the parent: "
+        f"{', '.join(children)})": bool(nested) and all(c in grid for c in children),
         f"Dataset column filled ({', '.join(datasets) or 'no dataset input'})":
-            bool(datasets) and "Dataset" in dom and all(d.split("/")[-1] in dom for d in datasets),
+            bool(datasets) and "Dataset" in grid and
+            all(grid.count(f"{d} (") >= len(children) for d in datasets),
     }
     for what, ok in checks.items():
         print(f"{'ok  ' if ok else 'FAIL'} {what}")
     if args.screenshot:
         print(f"screenshot: {args.screenshot}")
     return 0 if all(checks.values()) else 1
-
-
-def _visible(dom: str) -> str:
-    return dom
 
 
 if __name__ == "__main__":
