@@ -33,11 +33,15 @@ STATISTICS = ("aggregate", "profiles", "improvement")
 
 
 @dataclass
-class StatisticsOutputs:
+class Outputs:
     files: list[Path] = field(default_factory=list)
     figures: dict = field(default_factory=dict)
     tables: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StatisticsOutputs(Outputs):
     matrix: "st.ScoreMatrix | None" = None
 
 
@@ -96,11 +100,7 @@ def statistics(rs: RunSet, out: str | Path, which: tuple[str, ...] | list[str] =
 
 
 @dataclass
-class PaperOutputs:
-    files: list[Path] = field(default_factory=list)
-    figures: dict = field(default_factory=dict)
-    tables: dict = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+class PaperOutputs(Outputs):
     logged_to: str | None = None
 
 
