@@ -15,7 +15,7 @@ ARGS ?=
 
 $(INSTALLED): pyproject.toml
 	@echo "make: setting up $(VENV) (missing, or older than pyproject.toml): the CPU torch wheel, then"
-	@echo "      this package with its dev and Adroit extras; ~2-3 min and ~1.9 GB on a 2-core machine (README)"
+	@echo "      this package with its dev and Adroit extras into it: 1.9 GB, several minutes (README)"
 	@test -x $(PYTHON) || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
 	$(PYTHON) -m pip install -q torch==2.13.0
 	$(PYTHON) -m pip install -q -e '.[dev,adroit]'

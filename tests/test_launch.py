@@ -120,3 +120,15 @@ def test_nan_loss_fails_the_run_with_the_loss_and_step(tmp_path, minari_root):
     run = search_runs(tmp_path).iloc[0]
     assert run["status"] == "FAILED"
     assert "critic_loss" in run["tags.error"]
+
+
+def test_an_existing_experiment_is_marked_model_training(tmp_path, new_store):
+    """A store made before the mark (or by hand) gets it when the next run starts."""
+    from offline_rl.tracker import EXPERIMENT_KIND_TAG, MODEL_TRAINING, MlflowTracker
+
+    new_store(tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.create_experiment("offline_rl")
+    assert EXPERIMENT_KIND_TAG not in client.get_experiment_by_name("offline_rl").tags
+    MlflowTracker(store_dir=str(tmp_path)).ensure_store()
+    assert client.get_experiment_by_name("offline_rl").tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING
