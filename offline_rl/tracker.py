@@ -203,12 +203,11 @@ class MlflowTracker:
                           source_type=fields["source_type"], source=fields["source"],
                           profile=json.dumps(record.profile))
         run = self.client.get_run(self.run_id)
-        if any(d.dataset.name == dataset.name and d.dataset.digest == dataset.digest
-               for d in run.inputs.dataset_inputs):
-            return
-        self.client.log_inputs(self.run_id, [DatasetInput(
-            dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
-        if record.behaviour_score is not None:
+        if not any(d.dataset.name == dataset.name and d.dataset.digest == dataset.digest
+                   for d in run.inputs.dataset_inputs):
+            self.client.log_inputs(self.run_id, [DatasetInput(
+                dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
+        if record.behaviour_score is not None:  # a resumed run skips it when already stored
             self.log_metrics({"dataset/behaviour_score": record.behaviour_score}, 0)
 
     def download_artifact(self, run_id: str, name: str, dst: str | Path) -> Path:
