@@ -63,17 +63,11 @@ def statistics(rs: RunSet, out: str | Path, which: tuple[str, ...] | list[str] =
     if "aggregate" in which:
         table = st.aggregate_table(m, level=level, seed=seed, target=target,
                                    n_resamples=n_resamples or st.AGGREGATE_RESAMPLES)
-        res.figures["aggregate"] = st.plot_aggregate(table, level=level, title=title,
-                                                     out=out / "aggregate.png")
-        res.tables["aggregate"] = table
-        res.files += [*table.write(out, "aggregate"), out / "aggregate.png"]
+        _keep(res, out, "aggregate", table, st.plot_aggregate, level, title)
     if "profiles" in which:
         table = st.profiles_table(m, st.default_taus(m, taus), level=level, seed=seed,
                                   n_resamples=n_resamples or st.PROFILE_RESAMPLES)
-        res.figures["profiles"] = st.plot_profiles(table, level=level, title=title,
-                                                   out=out / "profiles.png")
-        res.tables["profiles"] = table
-        res.files += [*table.write(out, "profiles"), out / "profiles.png"]
+        _keep(res, out, "profiles", table, st.plot_profiles, level, title)
     if "improvement" in which:
         if len(m.variants) < 2 and x is None and y is None and list(which) != ["improvement"]:
             res.warnings.append(f"probability of improvement: one variant only ({m.variants}); "
@@ -89,14 +83,18 @@ def statistics(rs: RunSet, out: str | Path, which: tuple[str, ...] | list[str] =
             if pairs:
                 table = st.improvement_table(m, pairs, level=level, seed=seed, how=how,
                                              n_resamples=n_resamples or st.IMPROVEMENT_RESAMPLES)
-                res.figures["improvement"] = st.plot_improvement(table, level=level, title=title,
-                                                                 out=out / "improvement.png")
-                res.tables["improvement"] = table
-                res.files += [*table.write(out, "improvement"), out / "improvement.png"]
+                _keep(res, out, "improvement", table, st.plot_improvement, level, title)
     for table in res.tables.values():
         res.warnings += table.warnings
     res.warnings = list(dict.fromkeys(res.warnings))
     return res
+
+
+def _keep(res: Outputs, out: Path, name: str, table, plot, level: float, title) -> None:
+    """Write ``name``.{csv,md} and its figure ``name``.png; record them in ``res``."""
+    res.figures[name] = plot(table, level=level, title=title, out=out / f"{name}.png")
+    res.tables[name] = table
+    res.files += [*table.write(out, name), out / f"{name}.png"]
 
 
 @dataclass
