@@ -5,6 +5,8 @@
     agg = aggregate(rs)                            # mean / std / 95% Student-t CI over seeds
     plot_learning_curves(rs, out="results/curves.png")
     print(efficiency_table(rs).markdown())
+    m = score_matrix(rs, final="last")             # final scores: variant -> task -> runs
+    print(aggregate_table(m).markdown())           # IQM / median / mean / optimality gap, CIs
 
 CLI: ``python -m analysis --help``.
 """
@@ -13,12 +15,15 @@ from analysis.aggregate import (AXES, Aggregated, aggregate, default_panel, defa
                                 describe_ci, final_scores, group_runs, interval, window_scores)
 from analysis.figures import FigureResult, plot_ablation, plot_learning_curves
 from analysis.load import SCORE, AnalysisError, RunSet, default_tracking_uri, load_runs
-from analysis.report import PaperOutputs, log_artifacts, paper
+from analysis.report import PaperOutputs, log_artifacts, paper, statistics
+from analysis.score_statistics import (ScoreMatrix, aggregate_table, improvement_table,
+                                       profiles_table, score_matrix)
 from analysis.tables import Table, efficiency_table, finetune_table, window_table
 
 __all__ = [
     "AXES", "Aggregated", "AnalysisError", "FigureResult", "PaperOutputs", "RunSet", "SCORE",
-    "Table", "aggregate", "default_panel", "default_tracking_uri", "default_variant",
+    "ScoreMatrix", "Table", "aggregate", "aggregate_table", "improvement_table", "profiles_table",
+    "score_matrix", "statistics", "default_panel", "default_tracking_uri", "default_variant",
     "describe_ci", "efficiency_table", "final_scores", "finetune_table", "group_runs",
     "interval", "load_runs", "log_artifacts", "paper", "plot_ablation", "plot_learning_curves",
     "window_scores", "window_table",

@@ -9,6 +9,9 @@ Examples:
   python -m analysis finetune --parent-run-id ID --env-steps 200000
   python -m analysis export --parent-run-id ID --metrics eval/normalized_score_mean,offline_rl/critic_loss
   python -m analysis results --parent-run-id ID --out docs
+  python -m analysis aggregate --parent-run-id ID --final window --window 200k:300k
+  python -m analysis profiles --parent-run-id ID
+  python -m analysis improvement --parent-run-id ID --x pretrain=ac --y pretrain=none
 """
 
 from __future__ import annotations
@@ -80,6 +83,37 @@ def _common(p: argparse.ArgumentParser, figure: bool = False, outputs: bool = Tr
         o.add_argument("--artifact-path", default="analysis", help="artifact folder on the run")
 
 
+def _statistics(p: argparse.ArgumentParser, improvement: bool = False) -> None:
+    """Options of the Agarwal et al. (2021) statistics (aggregate, profiles, improvement, paper)."""
+    from analysis.score_statistics import OPTIMALITY_TARGET
+
+    g = p.add_argument_group("aggregate statistics (Agarwal et al. 2021)")
+    g.add_argument("--final", choices=("last", "window"), default="last",
+                   help="each run's final score: its last evaluation (default) or its mean over "
+                        "--window (appendix G)")
+    if not any(a.dest == "window" for a in p._actions):
+        g.add_argument("--window", type=_window, default=None,
+                       help="LOW:HIGH updates for --final window (default: the last third)")
+    g.add_argument("--task", type=_csv, default=None,
+                   help="comma-separated run columns that make a task (default: dataset_name)")
+    g.add_argument("--resamples", type=int, default=None,
+                   help="bootstrap resamples (default as rliable: 50,000 for aggregate, 2,000 for "
+                        "profiles and improvement)")
+    g.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default 0)")
+    if not any(a.dest == "level" for a in p._actions):
+        g.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    g.add_argument("--optimality-target", type=float, default=OPTIMALITY_TARGET,
+                   help=f"optimality gap measured to this normalised score (default "
+                        f"{OPTIMALITY_TARGET:g}, the expert)")
+    if improvement:
+        g.add_argument("--x", help="improvement: variant X (label, value or column=value)")
+        g.add_argument("--y", help="improvement: variant Y")
+        if not any(a.dest == "baseline" for a in p._actions):
+            g.add_argument("--baseline", default=None,
+                           help="without --x/--y: every variant against this one (default "
+                                "pretrain=none when present)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m analysis", description="The paper's figures and tables from MLflow runs.",
@@ -103,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="window table: LOW:HIGH updates, e.g. 200k:300k (default: last third)")
     p.add_argument("--env-steps", type=int, default=None,
                    help="fine-tuning table: online score at this many env steps (default: final)")
+    _statistics(p, improvement=True)
 
     p = sub.add_parser("curves", help="learning curves like Fig. 2 (PNG)",
                        description="Normalised score vs gradient updates (pre-training included), "
@@ -159,6 +194,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="baseline final score = mean of each run's last N evaluations (default 1)")
     p.add_argument("--command", default=None, help="the command that reproduces the runs, quoted "
                    "on the page")
+    p = sub.add_parser("aggregate", help="IQM / median / mean / optimality gap with bootstrap CIs",
+                       description="Per variant, over its runs x tasks: interquartile mean, "
+                       "median, mean and optimality gap of the final normalised score, with "
+                       "stratified bootstrap confidence intervals (Agarwal et al. 2021); table "
+                       "and figure.", epilog=EPILOG, formatter_class=fmt)
+    _common(p)
+    _statistics(p)
+    p.add_argument("--title", default=None)
+
+    p = sub.add_parser("profiles", help="performance profiles with bootstrap bands",
+                       description="Per variant: the fraction of runs whose final normalised "
+                       "score is above τ, for τ over the score range, with stratified bootstrap "
+                       "bands (Agarwal et al. 2021); figure and CSV.", epilog=EPILOG,
+                       formatter_class=fmt)
+    _common(p)
+    _statistics(p)
+    p.add_argument("--title", default=None)
+    p.add_argument("--taus", type=int, default=101, help="number of τ values (default 101)")
+
+    p = sub.add_parser("improvement", help="probability that variant X beats Y, with CI",
+                       description="P(X > Y): the probability that a run of X has a higher final "
+                       "score than a run of Y on the same task, averaged over tasks (Mann-Whitney "
+                       "U), with a stratified bootstrap interval (Agarwal et al. 2021).",
+                       epilog=EPILOG, formatter_class=fmt)
+    _common(p)
+    _statistics(p, improvement=True)
+    p.add_argument("--title", default=None)
 
     p = sub.add_parser("export", help="tidy CSV of runs and metric histories",
                        description="runs.csv (one row per run, every config choice) and "
@@ -220,7 +282,7 @@ def _run(args) -> int:
                     ci=args.ci, level=args.level, band=args.band, title=args.title,
                     min_seeds=args.min_seeds, fraction=args.fraction,
                     baseline=args.baseline, final_last=args.final_last, window=args.window,
-                    env_steps=args.env_steps,
+                    env_steps=args.env_steps, statistics_options=_statistics_kwargs(args),
                     log_to=args.log_to, log=not args.no_artifacts, artifact_path=args.artifact_path)
         for table in res.tables.values():
             print(table.markdown())
@@ -290,7 +352,24 @@ def _run(args) -> int:
             out / "metrics.csv", index=False)
         _finish(args, rs, [out / "runs.csv", out / "metrics.csv"], rs.warnings)
         return 0
+    if args.command in ("aggregate", "profiles", "improvement"):
+        from analysis.report import statistics
+
+        rs = _load(args)
+        res = statistics(rs, out, [args.command], **_statistics_kwargs(args),
+                         taus=getattr(args, "taus", 101), title=args.title)
+        for table in res.tables.values():
+            print(table.markdown())
+        _finish(args, rs, res.files, rs.warnings + res.warnings)
+        return 0
     raise AssertionError(args.command)
+
+
+def _statistics_kwargs(args) -> dict:
+    return dict(metric=args.metric, variant=args.variant, task=args.task, final=args.final,
+                window=args.window, level=args.level, n_resamples=args.resamples, seed=args.seed,
+                target=args.optimality_target, x=getattr(args, "x", None),
+                y=getattr(args, "y", None), baseline=getattr(args, "baseline", None))
 
 
 if __name__ == "__main__":

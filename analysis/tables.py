@@ -77,7 +77,7 @@ def _steps(value) -> str:
     return "not reached" if value is None or np.isnan(value) else f"{int(value):,}"
 
 
-def _match_baseline(runs: pd.DataFrame, variant: list[str], spec: str | None
+def match_baseline(runs: pd.DataFrame, variant: list[str], spec: str | None
                     ) -> tuple[dict[str, str], str]:
     """A baseline spec (``pretrain=none``, ``pretrain=none, network=default``, or a bare value
     of a variant column) -> column/value constraints, and how it was chosen."""
@@ -115,13 +115,13 @@ def efficiency_table(rs: RunSet, metric: str = SCORE, variant=None, panel=None, 
     finals = final_scores(rs, metric, final_last)
     history = rs.history(metric).sort_values("step")
     by_run = {r: h for r, h in history.groupby("run_id")}
-    constraints, how = _match_baseline(runs, agg.grouping.variant, baseline)
+    constraints, how = match_baseline(runs, agg.grouping.variant, baseline)
     warnings = list(agg.warnings)
     rows = []
     for panel_label, in_panel in runs.groupby("panel", sort=False):
         mask = pd.Series(True, index=in_panel.index)
         for column, value in constraints.items():
-            mask &= in_panel[column].astype(str).map(_norm) == _norm(value)
+            mask &= in_panel[column].astype(str).map(norm_value) == norm_value(value)
         base_variants = in_panel.loc[mask, "variant"].unique()
         if len(base_variants) != 1:
             warnings.append(f"[{panel_label}]: baseline {how!r} matches {len(base_variants)} "
@@ -180,7 +180,7 @@ def efficiency_table(rs: RunSet, metric: str = SCORE, variant=None, panel=None, 
                  frame, display, notes, warnings)
 
 
-def _norm(value) -> str:
+def norm_value(value) -> str:
     text = str(value)
     try:
         number = float(text)

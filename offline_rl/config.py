@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from offline_rl.cli_help import config_groups
 from offline_rl.errors import ConfigError
 
 
@@ -24,6 +25,9 @@ def _or_else(value: Any, default: Any) -> Any:
 # ${or_else:${network.depth},3}: the network group's value, or the algorithm's reference value
 if not OmegaConf.has_resolver("or_else"):
     OmegaConf.register_new_resolver("or_else", _or_else)
+# ${config_groups:}: the groups --help lists (conf/config.yaml's hydra.help.template)
+if not OmegaConf.has_resolver("config_groups"):
+    OmegaConf.register_new_resolver("config_groups", config_groups)
 
 
 @dataclass(frozen=True)

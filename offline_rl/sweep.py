@@ -175,12 +175,22 @@ def job_problem(cfg: DictConfig) -> tuple[str | None, str | None]:
     return None, None
 
 
-def sweep_name(configured: str | None, config: DictConfig) -> str:
+MAX_SWEEP_NAME = 200  # an MLflow run name stays readable (and well under its length limit)
+
+
+def sweep_name(configured: str | None, config: DictConfig, grid: Grid | None = None) -> str:
+    """The sweep's (and its parent run's) name: ``hydra.sweeper.name``, else the experiment file
+    (``+experiment=pretrain_ablation``), else what was swept (``pretrain=ac,none x seed=0,1``)."""
     if configured:
         return str(configured)
     choices = OmegaConf.select(config, "hydra.runtime.choices", default={}) or {}
     experiment = choices.get("experiment") if hasattr(choices, "get") else None
-    return str(experiment) if experiment else "multirun"
+    if experiment:
+        return str(experiment)
+    swept = " x ".join(f"{k}={','.join(grid.axes[k])}" for k in grid.varying) if grid else ""
+    if not swept:
+        return "multirun"
+    return swept if len(swept) <= MAX_SWEEP_NAME else swept[:MAX_SWEEP_NAME - 3] + "..."
 
 
 def make_tracker(config: DictConfig):
@@ -213,7 +223,7 @@ class SweepLogic:
         overrides = parser.parse_overrides(params_conf)
         grid = grid_of(overrides)
         jobs = self.split_arguments(overrides, None)[0]
-        name = sweep_name(self.name, self.config)
+        name = sweep_name(self.name, self.config, grid)
 
         tic = time.perf_counter()
         jobs, skipped = self.check_jobs(jobs, grid)

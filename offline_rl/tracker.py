@@ -7,11 +7,17 @@ are not written twice, so every metric's history stays one value per step."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces); tagged as a
+# model-training experiment it opens on the runs table
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 MAX_PARAMS_PER_CALL = 100
 MAX_METRICS_PER_CALL = 1000
 MAX_PARAM_LENGTH = 6000
@@ -21,6 +27,10 @@ def default_store_dir() -> Path:
     """The checkout's sqlite store folder: ``$OFFLINE_RL_ROOT/mlflow`` (launch.py sets it to the
     checkout), else ``./mlflow``."""
     return Path(os.environ.get("OFFLINE_RL_ROOT", ".")) / "mlflow"
+def mark_model_training(client, experiment) -> None:
+    """Tag an experiment (created before the tag existed, or by hand) as model training."""
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
 
 
 class NullTracker:
@@ -42,6 +52,7 @@ class NullTracker:
         raise FileNotFoundError("tracker=none keeps no runs: give a checkpoint file path instead "
                                 "of an MLflow run id")
     def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def log_dataset(self, record) -> None: ...
     def flush(self) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None: ...
@@ -80,14 +91,18 @@ class MlflowTracker:
             self._store_dir.mkdir(parents=True, exist_ok=True)
         experiment = self.client.get_experiment_by_name(self.experiment)
         if experiment is not None:
+            mark_model_training(self.client, experiment)
             return experiment.experiment_id
         try:
-            return self.client.create_experiment(self.experiment,
-                                                 artifact_location=self.artifact_location)
+            experiment_id = self.client.create_experiment(
+                self.experiment, artifact_location=self.artifact_location,
+                tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+            return experiment_id
         except Exception:  # created meanwhile by another process
             experiment = self.client.get_experiment_by_name(self.experiment)
             if experiment is None:
                 raise
+            mark_model_training(self.client, experiment)
             return experiment.experiment_id
 
     def start(self, run_name: str, params: dict[str, Any], tags: dict[str, Any],
@@ -169,6 +184,36 @@ class MlflowTracker:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dataset(self, record) -> None:
+        """The run's dataset as an MLflow dataset input (the runs table's Dataset column, and
+        ``dataset.name`` / ``dataset.digest`` in run searches): the Minari id as its name, the
+        data file's digest, the file as its source, size and behaviour score as its profile.
+        The behaviour policy's normalised score is also a metric (``dataset/behaviour_score``).
+        Logging the same dataset again (a resumed run) adds nothing."""
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        if record.source == "in-memory":
+            source = CodeDatasetSource({"dataset": record.dataset_id})
+        else:
+            with warnings.catch_warnings():  # MLflow registers its local source class twice and
+                warnings.simplefilter("ignore")  # warns that a path "can be interpreted" as both
+                source = resolve_dataset_source(record.source)
+        fields = MetaDataset(source, name=record.dataset_id, digest=record.digest).to_dict()
+        dataset = Dataset(name=fields["name"], digest=fields["digest"],
+                          source_type=fields["source_type"], source=fields["source"],
+                          profile=json.dumps(record.profile))
+        run = self.client.get_run(self.run_id)
+        if not any(d.dataset.name == dataset.name and d.dataset.digest == dataset.digest
+                   for d in run.inputs.dataset_inputs):
+            self.client.log_inputs(self.run_id, [DatasetInput(
+                dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
+        if record.behaviour_score is not None:  # a resumed run skips it when already stored
+            self.log_metrics({"dataset/behaviour_score": record.behaviour_score}, 0)
 
     def download_artifact(self, run_id: str, name: str, dst: str | Path) -> Path:
         """Run ``run_id``'s artifact ``name`` into the folder ``dst``; FileNotFoundError naming

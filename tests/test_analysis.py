@@ -488,17 +488,22 @@ def test_cli_paper_logs_artifacts_on_parent(store, tmp_path, capsys):
 
     out = tmp_path / "results"
     code = main(["paper", "--tracking-uri", store["uri"], "--parent-run-id", store["parent"],
-                 "--out", str(out), "--window", "6k:10k", "--no-cache"])
+                 "--out", str(out), "--window", "6k:10k", "--no-cache", "--resamples", "300"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "80.0 ± 2.0" in printed and "logged" in printed
     for name in ("curves.png", "efficiency.csv", "efficiency.md", "window.csv", "window.md",
-                 "summary.md"):
+                 "summary.md", "aggregate.md", "aggregate.png", "profiles.csv", "profiles.png",
+                 "improvement.md", "improvement.png"):
         assert (out / name).stat().st_size > 0, name
+    # the last evaluations of both variants are 100 + (-2, 0, 2) on both datasets
+    assert "| pretrain=ac   | 3x2          | 100.0 [" in (out / "aggregate.md").read_text()
+    assert "![aggregate](aggregate.png)" in (out / "summary.md").read_text()
     eff = pd.read_csv(out / "efficiency.csv")
     assert sorted(eff["updates_to_threshold"]) == [4000, 4000, 9000, 9000]
     arts = {Path(a.path).name for a in store["client"].list_artifacts(store["parent"], "analysis")}
-    assert {"curves.png", "efficiency.md", "window.md", "summary.md"} <= arts
+    assert {"curves.png", "efficiency.md", "window.md", "summary.md", "aggregate.png",
+            "profiles.png", "improvement.md"} <= arts
     assert "finetune.md" not in arts
 
 
@@ -557,3 +562,53 @@ def test_results_verdict_when_pretraining_is_slower():
     said = verdicts(SimpleNamespace(frame=frame))
     assert "ratio 0.80 ≥ 0.5): the claim does not hold" in said["p"]
     assert "never reached 45.0" in said["q"]
+# ------------------------------------------------------------- Agarwal et al. (2021) statistics
+
+def test_score_matrix_from_runs_last_and_window(clean):
+    from analysis import score_statistics as st
+
+    last = st.score_matrix(clean)
+    assert last.variants == ["pretrain=none", "pretrain=ac"]
+    assert last.tasks == ["hopper-medium-local", "walker2d-medium-local"]
+    assert last.task_columns == ["dataset_name"] and last.variant_columns == ["pretrain"]
+    for variant in last.variants:  # both end at 100 + seed offsets (-2, 0, 2)
+        for task in last.tasks:
+            assert sorted(last.scores[variant][task]) == [98.0, 100.0, 102.0]
+    # IQM of (98, 98, 100, 100, 102, 102): one trimmed at each end -> 100
+    assert st.iqm(*last.of("pretrain=ac")) == pytest.approx(100.0)
+    assert "last evaluation" in last.final
+    # appendix G: the mean over updates 2k-6k; pre-training reaches 100 at 4k, the baseline 60 at 6k
+    window = st.score_matrix(clean, final="window", window=(2000, 6000))
+    ac = window.scores["pretrain=ac"]["hopper-medium-local"]
+    none = window.scores["pretrain=none"]["hopper-medium-local"]
+    assert sorted(ac) == pytest.approx([83.0, 85.0, 87.0])    # (50+75+100+100+100)/5 + offset
+    assert sorted(none) == pytest.approx([38.0, 40.0, 42.0])  # (20+30+40+50+60)/5 + offset
+    assert "2,000-6,000" in window.final
+    table = st.improvement_table(window, st.comparison_pairs(window)[0], n_resamples=200)
+    assert table.frame.iloc[0][["probability", "low", "high"]].tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(st.AnalysisError, match="'last' or 'window'"):
+        st.score_matrix(clean, final="best")
+
+
+def test_cli_statistics_commands(store, tmp_path, capsys):
+    from analysis.__main__ import main
+
+    base = ["--tracking-uri", store["uri"], "--parent-run-id", store["parent"], "--no-cache",
+            "--out", str(tmp_path), "--resamples", "300"]
+    assert main(["aggregate", *base, "--final", "window", "--window", "2k:6k"]) == 0
+    printed = capsys.readouterr().out
+    assert "Aggregate normalised score" in printed and "updates 2,000-6,000" in printed
+    frame = pd.read_csv(tmp_path / "aggregate.csv").set_index("variant")
+    assert frame.loc["pretrain=ac", "iqm"] == pytest.approx(85.0)
+    assert frame.loc["pretrain=none", "iqm"] == pytest.approx(40.0)
+    assert main(["profiles", *base, "--taus", "11"]) == 0
+    assert len(pd.read_csv(tmp_path / "profiles.csv")) == 2 * 11
+    assert main(["improvement", *base, "--final", "window", "--window", "2k:6k",
+                 "--x", "pretrain=none", "--y", "ac"]) == 0
+    improvement = pd.read_csv(tmp_path / "improvement.csv")
+    assert improvement[["x", "y", "probability"]].values.tolist() == [
+        ["pretrain=none", "pretrain=ac", 0.0]]
+    arts = {Path(a.path).name for a in store["client"].list_artifacts(store["parent"], "analysis")}
+    assert {"aggregate.md", "aggregate.png", "profiles.png", "improvement.csv"} <= arts
+    assert main(["improvement", *base, "--x", "pretrain=soft", "--y", "ac"]) == 2
+    assert "matches 0 variants" in capsys.readouterr().err

@@ -3,6 +3,8 @@ documented messages for a bad config value, a missing or corrupt dataset, and a 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 
@@ -38,6 +40,28 @@ def test_short_run_is_tracked_in_mlflow(algo, tmp_path, minari_root):
     assert [m.step for m in losses] == [50, 100, 150, 200, 250, 300]
     artifacts = {a.path for a in client.list_artifacts(run["run_id"])}
     assert {"config.yaml", "checkpoint.pt"} <= artifacts
+    # the experiment opens on the runs table in MLflow 3's UI; the dataset is a dataset input
+    experiment = client.get_experiment_by_name("offline_rl")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    inputs = client.get_run(run["run_id"]).inputs.dataset_inputs
+    assert len(inputs) == 1
+    dataset = inputs[0].dataset
+    data_file = minari_root / "tests/hopper/random-v0/data/main_data.hdf5"
+    assert dataset.name == "tests/hopper/random-v0"
+    assert dataset.digest == hashlib.sha256(data_file.read_bytes()).hexdigest()[:10]
+    assert json.loads(dataset.source)["uri"] == str(data_file)
+    profile = json.loads(dataset.profile)
+    from offline_rl.dataset.minari_source import read_minari_dataset
+
+    data = read_minari_dataset("tests/hopper/random-v0")
+    behaviour = 100 * (data.episode_returns().mean() + 20) / 320  # ref scores -20 / 300
+    assert profile["transitions"] == len(data) and profile["episodes"] == 12
+    assert profile["behaviour_normalized_score"] == pytest.approx(behaviour, abs=1e-3)
+    assert inputs[0].tags[0].key == "mlflow.data.context" and inputs[0].tags[0].value == "training"
+    assert run["metrics.dataset/behaviour_score"] == pytest.approx(behaviour)
+    found = client.search_runs([experiment.experiment_id],
+                               "dataset.name = 'tests/hopper/random-v0'")
+    assert [r.info.run_id for r in found] == [run["run_id"]]
     # the store lives where the config says, not in Hydra's per-run folder
     assert (tmp_path / "mlflow.db").exists()
 
@@ -96,3 +120,15 @@ def test_nan_loss_fails_the_run_with_the_loss_and_step(tmp_path, minari_root):
     run = search_runs(tmp_path).iloc[0]
     assert run["status"] == "FAILED"
     assert "critic_loss" in run["tags.error"]
+
+
+def test_an_existing_experiment_is_marked_model_training(tmp_path, new_store):
+    """A store made before the mark (or by hand) gets it when the next run starts."""
+    from offline_rl.tracker import EXPERIMENT_KIND_TAG, MODEL_TRAINING, MlflowTracker
+
+    new_store(tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.create_experiment("offline_rl")
+    assert EXPERIMENT_KIND_TAG not in client.get_experiment_by_name("offline_rl").tags
+    MlflowTracker(store_dir=str(tmp_path)).ensure_store()
+    assert client.get_experiment_by_name("offline_rl").tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING

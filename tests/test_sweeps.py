@@ -101,6 +101,22 @@ def test_bad_job_config_or_unfitting_pair_stops_the_sweep_before_launch(tmp_path
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_sweep_name_from_the_swept_axes():
+    from omegaconf import OmegaConf
+
+    from offline_rl.sweep import MAX_SWEEP_NAME, Grid, sweep_name
+
+    config = OmegaConf.create({"hydra": {"runtime": {"choices": {"algo": "td3_bc"}}}})
+    grid = Grid({"pretrain": ["ac", "none"], "seed": ["0", "1"], "algo": ["td3_bc"]}, [])
+    assert sweep_name(None, config, grid) == "pretrain=ac,none x seed=0,1"
+    assert sweep_name("mine", config, grid) == "mine"
+    named = OmegaConf.create({"hydra": {"runtime": {"choices": {"experiment": "lambda_sweep"}}}})
+    assert sweep_name(None, named, grid) == "lambda_sweep"
+    assert sweep_name(None, config, Grid({"seed": ["0"]}, [])) == "multirun"  # nothing varies
+    long = Grid({"seed": [str(i) for i in range(200)]}, [])
+    assert len(sweep_name(None, config, long)) == MAX_SWEEP_NAME
+
+
 # ----- running sweeps locally -----------------------------------------------------------------
 
 
@@ -139,6 +155,9 @@ def test_a_failed_job_fails_the_parent(tmp_path, minari_root, new_store):
     assert result.returncode != 0
     parent, children = children_and_parent(tmp_path)
     assert parent["status"] == "FAILED"
+    # no experiment file names the sweep: the parent is named after what was swept
+    assert parent["tags.mlflow.runName"] == (
+        "dataset.dataset_id=tests/hopper/random-v0,tests/hopper/nan-v0")
     status = dict(zip(children["tags.dataset_id"], children["status"]))
     assert status == {"tests/hopper/random-v0": "FINISHED", "tests/hopper/nan-v0": "FAILED"}
 

@@ -34,6 +34,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from offline_rl.config import validate
+from offline_rl.dataset.record import describe as describe_dataset
 from offline_rl.dataset.replay import ReplayBuffer, StateNormalizer
 from offline_rl.errors import CheckpointError, ConfigError, OfflineRLError
 from offline_rl.sweep import job_context
@@ -359,6 +360,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                 "tracking_uri": str(getattr(tracker, "tracking_uri", None))})
     if corrupt:
         tracker.set_tags({"checkpoint_corrupt": " | ".join(corrupt)})
+    tracker.log_dataset(describe_dataset(data))  # the MLflow dataset input (Dataset column)
 
     def save(trainer: Trainer) -> None:
         tracker.flush()  # every metric up to this step is stored before the checkpoint says so

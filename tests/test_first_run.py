@@ -1,0 +1,48 @@
+"""`make run`'s glue (offline_rl/first_run.py) on a tiny dataset: it runs launch.py with the
+paper's method and prints the final score next to the behaviour policy's, the MLflow run and
+where to look; `make mlflow-ui`'s link opens the runs table."""
+
+from __future__ import annotations
+
+import pytest
+
+from offline_rl import first_run
+from offline_rl.tracking_ui import runs_link
+
+pytestmark = pytest.mark.slow
+
+
+def test_user_overrides_replace_the_defaults():
+    merged = first_run.merged(["updates=200", "seed=1"])
+    assert "updates=200" in merged and f"updates={first_run.UPDATES}" not in merged
+    assert merged[:3] == ["algo=td3_bc", "pretrain=ac", "dataset=hopper-medium-local"]
+    assert merged[-1] == "seed=1"
+
+
+def test_make_run_prints_scores_run_and_where_to_look(tmp_path, minari_root, capsys):
+    code = first_run.main(["dataset=minari", "dataset.dataset_id=tests/hopper/random-v0",
+                           "network=small", "updates=200", "eval.every=100", "eval.episodes=2",
+                           "pretrain.steps=100", "pretrain.until=null", "progress=false",
+                           "threads=1", "batch_size=64", f"tracker.store_dir={tmp_path}",
+                           f"hydra.run.dir={tmp_path}/hydra"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("make run: TD3+BC with Algorithm 1 pre-training")
+    assert "Finished: td3_bc-ac-tests-hopper-random-v0-s0 (FINISHED)" in out
+    assert "tests/hopper/random-v0 (digest " in out
+    score_line = next(l for l in out.splitlines() if "final normalised score" in l)
+    behaviour_line = next(l for l in out.splitlines() if "behaviour policy" in l)
+    assert "at update 300" in score_line  # 100 pre-training + 200 offline RL updates
+    float(score_line.split()[3]), float(behaviour_line.split()[2])
+    assert "make mlflow-ui" in out and "?workflowType=machine_learning" in out
+    assert "python -m analysis curves --filter \"attributes.run_id = '" in out
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = MlflowClient(uri).get_experiment_by_name("offline_rl")
+    assert runs_link(uri, "127.0.0.1", 5000) == (
+        f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
+        f"?workflowType=machine_learning")
+    assert runs_link(f"sqlite:///{tmp_path / 'absent.db'}", "127.0.0.1", 5000).endswith(
+        "#/experiments?workflowType=machine_learning")
