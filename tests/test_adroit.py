@@ -225,7 +225,8 @@ def _tuning_line_present() -> bool:
                                  "cql_temperature": 1.0}),
     ("td3_bc_cql", "door-cloned", {"alpha": 0.1, "cql_weight": 10.0}),
     ("td3_bc", "door-human", {"alpha": 0.1}),
-    ("td3_bc", "hopper-medium-local", {"alpha": 2.5}),  # no tuning file: the algo's defaults
+    ("td3_bc", "hopper-medium-local", {"alpha": 10.0}),  # conf/reference: the reference code's hopper value
+    ("td3_bc", "minari", {"alpha": 2.5}),  # neither Table 3 nor reference values: the algo's defaults
     ("cql", "pen-human", {"cql_n_actions": 10, "cql_temperature": 1.0, "cql_weight": 10.0}),
 ])
 def test_table_3_values_compose_per_algo_and_dataset(algo, dataset, expected):
