@@ -16,6 +16,7 @@ call to a dead server costs seconds, not minutes."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -88,6 +89,8 @@ class MlflowTracker:
         if urlparse(self.tracking_uri).scheme in ("http", "https"):
             for key, value in HTTP_LIMITS.items():
                 os.environ.setdefault(key, value)
+            # urllib3 logs each retry; a server that does not answer is reported by us, once
+            logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         self.spool: Spool | None = None
         self.retry_every_s, self.wait_for_server_s = float(retry_every_s), float(wait_for_server_s)
         self._offline = False  # the server stopped answering; records go to the spool

@@ -197,6 +197,7 @@ def test_an_unreachable_tracking_server_at_start_fails_in_seconds(tmp_path, mina
     assert result.returncode == 2
     line = one_line(result.stderr)
     assert f"the MLflow tracking server {uri} does not answer" in line and "refused" in line
+    assert result.stderr.strip() == line  # nor urllib3's retry warnings
 
 
 def start_mlflow_server(folder: Path, port: int) -> subprocess.Popen:
