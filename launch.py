@@ -1,8 +1,10 @@
 """Hydra entry point: ``python launch.py algo=edac pretrain=none dataset=hopper-medium-local``.
 
 ``python launch.py --help`` lists the config groups and their options; ``--cfg job`` prints the
-composed config. A bad config value, a missing dataset or a NaN loss ends the run with one message
-(exit status 2), not a traceback.
+composed config. A user's mistake -- an unknown key or group option (also through ``+key=``), a bad
+config value, a missing or malformed dataset, a run already running in another process, a tracking
+server that does not answer, a NaN loss -- ends the run with one message (exit status 2), not a
+traceback. ``HYDRA_FULL_ERROR=1`` shows Hydra's full report of a command-line mistake instead.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ os.environ.setdefault("OFFLINE_RL_ROOT", str(Path(__file__).resolve().parent))
 import offline_rl.config  # noqa: E402,F401  (registers the config resolvers)
 from offline_rl.errors import OfflineRLError  # noqa: E402
 
+CONF = Path(__file__).resolve().parent / "conf"
+
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
@@ -33,5 +37,26 @@ def main(cfg: DictConfig) -> float | None:
     return result.get("eval/normalized_score_mean")
 
 
+def run() -> None:
+    """``main`` with Hydra's errors raised to us (HYDRA_FULL_ERROR=1 makes Hydra raise instead of
+    printing them) and reported as one line, exit status 2."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    full_report = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        offline_rl.config.check_overrides(get_args_parser().parse_args().overrides, CONF)
+        main()
+    except (HydraException, OmegaConfBaseException, OfflineRLError) as exc:
+        if full_report:
+            raise
+        message = (str(exc) if isinstance(exc, OfflineRLError)
+                   else offline_rl.config.hydra_error_message(exc))
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -2,15 +2,19 @@
 
 Each rule names a key, a check and what is allowed; a failing value raises one ConfigError naming
 the key, the value and the allowed values. Keys absent from the config are skipped, so a rule may
-name a key that only some algorithms have. (Unknown keys and unknown group options are rejected by
-Hydra itself, which lists the available options.)
+name a key that only some algorithms have.
+
+Unknown keys and unknown group options are rejected by Hydra; ``hydra_error_message`` turns its
+report into one line. ``+key=value`` / ``++key=value`` would add a key the config does not define
+(Hydra's own hint for an unknown key): ``check_overrides`` rejects those too, before composing.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -142,6 +146,9 @@ RULES: list[Rule] = [
     _rule("dataset.eval_max_episode_steps", (lambda v: v is None or (_is_int(v) and v >= 1), "null (the dataset's environment's time limit) or an integer >= 1")),
     _rule("dataset.ref_min_score", (lambda v: v is None or _is_num(v), "null (the dataset's reference score) or a number")),
     _rule("dataset.ref_max_score", (lambda v: v is None or _is_num(v), "null (the dataset's reference score) or a number")),
+    # tracking: a server that stops answering mid-run (offline_rl.tracker)
+    _rule("tracker.retry_every_s", positive_number()),
+    _rule("tracker.wait_for_server_s", number_in(0.0, float("inf"))),
 ]
 
 
@@ -159,3 +166,47 @@ def validate(cfg: DictConfig, rules: list[Rule] | None = None) -> None:
             problems.append(f"{rule.key}={value!r} is not allowed: expected {rule.allowed}")
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+# ----- command-line overrides, before and as Hydra composes them --------------------------------
+KEYS_HINT = "`python launch.py --cfg job` lists the keys, `--help` the groups and their options"
+
+
+def check_overrides(overrides: Sequence[str], conf_dir: str | Path) -> None:
+    """Reject ``+key=value`` and ``++key=value`` for config keys: they add keys the config does
+    not define, which would be taken silently (and recorded as params). Adding a config group
+    (``+experiment=...``, a folder of ``conf_dir``) and Hydra's own ``hydra.*`` keys stay allowed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if not (override.is_add() or override.is_force_add()):
+            continue
+        key = override.key_or_group
+        if key.split(".")[0].split("/")[0] == "hydra" or (Path(conf_dir) / key).is_dir():
+            continue
+        plus = "++" if override.is_force_add() else "+"
+        raise ConfigError(f"{override.input_line}: '{plus}' adds keys the config does not define, "
+                          f"and unknown keys are rejected; to set a key it defines, write "
+                          f"{key}={override.get_value_element_as_str()} ({KEYS_HINT})")
+
+
+def hydra_error_message(exc: BaseException) -> str:
+    """Hydra's / OmegaConf's report of a bad command line, as one line."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    text = str(exc)
+    if isinstance(exc, OverrideParseException):
+        text = f"cannot parse the override {exc.override}: {text}"
+    if isinstance(exc, MissingConfigException) and exc.options is not None and exc.missing_cfg_file:
+        group, _, option = str(exc.missing_cfg_file).rpartition("/")
+        if group:
+            return (f"{group}={option}: '{group}' has no option '{option}'; available: "
+                    f"{', '.join(exc.options)}")
+    unknown = re.match(r"Could not override '([^']+)'", text)
+    if unknown:
+        return f"unknown config key '{unknown.group(1)}': the config has no such key ({KEYS_HINT})"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    cause = exc.__cause__
+    detail = [line.strip() for line in str(cause).splitlines() if line.strip()] if cause else []
+    message = lines[0] if lines else type(exc).__name__
+    return f"{message} ({detail[0]})" if detail else message

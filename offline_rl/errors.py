@@ -19,3 +19,15 @@ class NonFiniteLossError(OfflineRLError):
 
 class CheckpointError(OfflineRLError):
     """A checkpoint could not be read."""
+
+
+class RunInUseError(OfflineRLError):
+    """Another process is running the same run (it holds the run's lock)."""
+
+
+class TrackerUnreachableError(OfflineRLError):
+    """The MLflow tracking server does not answer."""
+
+
+class DiskFullError(CheckpointError):
+    """No space left on the device where checkpoints are written."""

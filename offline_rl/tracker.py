@@ -3,16 +3,32 @@ server when ``MLFLOW_TRACKING_URI`` (or ``tracker.tracking_uri``) names one.
 
 A resumed run (``start(run_id=...)``) continues the same MLflow run: metrics it already holds (a
 step at or below the last one stored for that key: logged between the checkpoint and the crash)
-are not written twice, so every metric's history stays one value per step."""
+are not written twice, so every metric's history stays one value per step.
+
+A server that does not answer when a run starts fails it within seconds (``ensure_store``: one
+message naming the URI). Lost during a run, it never stops training: with a spool attached
+(``use_spool``, beside the run's checkpoints) what the run logs is kept on disk, with a warning, and
+delivered in order when the server answers again (tried every ``retry_every_s``, backing off), at
+the end of the run (waiting up to ``wait_for_server_s`` for it, then setting the final status), or
+when the same command runs again. MLflow's own HTTP retries are bounded (``HTTP_LIMITS``) so a
+call to a dead server costs seconds, not minutes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+
+from offline_rl.errors import TrackerUnreachableError
+from offline_rl.locks import FileLock
+from offline_rl.spool import Spool, is_unreachable, reason
 
 # MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces); tagged as a
 # model-training experiment it opens on the runs table
@@ -21,12 +37,20 @@ MODEL_TRAINING = "custom_model_development"
 MAX_PARAMS_PER_CALL = 100
 MAX_METRICS_PER_CALL = 1000
 MAX_PARAM_LENGTH = 6000
+# MLflow's defaults retry a failed HTTP call 7 times with exponential backoff and 120 s timeouts
+# (minutes per call against a dead server); ours, unless the environment sets them: one retry,
+# 10 s timeouts. What a call could not deliver waits in the spool instead.
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+MAX_RETRY_EVERY_S = 300.0
 
 
 def default_store_dir() -> Path:
     """The checkout's sqlite store folder: ``$OFFLINE_RL_ROOT/mlflow`` (launch.py sets it to the
     checkout), else ``./mlflow``."""
     return Path(os.environ.get("OFFLINE_RL_ROOT", ".")) / "mlflow"
+
+
 def mark_model_training(client, experiment) -> None:
     """Tag an experiment (created before the tag existed, or by hand) as model training."""
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
@@ -53,6 +77,11 @@ class NullTracker:
                                 "of an MLflow run id")
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def log_dataset(self, record) -> None: ...
+    def delete_tags(self, keys: list[str]) -> None: ...
+    def use_spool(self, path: str | Path) -> None: ...
+    def deliver_spool(self) -> None: ...
+    def pending(self) -> int:
+        return 0
     def flush(self) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None: ...
@@ -62,7 +91,8 @@ class MlflowTracker:
     """Metrics are buffered and written with ``log_batch``; one call per flush, not per metric."""
 
     def __init__(self, experiment: str = "offline_rl", tracking_uri: str | None = None,
-                 store_dir: str | None = None):
+                 store_dir: str | None = None, retry_every_s: float = 30.0,
+                 wait_for_server_s: float = 900.0):
         self.experiment = experiment
         if tracking_uri:
             self.tracking_uri, self.artifact_location = tracking_uri, None
@@ -75,6 +105,16 @@ class MlflowTracker:
         self._buffer: list = []
         self._logged_steps: dict[str, int] = {}  # resumed run: last step stored per metric
         self._client = None
+        if urlparse(self.tracking_uri).scheme in ("http", "https"):
+            for key, value in HTTP_LIMITS.items():
+                os.environ.setdefault(key, value)
+            # urllib3 logs each retry; a server that does not answer is reported by us, once
+            logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+        self.spool: Spool | None = None
+        self.retry_every_s, self.wait_for_server_s = float(retry_every_s), float(wait_for_server_s)
+        self._offline = False  # the server stopped answering; records go to the spool
+        self._retry_delay = self.retry_every_s
+        self._retry_at = 0.0
 
     @property
     def client(self):
@@ -84,11 +124,36 @@ class MlflowTracker:
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
+    @contextlib.contextmanager
+    def _answering(self):
+        """A server that does not answer, as one message naming it (exit status 2 in launch.py)."""
+        try:
+            yield
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            raise TrackerUnreachableError(
+                f"the MLflow tracking server {self.tracking_uri} does not answer ({reason(exc)}); "
+                f"start it, or point MLFLOW_TRACKING_URI (or tracker.tracking_uri) at a server that "
+                f"runs (tracker=none records nothing)") from None
+
+    def _store_lock(self):
+        """A sqlite store is created under a lock beside its file: its migrations break when
+        several processes create a fresh store at once. A server serialises that itself."""
+        if not self.tracking_uri.startswith("sqlite:///"):
+            return contextlib.nullcontext()
+        database = Path(self.tracking_uri[len("sqlite:///"):])
+        return FileLock(database.parent / f"{database.name}.lock")
+
     def ensure_store(self) -> str:
-        """Create the store and the experiment (once, before any job starts: sqlite migrations
-        break when several processes create a fresh store at the same time)."""
+        """Create the store and the experiment (once, before any job starts), or check that the
+        server answers; one message naming the URI when it does not."""
         if self.artifact_location is not None:
             self._store_dir.mkdir(parents=True, exist_ok=True)
+        with self._store_lock(), self._answering():
+            return self._ensure_experiment()
+
+    def _ensure_experiment(self) -> str:
         experiment = self.client.get_experiment_by_name(self.experiment)
         if experiment is not None:
             mark_model_training(self.client, experiment)
@@ -110,6 +175,11 @@ class MlflowTracker:
         """Start a new run, or continue ``run_id`` (a resumed job keeps its run: status back to
         RUNNING, params it lacks added, metrics already stored not logged again)."""
         experiment_id = self.ensure_store()
+        with self._answering():
+            return self._start(experiment_id, run_name, params, tags, run_id, parent_run_id)
+
+    def _start(self, experiment_id: str, run_name: str, params: dict[str, Any],
+               tags: dict[str, Any], run_id: str | None, parent_run_id: str | None) -> str:
         all_tags = {str(k): str(v)[:5000] for k, v in tags.items()}
         all_tags["mlflow.runName"] = run_name
         if parent_run_id:
@@ -119,7 +189,7 @@ class MlflowTracker:
             self.client.update_run(run_id, status="RUNNING")
             run = self.client.get_run(run_id)
             self._log_params({k: v for k, v in params.items() if str(k) not in run.data.params})
-            self.set_tags(all_tags)
+            self.client.log_batch(run_id, tags=_run_tags(all_tags))
             self._logged_steps = self._stored_steps(run)
             return run_id
         run = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags)
@@ -147,7 +217,10 @@ class MlflowTracker:
     def run_status(self, run_id: str) -> str | None:
         """The run's status (RUNNING, FINISHED, ...), or None when the store has no such run."""
         try:
-            run = self.client.get_run(run_id)
+            with self._answering():
+                run = self.client.get_run(run_id)
+        except TrackerUnreachableError:
+            raise
         except Exception:
             return None
         if run.info.lifecycle_stage == "deleted":
@@ -162,12 +235,10 @@ class MlflowTracker:
         return [r.info.status for r in runs]
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         step = int(step)
         stored = self._logged_steps
-        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items()
+        self._buffer.extend((k, float(v), now, step) for k, v in metrics.items()
                             if not stored or step > stored.get(k, -1))
         if len(self._buffer) >= MAX_METRICS_PER_CALL:
             self.flush()
@@ -175,15 +246,17 @@ class MlflowTracker:
     def flush(self) -> None:
         while self._buffer:
             chunk, self._buffer = self._buffer[:MAX_METRICS_PER_CALL], self._buffer[MAX_METRICS_PER_CALL:]
-            self.client.log_batch(self.run_id, metrics=chunk)
+            self._send({"kind": "metrics", "metrics": chunk})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
+        self._send({"kind": "tags", "tags": {str(k): str(v)[:5000] for k, v in tags.items()}})
 
-        self.client.log_batch(self.run_id, tags=[RunTag(str(k), str(v)[:5000]) for k, v in tags.items()])
+    def delete_tags(self, keys: list[str]) -> None:
+        """Remove these tags from the run where it has them (stale ones, once it succeeded)."""
+        self._send({"kind": "delete_tags", "keys": list(keys)})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._send({"kind": "artifact", "path": str(path), "artifact_path": artifact_path})
 
     def log_dataset(self, record) -> None:
         """The run's dataset as an MLflow dataset input (the runs table's Dataset column, and
@@ -227,9 +300,132 @@ class MlflowTracker:
                                     f"did not finish has none): {type(exc).__name__}") from None
 
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
+        """Set the run's final status. With records waiting for an unreachable server, a FINISHED
+        run waits up to ``wait_for_server_s`` for it (then raises, the records kept); a FAILED or
+        KILLED one leaves them for the next run of the same command (a signal wants a quick exit)."""
         if self.run_id is None:
             return
         self.flush()
         if error:
             self.set_tags({"error": error})
-        self.client.set_terminated(self.run_id, status=status)
+        self._send({"kind": "status", "status": status})
+        if not self.pending():
+            return
+        if status != "FINISHED":
+            _warn(f"the MLflow server {self.tracking_uri} does not answer: the run's last records "
+                  f"(status {status}) are kept in {self.spool.path}; the same command delivers "
+                  f"them when it runs again")
+            return
+        self._wait_for_server()
+
+    # ----- delivery: at once, or through the spool while the server does not answer -----------
+    def use_spool(self, path: str | Path) -> None:
+        """Keep what the server cannot take in the JSON-lines file ``path`` (and deliver it)."""
+        self.spool = Spool(path)
+
+    def _deliver(self, record: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        run_id, kind = record["run_id"], record["kind"]
+        if kind == "metrics":
+            self.client.log_batch(run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in record["metrics"]])
+        elif kind == "tags":
+            self.client.log_batch(run_id, tags=_run_tags(record["tags"]))
+        elif kind == "delete_tags":
+            present = self.client.get_run(run_id).data.tags
+            for key in record["keys"]:
+                if key in present:
+                    self.client.delete_tag(run_id, key)
+        elif kind == "artifact":
+            self.client.log_artifact(run_id, record["path"], record["artifact_path"])
+        elif kind == "status":
+            self.client.set_terminated(run_id, status=record["status"])
+        else:
+            raise ValueError(f"unknown tracking record {kind!r}")
+
+    def _send(self, record: dict[str, Any]) -> None:
+        record = {"run_id": self.run_id, **record}
+        if self.spool is None:
+            self._deliver(record)
+            return
+        if self._offline and time.monotonic() < self._retry_at:
+            self.spool.append(record)
+            return
+        try:
+            self._deliver_spooled()  # what waits goes first, in order
+            self._deliver(record)
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            self._went_offline(exc)
+            self.spool.append(record)
+
+    def _deliver_spooled(self) -> int:
+        """Deliver the spool's records in order; on failure keep the undelivered ones and raise."""
+        records = self.spool.records() if self.spool is not None else []
+        for i, record in enumerate(records):
+            try:
+                self._deliver(record)
+            except Exception:
+                self.spool.keep_only(records[i:])
+                raise
+        if records:
+            self.spool.clear()
+        if self._offline:
+            _warn(f"the MLflow server {self.tracking_uri} answers again: delivered {len(records)} "
+                  f"record(s) kept while it did not")
+        self._offline, self._retry_delay = False, self.retry_every_s
+        return len(records)
+
+    def pending(self) -> int:
+        """How many records wait in the spool for the server."""
+        return len(self.spool.records()) if self.spool is not None else 0
+
+    def deliver_spool(self) -> None:
+        """Deliver what an earlier process of this run left in the spool, before anything else;
+        one message naming the server when it does not answer."""
+        if self.pending():
+            with self._answering():
+                count = self._deliver_spooled()
+            print(f"delivered {count} record(s) that an earlier run of this command kept in "
+                  f"{self.spool.path} while the MLflow server did not answer", file=sys.stderr,
+                  flush=True)
+
+    def _went_offline(self, exc: BaseException) -> None:
+        if not self._offline:
+            _warn(f"the MLflow server {self.tracking_uri} does not answer ({reason(exc)}); training "
+                  f"continues and what the run logs is kept in {self.spool.path} until it answers")
+        self._offline = True
+        self._retry_at = time.monotonic() + self._retry_delay
+        self._retry_delay = min(2 * self._retry_delay, MAX_RETRY_EVERY_S)
+
+    def _wait_for_server(self) -> None:
+        _warn(f"training is over; waiting up to {self.wait_for_server_s:.0f} s for the MLflow server "
+              f"{self.tracking_uri} to take the {self.pending()} record(s) kept in "
+              f"{self.spool.path}, the run's final status among them")
+        deadline = time.monotonic() + self.wait_for_server_s
+        while True:
+            try:
+                self._deliver_spooled()
+                return
+            except Exception as exc:
+                if not is_unreachable(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise TrackerUnreachableError(
+                        f"the MLflow server {self.tracking_uri} did not answer for "
+                        f"{self.wait_for_server_s:.0f} s after training ended ({reason(exc)}); the "
+                        f"run's metrics, artifacts and final status are kept in {self.spool.path}: "
+                        f"run the same command again once the server answers, it delivers them "
+                        f"and completes the run") from None
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+
+
+def _run_tags(tags: dict[str, Any]) -> list:
+    from mlflow.entities import RunTag
+
+    return [RunTag(str(k), str(v)[:5000]) for k, v in tags.items()]
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -3,9 +3,12 @@ and a helper that runs launch.py as a researcher would."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import gymnasium as gym
@@ -163,6 +166,31 @@ def run_sweep(args: list[str], store: Path, minari_root: Path, timeout: float = 
     return subprocess.run(launch_command(args, store, sweep=True), cwd=ROOT,
                           env=launch_env(minari_root, extra_env), capture_output=True, text=True,
                           timeout=timeout)
+
+
+@contextlib.contextmanager
+def launched(args: list[str], store: Path, minari_root: Path):
+    """launch.py running in the background as ``run_launch`` would run it (stdout dropped, stderr
+    kept); killed (-9) on the way out if it still runs."""
+    proc = subprocess.Popen(launch_command(args, store), cwd=ROOT, env=launch_env(minari_root),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stderr.close()
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, store: Path, timeout: float = 240) -> None:
+    """Until the launch.py process ``proc`` has written a checkpoint under ``store``; its output
+    (stderr, else stdout) in the failure if it ends first."""
+    deadline = time.monotonic() + timeout
+    while not list(store.glob("checkpoints/*/step-*.pt")):
+        assert proc.poll() is None, (proc.stderr or proc.stdout).read()[-3000:]
+        assert time.monotonic() < deadline, f"no checkpoint within {timeout:.0f} s"
+        time.sleep(0.02)
 
 
 def metric_steps(store: Path, run_id: str, key: str) -> list[int]:

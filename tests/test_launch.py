@@ -76,9 +76,9 @@ def test_bad_config_value_names_key_value_and_allowed(tmp_path, minari_root):
 
 def test_unknown_group_option_lists_the_available_ones(tmp_path, minari_root):
     result = run_launch(["algo=td4"], tmp_path, minari_root)
-    assert result.returncode != 0
-    assert "Could not find 'algo/td4'" in result.stderr
-    assert "td3_bc" in result.stderr and "edac" in result.stderr
+    assert result.returncode == 2
+    assert "error: algo=td4: 'algo' has no option 'td4'; available: bc, cql, edac" in result.stderr
+    assert "td3_bc" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_missing_official_dataset_fails_fast_offline(tmp_path, minari_root):
@@ -112,14 +112,16 @@ def test_corrupt_dataset_file_is_reported(tmp_path, minari_root):
 
 
 def test_nan_loss_fails_the_run_with_the_loss_and_step(tmp_path, minari_root):
-    result = run_launch(["dataset=minari", "dataset.dataset_id=tests/hopper/nan-v0", "network=small",
-                         "updates=100", "log_every=20", "eval.episodes=0", "progress=false"],
-                        tmp_path, minari_root)
+    # a learning rate of 1e30 blows the critic up at once (a NaN in a dataset is refused earlier,
+    # when it is read: tests/test_robustness.py)
+    result = run_launch(["dataset=minari", "dataset.dataset_id=tests/hopper/random-v0", "network=small",
+                         "updates=100", "log_every=20", "eval.episodes=0", "progress=false",
+                         "algo.critic_lr=1e30"], tmp_path, minari_root)
     assert result.returncode == 2
-    assert "loss 'critic_loss' became non-finite (NaN or inf) at update step 0" in result.stderr
+    assert "loss 'actor_loss' became non-finite (NaN or inf) at update step 1" in result.stderr
     run = search_runs(tmp_path).iloc[0]
     assert run["status"] == "FAILED"
-    assert "critic_loss" in run["tags.error"]
+    assert "actor_loss" in run["tags.error"]
 
 
 def test_an_existing_experiment_is_marked_model_training(tmp_path, new_store):

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, SMALL_RUN, launch_command, launch_env, metric_steps, run_launch, search_runs
+from conftest import (ROOT, SMALL_RUN, launched, metric_steps, run_launch, search_runs,
+                      wait_for_checkpoint)
 from offline_rl.dataset.replay import ReplayBuffer
 from offline_rl.errors import CheckpointError
 from offline_rl.training.checkpoint import CheckpointDir
@@ -179,22 +178,11 @@ def test_kill_9_then_the_same_command_resumes_the_same_run(tmp_path, minari_root
     # long enough that a fast machine cannot finish between the first checkpoint and the kill
     args = small_run("updates=1500", "log_every=50", "eval.every=500", "eval.episodes=1",
                      "checkpoint.every=50", *SHARED_MACHINE)
-    proc = subprocess.Popen(launch_command(args, tmp_path), cwd=ROOT, env=launch_env(minari_root),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not list(tmp_path.glob("checkpoints/*/step-*.pt")):
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.02)
+    with launched(args, tmp_path, minari_root) as proc:
+        wait_for_checkpoint(proc, tmp_path)
         assert proc.poll() is None, "the run ended before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-        proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     killed = search_runs(tmp_path)
     assert len(killed) == 1 and killed.iloc[0]["status"] == "RUNNING"

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from offline_rl.dataset.checks import check_offline_data
 from offline_rl.dataset.episodes import OfflineData, flatten_episodes
 from offline_rl.errors import DatasetError
 
@@ -111,7 +112,8 @@ def download(dataset_id: str, probe_timeout_s: float = 8.0) -> None:
 
 
 def read_minari_dataset(dataset_id: str) -> OfflineData:
-    """Read a local Minari dataset into OfflineData (HDF5 read in bulk, one read per field)."""
+    """Read a local Minari dataset into OfflineData (HDF5 read in bulk, one read per field), and
+    check its contents (``offline_rl.dataset.checks``)."""
     import minari
 
     data_path = dataset_path(dataset_id) / "data"
@@ -142,9 +144,16 @@ def read_minari_dataset(dataset_id: str) -> OfflineData:
                 extra[key] = json.loads(value)
             except ValueError:
                 pass
-    return flatten_episodes(episodes, dataset_id=dataset_id, env_spec=ds.env_spec,
-                            ref_min_score=metadata.get("ref_min_score"),
-                            ref_max_score=metadata.get("ref_max_score"), metadata=extra)
+    try:
+        data = flatten_episodes(episodes, dataset_id=dataset_id, env_spec=ds.env_spec,
+                                ref_min_score=metadata.get("ref_min_score"),
+                                ref_max_score=metadata.get("ref_max_score"), metadata=extra)
+    except ValueError as exc:  # episodes of different shapes, or none at all
+        raise DatasetError(f"Minari dataset '{dataset_id}' at {data_path}: its episodes do not "
+                           f"fit together ({exc}); delete {dataset_path(dataset_id)} and download "
+                           f"or generate it again") from None
+    check_offline_data(data, files=str(data_path))
+    return data
 
 
 def _read_hdf5_episodes(path: Path) -> list[dict[str, np.ndarray]]:

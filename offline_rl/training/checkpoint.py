@@ -6,32 +6,52 @@ falls back to the one before it, reported."""
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
+import pickle
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from offline_rl.errors import CheckpointError
+from offline_rl.errors import CheckpointError, DiskFullError, RunInUseError
+from offline_rl.locks import FileLock
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-def save_checkpoint(path: str | Path, state: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def write_atomically(path: Path, data: bytes | memoryview) -> Path:
+    """``data`` to ``path`` through a temp file in the same folder, fsync and rename: a crash (or a
+    full disk) mid-write leaves the previous file intact. A full disk raises DiskFullError."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            raise DiskFullError(f"no space left for checkpoints in {path.parent}") from None
         raise
     return path
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    # serialised in memory first, so that a full disk is a plain ENOSPC on write, not an error
+    # from inside torch's zip writer
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return write_atomically(Path(path), buffer.getbuffer())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -39,10 +59,30 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt "
+                                  f"(UnpicklingError: {_first_line(exc)})") from None
+        # it holds objects beyond tensors and plain containers: code would run on loading it
+        raise CheckpointError(f"{path} is not a checkpoint this project wrote (refused to "
+                              f"unpickle)") from None
     except Exception as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt "
-                              f"({type(exc).__name__}: {detail[:160]})") from None
+                              f"({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else ""
+
+
+def is_intact(path: Path) -> bool:
+    """A checkpoint file whose zip directory reads back (torch's format): not truncated."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return bool(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 CHECKPOINT_FORMAT = 1
@@ -51,17 +91,39 @@ REQUIRED_KEYS = ("format", "identity", "run_id", "global_step", "algo", "replay"
 
 class CheckpointDir:
     """The checkpoints of one run identity: ``step-<global step>.pt`` files, the newest ``keep``
-    kept, plus ``run.json`` naming the run's MLflow run id (written when the run starts, so a run
-    killed before its first checkpoint is still continued, not duplicated).
+    kept, plus ``run.json`` naming the run's MLflow run id and store (written when the run starts,
+    so a run killed before its first checkpoint is still continued, not duplicated).
 
     ``load_latest`` tries the newest file first; a truncated or corrupt one is reported (through
     ``report``) and the one before it is used. Several checkpoints, none readable, is an error.
+
+    ``lock`` makes the folder, and so the run, this process's until ``unlock`` (or its end, however
+    it ends): a second process running the same command is refused, naming the holder.
     """
+
+    LOCK = "run.lock"
 
     def __init__(self, path: str | Path, identity: str, keep: int = 2):
         self.path = Path(path)
         self.identity = identity
         self.keep = max(1, int(keep))
+        self._lock = FileLock(self.path / self.LOCK)
+
+    def lock(self, what: str) -> None:
+        """Hold this run, or raise RunInUseError naming the process that holds it."""
+        if not self._lock.acquire(blocking=False):
+            raise RunInUseError(f"{what} is already running: {self._lock.holder()} holds it "
+                                f"({self._lock.path}). Wait for that process to end (the same "
+                                f"command then continues or starts afresh), or change the config "
+                                f"(e.g. seed=) for a separate run")
+
+    def unlock(self) -> None:
+        """Let the run go; a folder left with nothing but the lock file is removed."""
+        if not self._lock.held:
+            return
+        if [p.name for p in self.path.iterdir()] == [self.LOCK]:
+            shutil.rmtree(self.path, ignore_errors=True)
+        self._lock.release()
 
     def files(self) -> list[Path]:
         """Checkpoint files, newest first."""
@@ -120,19 +182,19 @@ class CheckpointDir:
             return None
 
     def write_info(self, info: dict) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".run.json.", suffix=".tmp", dir=self.path)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(info, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.info_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(self.info_path, json.dumps(info, indent=1, sort_keys=True).encode())
 
     def clear(self) -> None:
-        """Remove this run's checkpoints and run.json (a finished run, or resume=never)."""
-        if self.path.is_dir():
+        """Remove this run's checkpoints, run.json and spool (a finished run, or resume=never);
+        the lock file stays while it is held (removing it would let a second process in)."""
+        if not self.path.is_dir():
+            return
+        for entry in self.path.iterdir():
+            if entry.name == self.LOCK and self._lock.held:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        if not self._lock.held:
             shutil.rmtree(self.path, ignore_errors=True)

@@ -36,15 +36,18 @@ from omegaconf import DictConfig, OmegaConf
 from offline_rl.config import validate
 from offline_rl.dataset.record import describe as describe_dataset
 from offline_rl.dataset.replay import ReplayBuffer, StateNormalizer
-from offline_rl.errors import CheckpointError, ConfigError, OfflineRLError
+from offline_rl.errors import ConfigError, DiskFullError, NonFiniteLossError, OfflineRLError
 from offline_rl.sweep import job_context
 from offline_rl.tracker import NullTracker
-from offline_rl.training.checkpoint import CheckpointDir, load_checkpoint, save_checkpoint
+from offline_rl.training.checkpoint import CheckpointDir, is_intact, load_checkpoint, save_checkpoint
 from offline_rl.training.compiled import compile_metrics, optimise
 from offline_rl.training.evaluation import Evaluator
+from offline_rl.training.limits import check_data_limits
 from offline_rl.training.loop import Interrupted, Phase, Trainer
 
 GROUPS = ("algo", "pretrain", "dataset", "network", "finetune")
+SPOOL = "tracking-spool.jsonl"  # in the checkpoint folder: what an unreachable server could not take
+STALE_TAGS = ["error", "interrupted"]  # an earlier process's, removed when a continued run finishes
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,7 +123,8 @@ def check_combination(cfg: DictConfig) -> None:
 
 def build(cfg: DictConfig, device: torch.device):
     """Everything a run needs, built from the config's ``_target_``s."""
-    data = make(cfg.dataset)
+    data = make(cfg.dataset)  # checked as it is read (offline_rl.dataset.checks)
+    check_data_limits(cfg, data, device)  # before anything is allocated for it
     algo = make(cfg.algo)(data.obs_dim, data.act_dim, device=device)
     pretrain = make(cfg.pretrain)
     finetune = make(cfg.finetune)
@@ -267,6 +271,12 @@ class SignalCheckpoint:
         sys.exit(128 + int(signum))
 
 
+def store_key(tracking_uri: str | None) -> str:
+    """A short hash of the tracking store's URI: part of the checkpoint folder's name, so that
+    checkpoints resume only into the store (and run) they were written for."""
+    return hashlib.sha256(str(tracking_uri).rstrip("/").encode()).hexdigest()[:8]
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
     check_combination(cfg)
@@ -276,10 +286,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     choices = group_choices(cfg)
-    job = job_context()
     tracker = make(cfg.tracker)
-    tracker.ensure_store()
+    tracker.ensure_store()  # a server that does not answer fails here, in seconds
 
+    # one folder per run identity and tracking store, held by one process at a time
+    base_name = run_name(choices, cfg.seed, str(OmegaConf.select(cfg, "dataset.dataset_id",
+                                                                 default="") or ""))
+    identity = run_identity(cfg)
+    store = getattr(tracker, "tracking_uri", None)
+    checkpoints = CheckpointDir(Path(settings["dir"]) / f"{base_name}-{identity}-{store_key(store)}",
+                                identity, keep=settings["keep"])
+    checkpoints.lock(f"this run ({base_name}, checkpoints in {checkpoints.path})")
+    try:
+        tracker.use_spool(checkpoints.path / SPOOL)
+        tracker.deliver_spool()  # what an earlier process could not send, before anything new
+        return _train(cfg, settings, device, choices, tracker, checkpoints, base_name)
+    finally:
+        checkpoints.unlock()
+
+
+def _train(cfg: DictConfig, settings: dict[str, Any], device: torch.device, choices: dict[str, str],
+           tracker, checkpoints: CheckpointDir, base_name: str) -> dict[str, float]:
+    job = job_context()
     data, algo, pretrain, finetune, replay = build(cfg, device)
 
     source = None  # fine-tuning a previous run's checkpoint: no pre-training, no offline phase
@@ -320,11 +348,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if phase.agent is not None and phase.agent is not algo:
             compile_reports.append(optimise(phase.agent, compile_mode, updates=phase.steps))
 
-    base_name = run_name(choices, cfg.seed, data.dataset_id)
     name = job.run_name() or base_name
-    identity = run_identity(cfg)
-    checkpoints = CheckpointDir(Path(settings["dir"]) / f"{base_name}-{identity}", identity,
-                                keep=settings["keep"])
+    identity = checkpoints.identity
+    store = getattr(tracker, "tracking_uri", None)
 
     # ----- resume: the latest readable checkpoint, else the run recorded in run.json -----
     resumed, corrupt = None, []
@@ -335,17 +361,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
             warn(message)
 
         try:
-            found = checkpoints.load_latest(report)
-        except CheckpointError:
+            resume, run_id = resume_decision(checkpoints, tracker)
+            found = checkpoints.load_latest(report) if resume else None
+        except OfflineRLError:
             if evaluator is not None:
                 evaluator.close()
             raise
-        info = checkpoints.read_info() or {}
-        run_id = found[0]["run_id"] if found else info.get("run_id")
-        if run_id and not isinstance(tracker, NullTracker) and tracker.run_status(run_id) is None:
-            warn(f"the checkpoint's MLflow run {run_id} is not in the store; starting a new run")
-            run_id = None
         if found:
+            run_id = found[0]["run_id"]
             resumed = found
     else:
         checkpoints.clear()
@@ -354,10 +377,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             **job.tags(), "run_identity": identity, "checkpoint_dir": str(checkpoints.path)}
     if source is not None:
         tags.update({"finetune.from_run": finetune.from_run, "finetune.source": source["path"]})
+    continued = run_id is not None
     run_id = tracker.start(name, flatten(cfg), tags, run_id=run_id, parent_run_id=job.parent_run_id)
-    if run_id is not None:
-        checkpoints.write_info({"run_id": run_id, "identity": identity, "name": name,
-                                "tracking_uri": str(getattr(tracker, "tracking_uri", None))})
+    info = {"run_id": run_id, "identity": identity, "name": name, "tracking_uri": str(store)}
+    checkpoints.write_info(info)
     if corrupt:
         tracker.set_tags({"checkpoint_corrupt": " | ".join(corrupt)})
     tracker.log_dataset(describe_dataset(data))  # the MLflow dataset input (Dataset column)
@@ -365,12 +388,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     def save(trainer: Trainer) -> None:
         tracker.flush()  # every metric up to this step is stored before the checkpoint says so
         step = trainer.state.global_step
-        checkpoints.save({"run_id": run_id, "global_step": step, "algo": algo.state_dict(),
-                          "replay": replay.state_dict(),
-                          "returns_to_go": replay.storage["returns_to_go"][: replay.size].cpu(),
-                          "normalizer": replay.normalizer.state_dict(),
-                          "finetune": finetune.state_dict(),
-                          "trainer": trainer.state_dict(), "rng": rng_state()}, step)
+        try:
+            checkpoints.save({"run_id": run_id, "tracking_uri": str(store), "global_step": step,
+                              "algo": algo.state_dict(), "replay": replay.state_dict(),
+                              "returns_to_go": replay.storage["returns_to_go"][: replay.size].cpu(),
+                              "normalizer": replay.normalizer.state_dict(),
+                              "finetune": finetune.state_dict(),
+                              "trainer": trainer.state_dict(), "rng": rng_state()}, step)
+        except DiskFullError as exc:  # keep training; the next interval tries again
+            files = checkpoints.files()
+            kept = (f"the checkpoint of update step {int(files[0].stem.split('-')[1])} is kept"
+                    if files and is_intact(files[0]) else "no earlier checkpoint is kept")
+            warn(f"{exc}: the checkpoint of update step {step} was not written, {kept}; training "
+                 f"continues and the next checkpoint is tried as planned")
+            tracker.set_tags({"checkpoint_disk_full": f"update step {step}: {exc}"})
 
     use_checkpoints = settings["every"] > 0 or settings["on_signal"]
     trainer = Trainer(phases, tracker, evaluate if evaluator is not None else None,
@@ -427,12 +458,44 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise
     except BaseException as exc:
         tracker.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
-        if not checkpoints.files():  # nothing to resume: the same command starts a new run
-            checkpoints.clear()
+        if isinstance(exc, NonFiniteLossError) and checkpoints.files():
+            # its checkpoints would resume into the same failure: the same command says so
+            checkpoints.write_info({**info, "failed": str(exc)})
+        elif not checkpoints.files() and not tracker.pending():
+            checkpoints.clear()  # nothing to resume: the same command starts a new run
         raise
     finally:
         if evaluator is not None:
             evaluator.close()
+    if continued:  # an earlier process's error / interruption is over
+        tracker.delete_tags(STALE_TAGS)
     tracker.finish("FINISHED")
     checkpoints.clear()  # done: the same command starts a new run
     return trainer.state.last_eval
+
+
+def resume_decision(checkpoints: CheckpointDir, tracker) -> tuple[bool, str | None]:
+    """Whether to resume this folder's checkpoints, and the MLflow run they continue (from
+    run.json). Not when they were written for another tracking store or their run is not in this
+    store (said on stderr; the folder is cleared and the run starts afresh); a run that failed on
+    non-finite values is not resumed at all (NonFiniteLossError saying how to start afresh)."""
+    info = checkpoints.read_info() or {}
+    run_id = info.get("run_id")
+    store = str(getattr(tracker, "tracking_uri", None))
+    recorded = info.get("tracking_uri")
+    reason = None
+    if recorded is not None and recorded != store:
+        reason = f"they were written for the MLflow store {recorded}, not {store}"
+    elif run_id and not isinstance(tracker, NullTracker) and tracker.run_status(run_id) is None:
+        reason = f"their MLflow run {run_id} is not in the store {store}"
+    if reason is not None:
+        warn(f"not resuming the checkpoints in {checkpoints.path}: {reason}; starting afresh")
+        checkpoints.clear()
+        return False, None
+    if info.get("failed"):
+        raise NonFiniteLossError(
+            f"the last run of this command (MLflow run {run_id}) failed: {info['failed']} Its "
+            f"checkpoints in {checkpoints.path} would resume into the same failure, so they are "
+            f"not used: once the cause is fixed, start afresh with resume=never (a new MLflow run; "
+            f"the failed one is kept)")
+    return True, run_id
