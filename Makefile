@@ -50,3 +50,14 @@ mlflow-ui: $(INSTALLED)  ## browse runs of this checkout's store at http://127.0
 
 analysis: $(INSTALLED)  ## the paper's figures and tables for a sweep: make analysis PARENT=<parent run id> OUT=results
 	$(PYTHON) -m analysis paper --parent-run-id $(PARENT) --out $(OUT)
+
+# ----- the lent GPU (scripts/device_check.sh, docs/device_check.md) ------------------------------
+DEVICE_PYTHON ?= 3.12
+DEVICE_WHEELS ?= .whl
+.PHONY: device-wheels device-check
+
+device-wheels:  ## wheels the GPU check installs there (no registry there): DEVICE_PYTHON=3.12 into DEVICE_WHEELS=.whl/, size checked
+	$(PYTHON) scripts/device_wheels.py --python-version $(DEVICE_PYTHON) --dest $(DEVICE_WHEELS)
+
+device-check:  ## on a machine with a GPU: CUDA tests, make bench on CUDA, runs per GPU; results in OUT (default device_check_out/)
+	bash scripts/device_check.sh

@@ -19,6 +19,13 @@ repetition, so a machine whose speed drifts (a shared host) affects both sides a
 update are counted with torch.utils.flop_counter.FlopCounterMode (matrix products; one update of
 each), and GFLOP/s is set against a 2048x2048 float32 matmul timed in the same process. The table
 is printed and written to docs/bench.md with the machine's description.
+
+On CUDA (``--device cuda``, the default where there is a GPU) the compiled steps are CUDA graphs;
+the peaks are 8192x8192 float32 and bf16 products timed with CUDA events (the updates run in
+float32: TF32 stays off, PyTorch's default), the table goes to docs/bench_cuda.md, and
+``--runs-per-gpu 1 4 16`` (the default there) measures how many independent TD3+BC runs one GPU
+sustains side by side: N processes, each a full update loop, timed together
+(``runs_per_gpu``).
 """
 
 from __future__ import annotations
@@ -570,20 +577,145 @@ def median_ratio(case: Case, name: str) -> float:
     return statistics.median(a / b for a, b in pairs) if pairs else float("nan")
 
 
-def matmul_peak(device: torch.device, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_peak(device: torch.device, n: int = 2048, reps: int = 10,
+                dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of an n x n x n matrix product on random data. CPU: the best of ``reps``. CUDA:
+    the mean of ``reps`` products timed with CUDA events after 3 warm-ups (as KINDS.md measured
+    the H200), at the size given (8192 there: 2048 leaves a GPU partly idle)."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     for _ in range(3):
         a @ b
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        for _ in range(reps):
+            a @ b
+        end.record()
+        torch.cuda.synchronize(device)
+        return 2 * n ** 3 * reps / (start.elapsed_time(end) / 1e3) / 1e9
     times = []
     for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
     return 2 * n ** 3 / min(times) / 1e9
+
+
+# ----- independent runs side by side on one GPU ---------------------------------------------------
+
+
+def loop_worker(go: Path, device: torch.device, seconds: float, seed: int, warmup: int | None = None) -> None:
+    """One process of ``runs_per_gpu``: a TD3+BC run's update loop as training/loop.py runs it --
+    a batch sampled from an on-device replay of 1M transitions, the compiled update (CUDA graphs
+    on CUDA), the metrics summed on the device and read back every 1,000 updates. After
+    ``warmup`` updates (compilation, graph capture) it says it is ready and waits for ``go``, then
+    runs for ``seconds`` and prints one JSON line: updates, seconds, GPU memory."""
+    import json
+
+    from offline_rl.dataset.replay import ReplayBuffer
+    from offline_rl.training.loop import MetricWindow
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    obs_dim, act_dim = SHAPES["hopper"]
+    algo = make_algorithms(obs_dim, act_dim, device)["td3_bc"]()
+    optimise(algo, "compile")
+    replay = ReplayBuffer(1_000_000, obs_dim, act_dim, device, seed=seed)
+    for key, tensor in replay.storage.items():
+        tensor.normal_() if key != "dones" else tensor.bernoulli_(0.001)
+    replay.size = replay.capacity
+    window = MetricWindow()
+    step = 0
+
+    def update() -> None:
+        nonlocal step
+        window.add(algo.update(replay.sample(256)), step)
+        step += 1
+        if step % 1000 == 0:
+            window.read("offline_rl")
+
+    for _ in range(warmup if warmup is not None else 3000 if device.type == "cuda" else 100):
+        update()
+    window.read("offline_rl")
+    (go.parent / f"ready-{os.getpid()}").touch()
+    while not go.exists():
+        time.sleep(0.002)
+    t0, count = time.perf_counter(), 0
+    while count % 100 or time.perf_counter() - t0 < seconds:
+        update()
+        count += 1
+    window.read("offline_rl")  # waits for the device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - t0
+    memory = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
+    print(json.dumps({"updates": count, "seconds": elapsed, "memory_gib": memory}), flush=True)
+
+
+def runs_per_gpu(counts: list[int], device: torch.device, seconds: float,
+                 timeout: float = 300) -> list[dict]:
+    """How many independent TD3+BC runs one GPU sustains: for each N in ``counts``, N processes
+    (``loop_worker``, different seeds) compile and warm up, start together, run ``seconds``;
+    the aggregate is the sum of their updates/s. Small networks leave a GPU mostly idle: the
+    aggregate's growth with N is what a sweep gains per GPU-hour."""
+    import json
+    import subprocess
+    import tempfile
+
+    rows = []
+    for n in counts:
+        with tempfile.TemporaryDirectory() as tmp:
+            go = Path(tmp) / "go"
+            logs = [(Path(tmp) / f"out-{i}", Path(tmp) / f"err-{i}") for i in range(n)]  # not pipes:
+            procs = []  # a worker that fills a pipe before it is read would stall
+            for i, (out_path, err_path) in enumerate(logs):
+                with open(out_path, "w") as out, open(err_path, "w") as err:
+                    procs.append(subprocess.Popen(
+                        [sys.executable, "-m", "offline_rl.bench", "--loop-worker", str(go), "--device",
+                         str(device), "--runs-seconds", str(seconds), "--seed", str(i)],
+                        stdout=out, stderr=err, cwd=ROOT))
+            deadline = time.monotonic() + timeout
+            failed = ""
+            while len(list(Path(tmp).glob("ready-*"))) < n and not failed:
+                if any(p.poll() is not None for p in procs):
+                    failed = "a worker exited before it was ready"
+                elif time.monotonic() > deadline:
+                    failed = f"not all {n} workers ready within {timeout:.0f} s"
+                time.sleep(0.05)
+            go.touch()
+            results = []
+            for proc, (out_path, err_path) in zip(procs, logs):
+                try:
+                    proc.wait(timeout=seconds + 120 if not failed else 5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                    failed = failed or "a worker did not finish"
+                out, err = out_path.read_text(), err_path.read_text()
+                lines = [line for line in out.splitlines() if line.startswith("{")]
+                if proc.returncode == 0 and lines:
+                    results.append(json.loads(lines[-1]))
+                else:
+                    failed = failed or f"a worker failed: {err.strip()[-600:]}"
+        rates = [r["updates"] / r["seconds"] for r in results]
+        row = {"runs": n, "failed": failed, "aggregate": sum(rates) if not failed else float("nan"),
+               "per_run_median": statistics.median(rates) if rates else float("nan"),
+               "per_run_min": min(rates) if rates else float("nan"),
+               "memory_gib": max((r["memory_gib"] for r in results), default=float("nan"))}
+        rows.append(row)
+        print(runs_table(rows)[-1] + (f"  ({failed})" if failed else ""), flush=True)
+    return rows
+
+
+def runs_table(rows: list[dict]) -> list[str]:
+    out = ["| runs side by side | aggregate upd/s | per run upd/s (median) | slowest run upd/s | "
+           "x one run | 1M-update runs per hour | GPU memory per run (GiB) |", "|---|---|---|---|---|---|---|"]
+    single = next((r["aggregate"] for r in rows if r["runs"] == 1), float("nan"))
+    for r in rows:
+        out.append(f"| {r['runs']} | {r['aggregate']:.0f} | {r['per_run_median']:.0f} | {r['per_run_min']:.0f} | "
+                   f"{r['aggregate'] / single:.2f}x | {r['aggregate'] * 3600 / 1e6:.1f} | {r['memory_gib']:.2f} |")
+    return out
 
 
 def rtg_seconds(device: torch.device, transitions: int) -> float:
@@ -617,15 +749,22 @@ def machine() -> str:
     return cpu
 
 
-def table(cases: list[Case], peak: float, eager: bool) -> list[str]:
+def percent(value: float) -> str:
+    """Whole percent, with decimals below 10% (a GPU's share of small networks)."""
+    return f"{value:.0f}%" if value >= 10 else f"{value:.1f}%" if value >= 0.1 else f"{value:.2f}%"
+
+
+def table(cases: list[Case], peak: float, eager: bool, bf16_peak: float | None = None) -> list[str]:
     head = ["algo", "shape", "step", "CORL-style upd/s"]
     if eager:
         head += ["eager upd/s"]
     head += ["compiled upd/s", "compiled / CORL"]
     if eager:
         head += ["eager / CORL"]
-    head += ["GFLOP/upd CORL", "GFLOP/upd ours", "GFLOP/s ours", "% of matmul peak",
-             "matmul-only upd/s", "compiled / matmul-only", "compile s", "losses agree"]
+    head += ["GFLOP/upd CORL", "GFLOP/upd ours", "GFLOP/s ours", "% of matmul peak"]
+    if bf16_peak:
+        head += ["% of bf16 peak"]
+    head += ["matmul-only upd/s", "compiled / matmul-only", "compile s", "losses agree"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cases:
         med = {k: statistics.median(v) if v else float("nan") for k, v in c.rates.items()}
@@ -637,8 +776,10 @@ def table(cases: list[Case], peak: float, eager: bool) -> list[str]:
             cells += [f"{median_ratio(c, 'eager'):.2f}x"]
         ours = c.flops["eager"] / 1e9
         gflops = ours * med["compiled"]
-        cells += [f"{c.flops['corl'] / 1e9:.3f}", f"{ours:.3f}", f"{gflops:.0f}",
-                  f"{100 * gflops / peak:.0f}%", f"{c.bound:.0f}", f"{100 * med['compiled'] / c.bound:.0f}%",
+        cells += [f"{c.flops['corl'] / 1e9:.3f}", f"{ours:.3f}", f"{gflops:.0f}", percent(100 * gflops / peak)]
+        if bf16_peak:
+            cells += [percent(100 * gflops / bf16_peak)]
+        cells += [f"{c.bound:.0f}", f"{100 * med['compiled'] / c.bound:.0f}%",
                   f"{c.compile_seconds:.1f}", f"{c.agreement:.0e}"]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
@@ -648,7 +789,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="Hopper only, offline RL updates only, 3 repetitions, no eager column")
-    parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS)
+    parser.add_argument("--algos", nargs="*", default=list(ALGOS), choices=ALGOS,
+                        help="with none: no update-step rows (e.g. only --runs-per-gpu)")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--no-pretrain", action="store_true", help="offline RL updates only")
     parser.add_argument("--no-eager", action="store_true", help="leave out the eager column")
@@ -656,21 +798,46 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", type=float, default=0.7, help="seconds per timing window")
     parser.add_argument("--rtg", type=int, default=1_000_000,
                         help="transitions for the soft returns-to-go timing (0: skip)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "bench.md"), help="'' to write nothing")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda[:N] (default: cuda when there is one)")
+    parser.add_argument("--out", default=None,
+                        help="default docs/bench.md (CPU) or docs/bench_cuda.md (CUDA); '' to write nothing")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs-per-gpu", nargs="*", type=int, default=None, metavar="N",
+                        help="independent TD3+BC runs side by side (default on CUDA: 1 4 16; on the "
+                             "CPU: none); with no N: skip")
+    parser.add_argument("--runs-seconds", type=float, default=10.0, help="timed seconds per runs-per-GPU row")
+    parser.add_argument("--loop-worker", default=None, help=argparse.SUPPRESS)  # a runs_per_gpu process
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if args.loop_worker:
+        loop_worker(Path(args.loop_worker), device, args.runs_seconds, args.seed)
+        return
     if args.quick:
         args.shapes, args.no_pretrain, args.no_eager = ["hopper"], True, True
         args.reps = min(args.reps, 3)
-    device = torch.device(args.device)
+    if args.runs_per_gpu is None:
+        args.runs_per_gpu = [1, 4, 16] if device.type == "cuda" else []
+    if args.out is None:
+        args.out = str(ROOT / "docs" / ("bench_cuda.md" if device.type == "cuda" else "bench.md"))
     began = time.perf_counter()
     cpu = machine()
     header = (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch "
               f"{torch.__version__}, Python {platform.python_version()}, device {device}")
+    bf16_peak = None
+    if device.type == "cuda":
+        header += (f" ({torch.cuda.get_device_name(device)}, TF32 "
+                   f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'})")
     print(header, flush=True)
-    peak = matmul_peak(device)
-    print(f"2048x2048 float32 matmul: {peak:.0f} GFLOP/s", flush=True)
+    if device.type == "cuda":  # sizes that fill the GPU; the update steps run in float32
+        peak = matmul_peak(device, n=8192)
+        bf16_peak = matmul_peak(device, n=8192, dtype=torch.bfloat16)
+        peak_text = (f"8192x8192 matmul: float32 **{peak:.0f} GFLOP/s** (the peak below), bf16 "
+                     f"**{bf16_peak:.0f} GFLOP/s**")
+    else:
+        peak = matmul_peak(device)
+        peak_text = f"2048x2048 float32 matmul in the same process: **{peak:.0f} GFLOP/s** (the peak below)"
+    print(peak_text.replace("*", ""), flush=True)
     steps_of = {"td3_bc": ["update", "pretrain BC", "pretrain MC critic"],
                 "edac": ["update", "pretrain soft BC", "pretrain soft critic"]}
     cases: list[Case] = []
@@ -680,63 +847,82 @@ def main(argv: list[str] | None = None) -> None:
             for case in build_cases(algo_name, shape, steps, device, pool_size=16, seed=args.seed):
                 run_case(case, device, args.reps, args.window, not args.no_eager)
                 cases.append(case)
-                print(table([case], peak, not args.no_eager)[-1], flush=True)
+                print(table([case], peak, not args.no_eager, bf16_peak)[-1], flush=True)
     rtg = rtg_seconds(device, args.rtg) if args.rtg else None
+    runs = runs_per_gpu(args.runs_per_gpu, device, args.runs_seconds) if args.runs_per_gpu else []
     elapsed = time.perf_counter() - began
-    rows = table(cases, peak, not args.no_eager)
+    rows = table(cases, peak, not args.no_eager, bf16_peak)
     lines = [
         "# Update-step speed (`make bench`)",
         "",
         f"Measured {datetime.date.today().isoformat()} on: {header}.",
-        f"2048x2048 float32 matmul in the same process: **{peak:.0f} GFLOP/s** (the peak below).",
-        "",
-        "Updates per second, medians over "
-        f"{args.reps} interleaved repetitions of ~{args.window:g} s; the speed-ups are medians of "
-        "per-repetition ratios. Batch 256; TD3+BC 2x256, EDAC 3x256 with N = 10 critics; "
-        "LayerNorm in actor and critic (the default config). A TD3+BC update alternates critic "
-        "steps and critic+actor steps (policy delay 2). GFLOP counts matrix products "
-        "(FlopCounterMode), per update; the CORL-style update does more of them (see below).",
-        "",
-        *rows,
+        f"{peak_text}.",
         "",
     ]
+    if cases:
+        lines += [
+            "Updates per second, medians over "
+            f"{args.reps} interleaved repetitions of ~{args.window:g} s; the speed-ups are medians of "
+            "per-repetition ratios. Batch 256; TD3+BC 2x256, EDAC 3x256 with N = 10 critics; "
+            "LayerNorm in actor and critic (the default config). A TD3+BC update alternates critic "
+            "steps and critic+actor steps (policy delay 2). GFLOP counts matrix products "
+            "(FlopCounterMode), per update; the CORL-style update does more of them (see below).",
+            "",
+            *rows,
+            "",
+        ]
     if rtg is not None:
         lines += [f"Soft returns-to-go (Eq. 19) of {args.rtg:,} transitions with an EDAC actor "
                   f"(entropy of every state, two log-depth scans): **{rtg:.2f} s**.", ""]
+    if runs:
+        lines += [f"Independent TD3+BC runs side by side on one {device.type.upper()} device (Hopper "
+                  f"shapes, batch 256, 2x256, compiled; each its own process with a 1M-transition replay "
+                  f"on the device and the training loop's metric window, read every 1,000 updates), "
+                  f"timed together for {args.runs_seconds:g} s after all had compiled and warmed up:",
+                  "", *runs_table(runs), ""]
+        lines += [f"Failed: {r['runs']} runs: {r['failed']}" for r in runs if r["failed"]]
     command = " ".join(["python -m offline_rl.bench", *(argv if argv is not None else sys.argv[1:])])
     lines += [
         f"Command: `{command}` ({elapsed / 60:.1f} min). Flags: `--quick` (Hopper, updates only, 3 "
         "repetitions), `--algos`, `--shapes`, `--no-pretrain`, `--no-eager`, `--reps`, `--window`, "
-        "`--rtg`, `--device`, `--out`; from make: `make bench BENCH_FLAGS=--quick`.",
+        "`--rtg`, `--device`, `--runs-per-gpu`, `--runs-seconds`, `--out`; from make: "
+        "`make bench BENCH_FLAGS=--quick` (`BENCH_FLAGS='--device cuda'` on a GPU machine, the default there).",
         "",
-        "The host may be shared: absolute rates drift between runs (the CORL-style TD3+BC update "
-        "has measured 145-197 updates/s on this 2-core machine), the interleaved ratios much less.",
-        "",
-        "What the columns compare:",
-        "",
-        "- **CORL-style**: the update written as CORL's td3_bc.py / edac.py (one module per TD3 "
-        "critic, torch.distributions, EDAC's diversity term from a second critic forward with a "
-        "masked [B, N, N] Gram matrix and its logging-only critic pass on random actions, `.item()` "
-        "for every logged value, zero_grad / backward / step with `torch.optim.Adam` defaults, a "
-        "Python loop for Polyak averaging), initialised with the same weights, fed the same batches.",
-        "- **eager**: this package's step functions (`compile=eager`): batched twin critics, "
-        "gradients only for the stepped optimiser's parameters, no repeated forward, EDAC's "
-        "dQ/da written out as first-order operations, losses left on the device.",
-        "- **compiled**: the same step functions, each one `torch.compile` graph (forward, "
-        "backward, foreach Adam, `_foreach_lerp_` Polyak), `compile=auto`, the default.",
-        "- **compile s**: wall time of the first calls (tracing and Inductor; lower when Inductor's "
-        "on-disk cache already holds the graphs).",
-        "- **matmul-only**: the updates/s the step's matrix products alone allow -- recorded from "
-        "one update (ours) and replayed back to back with the same BLAS calls, without the "
-        "matrix-vector products the compiled step fuses. The hardware limit for this arithmetic; "
-        "**compiled / matmul-only** is how close the compiled step comes to it.",
-        "- **losses agree**: the largest relative difference between the values the CORL-style "
-        "and our eager step log over their first two cycles from the same weights, batches and "
-        "seed -- both compute the same update.",
-        "",
-        "See offline_rl/training/compiled.py for the compile rule (`compile=auto` compiles phases "
-        "of at least 10,000 updates).",
     ]
+    if cases:
+        lines += [
+            ("The host may be shared: absolute rates drift between runs (the CORL-style TD3+BC update "
+             "has measured 145-197 updates/s on this 2-core machine), the interleaved ratios much less."
+             if device.type == "cpu" else
+             "On a GPU these small networks leave most of the device idle: an update is bound by kernel "
+             "launches and the host (Python, one CUDA-graph replay per compiled step), not by arithmetic; "
+             "the runs-side-by-side table shows how much of the GPU a sweep can still use."),
+            "",
+            "What the columns compare:",
+            "",
+            "- **CORL-style**: the update written as CORL's td3_bc.py / edac.py (one module per TD3 "
+            "critic, torch.distributions, EDAC's diversity term from a second critic forward with a "
+            "masked [B, N, N] Gram matrix and its logging-only critic pass on random actions, `.item()` "
+            "for every logged value, zero_grad / backward / step with `torch.optim.Adam` defaults, a "
+            "Python loop for Polyak averaging), initialised with the same weights, fed the same batches.",
+            "- **eager**: this package's step functions (`compile=eager`): batched twin critics, "
+            "gradients only for the stepped optimiser's parameters, no repeated forward, EDAC's "
+            "dQ/da written out as first-order operations, losses left on the device.",
+            "- **compiled**: the same step functions, each one `torch.compile` graph (forward, "
+            "backward, foreach Adam, `_foreach_lerp_` Polyak), `compile=auto`, the default.",
+            "- **compile s**: wall time of the first calls (tracing and Inductor; lower when Inductor's "
+            "on-disk cache already holds the graphs).",
+            "- **matmul-only**: the updates/s the step's matrix products alone allow -- recorded from "
+            "one update (ours) and replayed back to back with the same BLAS calls, without the "
+            "matrix-vector products the compiled step fuses. The hardware limit for this arithmetic; "
+            "**compiled / matmul-only** is how close the compiled step comes to it.",
+            "- **losses agree**: the largest relative difference between the values the CORL-style "
+            "and our eager step log over their first two cycles from the same weights, batches and "
+            "seed -- both compute the same update.",
+            "",
+            "See offline_rl/training/compiled.py for the compile rule (`compile=auto` compiles phases "
+            "of at least 10,000 updates).",
+        ]
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     if args.out:

@@ -84,12 +84,17 @@ class TanhGaussianActor(nn.Module):
         if deterministic:
             pre_tanh = mu
         else:
-            pre_tanh = mu + torch.randn_like(mu) * log_std.exp()
+            pre_tanh = mu + self.standard_normal(mu) * log_std.exp()
         action = torch.tanh(pre_tanh)
         log_prob = None
         if need_log_prob:
             log_prob = gaussian_log_prob(pre_tanh, mu, log_std) - tanh_log_det(action)
         return action * self.max_action, log_prob
+
+    def standard_normal(self, like: torch.Tensor) -> torch.Tensor:
+        """The policy's one random draw: N(0, 1) noise shaped like ``like`` (tests/test_cuda.py
+        fixes it to compare compiled and eager steps on CUDA, where their random numbers differ)."""
+        return torch.randn_like(like)
 
     def log_prob(self, obs: torch.Tensor, action: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
         """log pi(a|s) of given (dataset) actions: inverts the tanh, clipping away from +-1."""

@@ -101,6 +101,20 @@ def init_adam_state(optimizer: torch.optim.Optimizer) -> None:
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
+def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
+    """Adam's ``capturable`` flag, and where its step counters live, as this process steps the
+    optimiser: on the parameters' device (compiled CUDA graphs) or on the CPU (eagerly, and the
+    compiled CPU step). An optimiser state dict carries the flag of the process that wrote it --
+    True after a compiled CUDA run -- and eager Adam refuses ``capturable`` on the CPU."""
+    for group in optimizer.param_groups:
+        if "capturable" in group:
+            group["capturable"] = capturable
+    for p, state in optimizer.state.items():
+        step = state.get("step")
+        if isinstance(step, torch.Tensor):
+            state["step"] = step.to(p.device, torch.float32) if capturable else step.cpu()
+
+
 def _materialised(x: torch.Tensor) -> torch.Tensor:
     """``x``, as a buffer Inductor computes once: the identity as a reduction over a dimension of
     two copies (Inductor inlines pointwise expressions into each consumer, not reductions)."""
@@ -186,6 +200,13 @@ class Algorithm:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Loads a state written on any device (map it to the CPU or this device): optimiser
+        states move to the parameters' devices, Adam's ``capturable`` flag is this process's."""
         for name in self._state_attrs:
             getattr(self, name).load_state_dict(state[name])
         self.total_updates = int(state["total_updates"])
+        if self.compiler is not None:
+            self.compiler.state_loaded()
+        else:
+            for optimizer in self.optimizers():
+                set_capturable(optimizer, False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -45,7 +47,7 @@ class StateNormalizer:
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "StateNormalizer":
-        return cls(state["mean"].numpy(), state["std"].numpy(), eps=0.0)
+        return cls(state["mean"].cpu().numpy(), state["std"].cpu().numpy(), eps=0.0)
 
 
 class ReplayBuffer:
@@ -122,7 +124,20 @@ class ReplayBuffer:
         return {"generator": self.generator.get_state(), "size": self.size, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        """Where sampling continues. A generator state saved on another kind of device (a CUDA
+        generator's state is a Philox seed and offset, a CPU one's a Mersenne Twister) cannot be
+        set: the generator is then seeded from the saved state's bytes -- a deterministic stream,
+        but not the batches an uninterrupted run would have drawn -- and a warning says so."""
+        saved = state["generator"]
+        if saved.numel() == self.generator.get_state().numel():
+            self.generator.set_state(saved)
+        else:
+            digest = hashlib.sha256(saved.cpu().numpy().tobytes()).digest()
+            self.generator.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+            warnings.warn(f"the replay's sampling generator was saved on another kind of device "
+                          f"than {self.device.type}; sampling continues from a generator seeded "
+                          f"from that state (the batches differ from an uninterrupted run's)",
+                          RuntimeWarning, stacklevel=2)
         self.size, self.position = int(state["size"]), int(state["position"])
 
     def contents(self) -> dict:

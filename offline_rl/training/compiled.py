@@ -34,8 +34,13 @@ but not the eager path's draws.
 On the CPU the graph's wrapper is C++ (``cpp_wrapper``) and ``SkinnyMatmulPass`` turns matrix
 products with a dimension of size 1 into fused products and sums. On CUDA the graphs are captured
 as CUDA graphs (``triton.cudagraphs``: one launch per step): optimiser states are marked static,
-Adam's step counters move to the device (``capturable``), and the returned metrics are cloned out
-of the graph's memory. The CUDA path is written for CUDA but has not been run on a GPU."""
+Adam's step counters move to the device (``capturable``; ``Algorithm.load_state_dict`` resets the
+flag a checkpoint carries to this process's, so CUDA and CPU checkpoints load on either), and the
+returned metrics are cloned out of the graph's memory. A step Inductor runs without a CUDA graph
+is counted (``cudagraph_skips``, metric ``compile/cudagraph_skips``) and warned about once.
+tests/test_cuda.py checks this path against eager on a GPU, and scripts/device_check.sh runs those
+tests and the CUDA benchmark on a lent GPU (docs/device_check.md); until a session has run it
+there, the CUDA path is unproven."""
 
 from __future__ import annotations
 
@@ -49,7 +54,7 @@ from typing import Any, Callable
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
-from offline_rl.algo.common import check_adam, init_adam_state
+from offline_rl.algo.common import check_adam, init_adam_state, set_capturable
 
 MODES = ("auto", "compile", "eager")
 DEFAULT_MIN_UPDATES = 10_000
@@ -64,6 +69,7 @@ class StepRecord:
     compile_seconds: float = 0.0  # wall time of the calls that compiled (first call, recompiles)
     graphs: int = 0  # compilations (1 normally; more means recompiles)
     reason: str = ""
+    cudagraph_skips: int = 0  # CUDA: times Inductor ran this step without a CUDA graph
 
 
 @dataclass
@@ -80,17 +86,22 @@ class CompileReport:
         return sum(r.compile_seconds for r in self.steps.values())
 
     def metrics(self) -> dict[str, float]:
-        """For the tracker: total compilation seconds, and counts."""
+        """For the tracker: total compilation seconds, and counts (on CUDA also the steps that
+        run without a CUDA graph)."""
         records = self.steps.values()
-        return {"compile/seconds": round(self.compile_seconds, 3),
-                "compile/compiled_steps": float(sum(r.status == "compiled" for r in records)),
-                "compile/eager_steps": float(sum(r.status in ("eager", "fallback") for r in records)),
-                "compile/fallbacks": float(sum(r.status == "fallback" for r in records)),
-                "compile/recompiles": float(sum(max(r.graphs - 1, 0) for r in records))}
+        metrics = {"compile/seconds": round(self.compile_seconds, 3),
+                   "compile/compiled_steps": float(sum(r.status == "compiled" for r in records)),
+                   "compile/eager_steps": float(sum(r.status in ("eager", "fallback") for r in records)),
+                   "compile/fallbacks": float(sum(r.status == "fallback" for r in records)),
+                   "compile/recompiles": float(sum(max(r.graphs - 1, 0) for r in records))}
+        if self.device.startswith("cuda"):
+            metrics["compile/cudagraph_skips"] = float(sum(r.cudagraph_skips > 0 for r in records))
+        return metrics
 
     def summary(self) -> str:
         parts = [f"{r.name}: {r.status}"
                  + (f" ({r.compile_seconds:.1f} s)" if r.compile_seconds else "")
+                 + (" without CUDA graph" if r.cudagraph_skips else "")
                  + (f" [{r.reason}]" if r.reason else "") for r in self.steps.values()]
         return f"compile={self.mode} on {self.device}: " + ("; ".join(parts) or "no step run yet")
 
@@ -174,6 +185,14 @@ def _graph_count() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+def _cudagraph_skips() -> int:
+    """Inductor's count of graphs it ran without CUDA graphs (a mutated non-static input, a CPU
+    tensor, ...); it logs the reason under TORCH_LOGS=perf_hints."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
+
+
 class CompiledStep:
     """One step function: compiled lazily at its first call, timed; on failure (mode auto) a
     warning and eager execution from then on."""
@@ -188,6 +207,7 @@ class CompiledStep:
         if record.status == "fallback":
             return fn(*args)
         graphs = _graph_count()
+        skips = _cudagraph_skips() if self.compiler.cudagraphs else 0
         start = time.perf_counter()
         config = torch._dynamo.config
         saved = config.trace_autograd_ops, config.recompile_limit
@@ -220,6 +240,12 @@ class CompiledStep:
                   file=sys.stderr, flush=True)
         if self.compiler.cudagraphs:  # outputs live in the CUDA graph's memory until its next replay
             out = {k: v.clone() for k, v in out.items()}
+            skipped = _cudagraph_skips() - skips
+            if skipped and not record.cudagraph_skips:
+                warnings.warn(f"the compiled update step '{record.name}' runs without a CUDA graph "
+                              f"(Inductor skipped it; TORCH_LOGS=perf_hints says why): correct, but "
+                              f"one kernel launch per operation", RuntimeWarning, stacklevel=4)
+            record.cudagraph_skips += skipped
         return out
 
 
@@ -271,18 +297,24 @@ class StepCompiler:
                 check_adam(optimizer)
             except NotImplementedError:
                 continue  # a step that uses it fails to compile and runs eagerly
-            for group in optimizer.param_groups:
-                group["capturable"] = self.cudagraphs
-            for p, state in optimizer.state.items():  # states of a loaded checkpoint
-                if "step" in state:
-                    state["step"] = (state["step"].to(p.device, torch.float32) if self.cudagraphs
-                                     else state["step"].cpu())
+            set_capturable(optimizer, self.cudagraphs)  # also the states of a loaded checkpoint
             init_adam_state(optimizer)
             if self.cudagraphs:
                 for state in optimizer.state.values():
                     for tensor in state.values():
                         torch._dynamo.mark_static_address(tensor)
         self.prepared = True
+
+    def state_loaded(self) -> None:
+        """After ``algo.load_state_dict``: the optimisers hold new state tensors, with the flags of
+        the process that saved them; prepare them again if steps were already prepared (CUDA
+        graphs: static addresses), else leave them as eager Adam wants them until then."""
+        if self.prepared:
+            self.prepared = False
+            self.prepare()
+        else:
+            for optimizer in self.algo.optimizers():
+                set_capturable(optimizer, False)
 
     def call(self, name: str, fn: Callable, args: tuple, planned: int | None) -> dict[str, torch.Tensor]:
         if name not in self.steps:

@@ -165,8 +165,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(py_state), gauss))
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # as many GPUs as this process sees
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def checkpoint_settings(cfg: DictConfig) -> dict[str, Any]:
