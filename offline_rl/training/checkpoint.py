@@ -60,7 +60,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except pickle.UnpicklingError as exc:
-        if "weights only" not in str(exc).lower():
+        if "weights only" not in str(exc).lower() or not is_intact(Path(path)):
+            # not even torch's zip container: a half-written or foreign file
             raise CheckpointError(f"checkpoint {path} is truncated or corrupt "
                                   f"(UnpicklingError: {_first_line(exc)})") from None
         # it holds objects beyond tensors and plain containers: code would run on loading it
