@@ -56,6 +56,10 @@ def run() -> None:
                    else offline_rl.config.hydra_error_message(exc))
         print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C: a run that had begun wrote its checkpoint first
+        print("interrupted (Ctrl-C): a run that had started kept its checkpoint; the same command "
+              "continues it", file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

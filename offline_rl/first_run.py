@@ -11,6 +11,7 @@ as overrides (``make run ARGS="seed=1"``, ``python -m offline_rl.first_run seed=
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -91,13 +92,36 @@ def merged(extra: list[str]) -> list[str]:
     return [o for o in OVERRIDES if o.split("=", 1)[0] not in keys] + extra
 
 
+def stopped(child: subprocess.Popen) -> int:
+    """Ctrl-C: the terminal sent SIGINT to launch.py too, which writes a checkpoint at the end of
+    its current update and stops. A child that did not get it (only this process was signalled)
+    is asked with SIGTERM, which does the same. One line, no traceback; exit status 130."""
+    try:
+        child.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        child.send_signal(signal.SIGTERM)
+    while True:
+        try:
+            child.wait()
+            break
+        except KeyboardInterrupt:  # a second Ctrl-C reaches launch.py itself: it stops at once
+            continue
+    print("make run: interrupted; its checkpoint is kept, and the same command continues the run",
+          file=sys.stderr, flush=True)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     extra = list(sys.argv[1:] if argv is None else argv)
     overrides = merged(extra)
     print(plan(extra), flush=True)
     os.environ.setdefault("OFFLINE_RL_ROOT", str(ROOT))
     since_ms = int(time.time() * 1000)
-    code = subprocess.call([sys.executable, str(ROOT / "launch.py"), *overrides], cwd=ROOT)
+    with subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *overrides], cwd=ROOT) as child:
+        try:
+            code = child.wait()
+        except KeyboardInterrupt:
+            return stopped(child)
     if code != 0:
         return code
     uri = tracker_uri(overrides)

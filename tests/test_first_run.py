@@ -46,3 +46,37 @@ def test_make_run_prints_scores_run_and_where_to_look(tmp_path, minari_root, cap
         f"?workflowType=machine_learning")
     assert runs_link(f"sqlite:///{tmp_path / 'absent.db'}", "127.0.0.1", 5000).endswith(
         "#/experiments?workflowType=machine_learning")
+
+
+def test_ctrl_c_stops_make_run_in_one_line_and_the_run_continues_later(tmp_path, minari_root):
+    """Ctrl-C in a terminal signals the whole process group: launch.py checkpoints and stops,
+    make run's glue says so in one line (no traceback) and exits 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    checkpoints = tmp_path / "checkpoints"
+    args = ["dataset=minari", "dataset.dataset_id=tests/hopper/random-v0", "network=small",
+            "updates=1000000", "eval.every=100000", "eval.episodes=1", "pretrain=none",
+            "compile=eager", "progress=false", "threads=1", "batch_size=64",
+            f"checkpoint.dir={checkpoints}", f"tracker.store_dir={tmp_path}",
+            f"hydra.run.dir={tmp_path}/hydra"]
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(minari_root)}
+    child = subprocess.Popen([sys.executable, "-m", "offline_rl.first_run", *args], env=env,
+                             cwd=first_run.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not list(checkpoints.rglob("run.json")) and child.poll() is None:  # training has begun
+        assert time.monotonic() < deadline, "launch.py did not start its run"
+        time.sleep(0.2)
+    time.sleep(1)
+    os.killpg(child.pid, signal.SIGINT)  # what Ctrl-C does
+    out, err = child.communicate(timeout=240)
+    assert child.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert "interrupted (Ctrl-C): a run that had started kept its checkpoint" in err  # launch.py
+    assert err.strip().splitlines()[-1] == ("make run: interrupted; its checkpoint is kept, and the "
+                                            "same command continues the run")
+    assert list(checkpoints.rglob("step-*.pt"))  # launch.py wrote its checkpoint on the signal
