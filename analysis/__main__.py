@@ -192,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, help="e.g. pretrain=none (the default when present)")
     p.add_argument("--final-last", type=int, default=1,
                    help="baseline final score = mean of each run's last N evaluations (default 1)")
-    p.add_argument("--command", default=None, help="the command that reproduces the runs, quoted "
-                   "on the page")
+    p.add_argument("--command", dest="reproduce", default=None,  # not `command`: the subcommand's
+                   help="the command that reproduces the runs, quoted on the page")
     p = sub.add_parser("aggregate", help="IQM / median / mean / optimality gap with bootstrap CIs",
                        description="Per variant, over its runs x tasks: interquartile mean, "
                        "median, mean and optimality gap of the final normalised score, with "
@@ -335,7 +335,7 @@ def _run(args) -> int:
         rs = _load(args)
         page = results_page(rs, args.out, name=args.name, metric=args.metric,
                             fraction=args.fraction, baseline=args.baseline,
-                            final_last=args.final_last, command=args.command)
+                            final_last=args.final_last, command=args.reproduce)
         print(page.table.markdown())
         for sentence in page.verdicts.values():
             print(sentence)

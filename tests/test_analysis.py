@@ -612,3 +612,16 @@ def test_cli_statistics_commands(store, tmp_path, capsys):
     assert {"aggregate.md", "aggregate.png", "profiles.png", "improvement.csv"} <= arts
     assert main(["improvement", *base, "--x", "pretrain=soft", "--y", "ac"]) == 2
     assert "matches 0 variants" in capsys.readouterr().err
+
+
+def test_cli_results_quotes_the_reproducing_command(store, tmp_path, capsys):
+    """`--command` is the page's quoted command, not the CLI's subcommand (both were `command`)."""
+    from analysis.__main__ import main
+
+    out = tmp_path / "page"
+    assert main(["results", "--tracking-uri", store["uri"], "--parent-run-id", store["parent"],
+                 "--out", str(out), "--no-cache", "--command",
+                 "python launch.py +experiment=paper_check"]) == 0
+    text = (out / "results.md").read_text()
+    assert "python launch.py +experiment=paper_check" in text
+    assert "4,000 updates against 9,000" in capsys.readouterr().out
