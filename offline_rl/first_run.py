@@ -92,23 +92,24 @@ def merged(extra: list[str]) -> list[str]:
     return [o for o in OVERRIDES if o.split("=", 1)[0] not in keys] + extra
 
 
+# launch.py's exit status when a signal stopped it after its checkpoint (128 + N; -N: killed
+# by the signal before it could handle it) -> make run's
+INTERRUPTED = {130: 130, -signal.SIGINT: 130, 143: 143, -signal.SIGTERM: 143}
+
+
 def stopped(child: subprocess.Popen) -> int:
     """Ctrl-C: the terminal sent SIGINT to launch.py too, which writes a checkpoint at the end of
     its current update and stops. A child that did not get it (only this process was signalled)
-    is asked with SIGTERM, which does the same. One line, no traceback; exit status 130."""
+    is asked with SIGTERM, which does the same. Returns launch.py's exit status."""
     try:
         child.wait(timeout=5)
     except subprocess.TimeoutExpired:
         child.send_signal(signal.SIGTERM)
     while True:
         try:
-            child.wait()
-            break
+            return child.wait()
         except KeyboardInterrupt:  # a second Ctrl-C reaches launch.py itself: it stops at once
             continue
-    print("make run: interrupted; its checkpoint is kept, and the same command continues the run",
-          file=sys.stderr, flush=True)
-    return 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,11 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     print(plan(extra), flush=True)
     os.environ.setdefault("OFFLINE_RL_ROOT", str(ROOT))
     since_ms = int(time.time() * 1000)
-    with subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *overrides], cwd=ROOT) as child:
-        try:
-            code = child.wait()
-        except KeyboardInterrupt:
-            return stopped(child)
+    child = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *overrides], cwd=ROOT)
+    try:
+        code = child.wait()
+    except KeyboardInterrupt:
+        code = stopped(child)
+    if code in INTERRUPTED:  # also when only launch.py saw the signal, or saw it first
+        print("make run: interrupted; its checkpoint is kept, and the same command continues the run",
+              file=sys.stderr, flush=True)
+        return INTERRUPTED[code]
     if code != 0:
         return code
     uri = tracker_uri(overrides)
@@ -134,4 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # a signal that arrived after launch.py had ended: said above
+        sys.exit(130)

@@ -67,7 +67,10 @@ def test_ctrl_c_stops_make_run_in_one_line_and_the_run_continues_later(tmp_path,
     env = {**os.environ, "MINARI_DATASETS_PATH": str(minari_root)}
     child = subprocess.Popen([sys.executable, "-m", "offline_rl.first_run", *args], env=env,
                              cwd=first_run.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, start_new_session=True)
+                             text=True, start_new_session=True,
+                             # as in a terminal: a shell's background job (CI) starts with SIGINT
+                             # ignored, and Python then installs no KeyboardInterrupt handler
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     # the update loop runs (and handles signals) once its first periodic checkpoint exists
     while not list(checkpoints.rglob("step-*.pt")) and child.poll() is None:
