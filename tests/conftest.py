@@ -221,3 +221,18 @@ def new_store(mlflow_template):
         return folder
 
     return make
+
+
+def interrupt_at_sample(monkeypatch, n: int, signum: int = signal.SIGTERM) -> None:
+    """Send ``signum`` to this process at the n-th replay sample (mid-run, as scancel does)."""
+    from offline_rl.dataset.replay import ReplayBuffer
+
+    original, calls = ReplayBuffer.sample, {"n": 0}
+
+    def sample(self, batch_size):
+        calls["n"] += 1
+        if calls["n"] == n:
+            os.kill(os.getpid(), signum)
+        return original(self, batch_size)
+
+    monkeypatch.setattr(ReplayBuffer, "sample", sample)

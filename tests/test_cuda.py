@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import signal
 import warnings
 from functools import partial
@@ -35,7 +34,7 @@ from functools import partial
 import pytest
 import torch
 
-from conftest import SMALL_RUN, metric_steps, run_launch, search_runs
+from conftest import SMALL_RUN, interrupt_at_sample, metric_steps, run_launch, search_runs
 from offline_rl.algo.edac import EDAC
 from offline_rl.algo.td3_bc import TD3BC
 from offline_rl.dataset.replay import Batch, ReplayBuffer, StateNormalizer
@@ -302,16 +301,7 @@ def _interrupted_in_process(store, overrides, at_sample, monkeypatch, device=Non
 
     if device is not None:
         monkeypatch.setattr(run_module, "resolve_device", lambda name: torch.device(device))
-    samples = {"n": 0}
-    original = ReplayBuffer.sample
-
-    def sample(self, batch_size):
-        samples["n"] += 1
-        if samples["n"] == at_sample:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, batch_size)
-
-    monkeypatch.setattr(ReplayBuffer, "sample", sample)
+    interrupt_at_sample(monkeypatch, at_sample)
     with pytest.raises(SystemExit) as stopped:
         run_module.train(composed(store, *overrides))
     monkeypatch.undo()

@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from conftest import (ROOT, SMALL_RUN, launched, metric_steps, run_launch, search_runs,
+from conftest import (interrupt_at_sample, ROOT, SMALL_RUN, launched, metric_steps, run_launch, search_runs,
                       wait_for_checkpoint)
 from offline_rl.dataset.replay import ReplayBuffer
 from offline_rl.errors import CheckpointError
@@ -110,7 +110,7 @@ def test_resume_after_signal_gives_the_uninterrupted_weights(case, corrupt_lates
                                                               minari_root, monkeypatch, new_store):
     from offline_rl.training.run import train
 
-    overrides, interrupt_at_sample = CASES[case]
+    overrides, interrupt_at = CASES[case]
     if corrupt_latest and case != "td3_bc-ac":
         pytest.skip("one case is enough for the corrupt checkpoint")
     common = [*overrides, "eval.episodes=1", "eval.every=30", "log_every=5", "checkpoint.every=12",
@@ -119,16 +119,8 @@ def test_resume_after_signal_gives_the_uninterrupted_weights(case, corrupt_lates
     straight_id, straight = final_state(tmp_path / "straight")
 
     store = new_store(tmp_path / "resumed")
-    samples = {"n": 0}
     original = ReplayBuffer.sample
-
-    def sample(self, batch_size):  # SIGTERM (as scancel / scontrol requeue send) mid-run
-        samples["n"] += 1
-        if samples["n"] == interrupt_at_sample:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, batch_size)
-
-    monkeypatch.setattr(ReplayBuffer, "sample", sample)
+    interrupt_at_sample(monkeypatch, interrupt_at)  # SIGTERM mid-run, as scancel sends it
     with pytest.raises(SystemExit) as stopped:
         train(composed(store, *common))
     assert stopped.value.code == 128 + signal.SIGTERM

@@ -22,7 +22,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import (ROOT, SMALL_RUN, launched, metric_steps, run_launch, search_runs,
+from conftest import (interrupt_at_sample, ROOT, SMALL_RUN, launched, metric_steps, run_launch, search_runs,
                       wait_for_checkpoint)
 from offline_rl.dataset.replay import ReplayBuffer
 from offline_rl.errors import CheckpointError, DatasetError, NonFiniteLossError
@@ -49,19 +49,6 @@ def one_line(stderr: str) -> str:
     assert len(lines) == 1, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     return lines[0]
-
-
-def interrupt_at_sample(monkeypatch, n: int, signum=signal.SIGTERM) -> None:
-    """Send ``signum`` to this process at the n-th replay sample (mid-run, as scancel does)."""
-    original, calls = ReplayBuffer.sample, {"n": 0}
-
-    def sample(self, batch_size):
-        calls["n"] += 1
-        if calls["n"] == n:
-            os.kill(os.getpid(), signum)
-        return original(self, batch_size)
-
-    monkeypatch.setattr(ReplayBuffer, "sample", sample)
 
 
 def free_port() -> int:
