@@ -54,7 +54,7 @@ from offline_rl.dataset.replay import Batch
 from offline_rl.network import (DeterministicActor, EnsembleCritic, EnsembleLayerNorm, EnsembleLinear,
                                 TanhGaussianActor)
 from offline_rl.pretrain.common import Scheme, soft_returns_to_go
-from offline_rl.training.compiled import optimise
+from offline_rl.training.compiled import attach_compiler
 
 SHAPES = {"hopper": (11, 3), "halfcheetah": (17, 6)}
 ALGOS = ("td3_bc", "edac")
@@ -435,8 +435,8 @@ def build_cases(algo_name: str, shape: str, steps: list[str], device: torch.devi
         for _ in range(2):  # the timed versions, and a fresh pair that checks they agree
             ref_algo = CorlTD3BC(base) if algo_name == "td3_bc" else CorlEDAC(base)
             eager_algo, compiled_algo = copy.deepcopy(base), copy.deepcopy(base)
-            report = optimise(compiled_algo, "compile")
-            optimise(eager_algo, "eager")
+            report = attach_compiler(compiled_algo, "compile")
+            attach_compiler(eager_algo, "eager")
             if step == "update":
                 ref_fn = ref_algo.train if algo_name == "td3_bc" else ref_algo.update
                 fns = (lambda i, f=ref_fn: f(corl_pool[i % pool_size]),
@@ -620,7 +620,7 @@ def loop_worker(go: Path, device: torch.device, seconds: float, seed: int, warmu
     torch.manual_seed(seed)
     obs_dim, act_dim = SHAPES["hopper"]
     algo = make_algorithms(obs_dim, act_dim, device)["td3_bc"]()
-    optimise(algo, "compile")
+    attach_compiler(algo, "compile")
     replay = ReplayBuffer(1_000_000, obs_dim, act_dim, device, seed=seed)
     for key, tensor in replay.storage.items():
         tensor.normal_() if key != "dones" else tensor.bernoulli_(0.001)

@@ -1,8 +1,14 @@
-"""Validation of a composed config before anything is built or submitted.
+"""Validation of a composed config, in one place, before anything is built or submitted:
+``check(cfg)`` = every value (``validate``) and the algorithm x pre-training / fine-tuning pairing
+(``check_pairing``). launch.py, the sweeper (for every job, before any is launched) and
+``training.run.train`` call it; nothing else re-checks a config value.
 
 Each rule names a key, a check and what is allowed; a failing value raises one ConfigError naming
-the key, the value and the allowed values. Keys absent from the config are skipped, so a rule may
-name a key that only some algorithms have.
+the key, the value and the allowed values. Rules name keys that only some options of a group have
+(``algo.alpha`` is TD3+BC's), so a rule whose key the composed config lacks does not apply; in the
+other direction every value of the checked groups must have a rule (or be listed in ``UNCHECKED``),
+so a renamed YAML key fails validation instead of silently losing its check
+(tests/test_config.py composes every group option and checks both directions).
 
 Unknown keys and unknown group options are rejected by Hydra; ``hydra_error_message`` turns its
 report into one line. ``+key=value`` / ``++key=value`` would add a key the config does not define
@@ -16,10 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from offline_rl.cli_help import config_groups
-from offline_rl.errors import ConfigError
+from offline_rl.dataset.levels import LEVELS
+from offline_rl.errors import ConfigError, OfflineRLError
 
 
 def _or_else(value: Any, default: Any) -> Any:
@@ -32,6 +41,10 @@ if not OmegaConf.has_resolver("or_else"):
 # ${config_groups:}: the groups --help lists (conf/config.yaml's hydra.help.template)
 if not OmegaConf.has_resolver("config_groups"):
     OmegaConf.register_new_resolver("config_groups", config_groups)
+
+
+#: how update steps run (offline_rl.training.compiled)
+COMPILE_MODES = ("auto", "compile", "eager")
 
 
 @dataclass(frozen=True)
@@ -89,7 +102,12 @@ RULES: list[Rule] = [
     _rule("log_every", int_at_least(1)),
     _rule("threads", int_at_least(0)),
     _rule("progress", boolean()),
-    _rule("compile", ((lambda v: v in ("auto", "compile", "eager")), "auto, compile or eager")),
+    _rule("compile", ((lambda v: v in COMPILE_MODES), ", ".join(COMPILE_MODES))),
+    _rule("resume", ((lambda v: v in ("auto", "never")), "auto or never")),
+    _rule("checkpoint.every", (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no periodic checkpoints)")),
+    _rule("checkpoint.keep", int_at_least(1)),
+    _rule("checkpoint.on_signal", boolean()),
+    _rule("checkpoint.dir", (lambda v: v is None or isinstance(v, str), "null or a folder")),
     _rule("eval.every", int_at_least(0)),
     _rule("eval.episodes", int_at_least(0)),
     _rule("eval.seed", int_at_least(0)),
@@ -122,6 +140,28 @@ RULES: list[Rule] = [
     _rule("algo.importance_sample", boolean()),
     _rule("algo.backup_entropy", boolean()),
     _rule("algo.orthogonal_init", boolean()),
+    _rule("algo.target_entropy", (lambda v: v is None or _is_num(v), "null (-|A|) or a number")),
+    _rule("algo.corl_init", boolean()),
+    # the networks (their width, depth and LayerNorm come from network.*)
+    _rule("algo.actor.width", int_at_least(1)),
+    _rule("algo.critic.width", int_at_least(1)),
+    _rule("algo.actor.depth", int_at_least(1)),
+    _rule("algo.critic.depth", int_at_least(1)),
+    _rule("algo.actor.layer_norm", boolean()),
+    _rule("algo.critic.layer_norm", boolean()),
+    _rule("algo.actor.layer_norm_affine", boolean()),
+    _rule("algo.critic.layer_norm_affine", boolean()),
+    _rule("algo.actor.log_std_min", (_is_num, "a number")),
+    _rule("algo.actor.log_std_max", (_is_num, "a number")),
+    # pre-training (offline_rl.pretrain.common.Scheme)
+    _rule("pretrain.steps", int_at_least(1)),
+    _rule("pretrain.until", ((lambda v: v in (None, "converged")), "null or 'converged'")),
+    _rule("pretrain.window", int_at_least(1)),
+    _rule("pretrain.tolerance", number_in(0.0, float("inf"))),
+    _rule("pretrain.lambda", number_in(0.0, 1.0)),
+    _rule("pretrain.cql_weight", number_in(0.0, float("inf"))),
+    _rule("pretrain.cql_n_actions", int_at_least(1)),
+    _rule("pretrain.bootstrap_timeouts", boolean()),
     # online fine-tuning ("Finetuning from offline RL", Table B1 / B2, appendix C.1)
     _rule("finetune.env_steps", int_at_least(1)),
     _rule("finetune.min_replay_size", int_at_least(1)),
@@ -141,31 +181,110 @@ RULES: list[Rule] = [
     _rule("finetune.algorithm.critic_lr", positive_number()),
     _rule("finetune.algorithm.alpha", number_in(0.0, float("inf"))),
     _rule("finetune.algorithm.eta", number_in(0.0, float("inf"))),
+    _rule("finetune.algorithm.alpha_lr", positive_number()),
+    _rule("finetune.algorithm.policy_noise", number_in(0.0, float("inf"))),
+    _rule("finetune.algorithm.noise_clip", number_in(0.0, float("inf"))),
+    _rule("finetune.algorithm.target_entropy", (lambda v: v is None or _is_num(v), "null (-|A|) or a number")),
+    # the datasets: Minari's by id, this project's by environment and level
+    _rule("dataset.dataset_id", (lambda v: isinstance(v, str) and "/" in v, "a Minari dataset id such as mujoco/hopper/medium-v0")),
+    _rule("dataset.download_if_missing", boolean()),
+    _rule("dataset.probe_timeout_s", positive_number()),
+    _rule("dataset.env_id", (lambda v: isinstance(v, str) and v.strip() != "", "a Gymnasium environment id")),
+    _rule("dataset.level", ((lambda v: v in LEVELS), ", ".join(LEVELS))),
+    _rule("dataset.generator", ((lambda v: isinstance(v, dict)), "a mapping of generator settings")),
     # evaluation overrides of Minari datasets (appendix G.5)
     _rule("dataset.use_minari_reference", boolean()),
     _rule("dataset.eval_max_episode_steps", (lambda v: v is None or (_is_int(v) and v >= 1), "null (the dataset's environment's time limit) or an integer >= 1")),
     _rule("dataset.ref_min_score", (lambda v: v is None or _is_num(v), "null (the dataset's reference score) or a number")),
     _rule("dataset.ref_max_score", (lambda v: v is None or _is_num(v), "null (the dataset's reference score) or a number")),
     # tracking: a server that stops answering mid-run (offline_rl.tracker)
+    _rule("tracker.experiment", (lambda v: isinstance(v, str) and v.strip() != "", "an MLflow experiment name")),
+    _rule("tracker.tracking_uri", (lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "null (the sqlite store in tracker.store_dir) or an MLflow tracking URI")),
+    _rule("tracker.store_dir", (lambda v: isinstance(v, str) and v.strip() != "", "a folder")),
     _rule("tracker.retry_every_s", positive_number()),
     _rule("tracker.wait_for_server_s", number_in(0.0, float("inf"))),
 ]
 
 
+#: what needs no rule: Hydra's instantiation keys
+UNCHECKED = ("_target_", "_partial_")
+#: top-level nodes that are not settings: Hydra's own (in a job's config) and its runtime choices
+NOT_SETTINGS = ("choices", "hydra")
+_MISSING = object()
+
+
+def leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Every value's dotted key (a mapping value such as ``dataset.generator`` is one leaf)."""
+    keys = []
+    for key in node.keys():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and len(child) and not dotted.endswith("generator"):
+            keys += leaf_keys(child, dotted)
+        else:
+            keys.append(dotted)
+    return keys
+
+
 def validate(cfg: DictConfig, rules: list[Rule] | None = None) -> None:
+    """Every value of ``cfg`` against its rule; a value without a rule is an error too."""
+    rules = RULES if rules is None else rules
+    by_key = {rule.key: rule for rule in rules}
     problems = []
     fraction = OmegaConf.select(cfg, "finetune.offline_fraction", default=None)
     if fraction is not None and OmegaConf.select(cfg, "finetune.init_with_offline") is False:
         problems.append(f"finetune.offline_fraction={fraction!r} needs the offline data in the "
                         f"replay: set finetune.init_with_offline=true or finetune.offline_fraction=null")
-    for rule in RULES if rules is None else rules:
-        value = OmegaConf.select(cfg, rule.key, default="__missing__", throw_on_missing=False)
-        if isinstance(value, str) and value == "__missing__":
+    for key in leaf_keys(cfg):
+        if key.rsplit(".", 1)[-1] in UNCHECKED or key.split(".", 1)[0] in NOT_SETTINGS:
             continue
-        if isinstance(value, (DictConfig,)) or not rule.check(value):
-            problems.append(f"{rule.key}={value!r} is not allowed: expected {rule.allowed}")
+        rule = by_key.get(key)
+        if rule is None:
+            problems.append(f"{key} has no validation rule (offline_rl/config.py RULES): add one")
+            continue
+        if OmegaConf.is_missing(cfg, key) if "." not in key else _is_missing(cfg, key):
+            problems.append(f"{key} is not set: expected {rule.allowed}")
+            continue
+        value = OmegaConf.select(cfg, key, default=_MISSING)
+        if isinstance(value, DictConfig):
+            value = OmegaConf.to_container(value, resolve=True)
+        if value is _MISSING or not rule.check(value):
+            problems.append(f"{key}={value!r} is not allowed: expected {rule.allowed}")
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def _is_missing(cfg: DictConfig, key: str) -> bool:
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent)
+    return isinstance(node, DictConfig) and OmegaConf.is_missing(node, leaf)
+
+
+def from_config(node: DictConfig) -> Any:
+    """hydra.utils.instantiate, but our own errors come out as themselves, not wrapped in
+    Hydra's InstantiationException (their message is what the researcher needs to read)."""
+    try:
+        return instantiate(node)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OfflineRLError):
+            raise cause from None
+        raise
+
+
+def check_pairing(cfg: DictConfig) -> None:
+    """Reject algorithm x pre-training / fine-tuning pairs that make no sense, saying why and what
+    to use (``Scheme.check``, ``OnlineFinetuning.check``)."""
+    algo_class = get_class(cfg.algo._target_)
+    from_config(cfg.pretrain).check(algo_class)
+    from_config(cfg.finetune).check(algo_class)
+
+
+def check(cfg: DictConfig) -> None:
+    """The whole config, before any data is loaded or generated (and, for sweeps, before any job
+    is submitted): its values, then its pairing."""
+    validate(cfg)
+    check_pairing(cfg)
 
 
 # ----- command-line overrides, before and as Hydra composes them --------------------------------

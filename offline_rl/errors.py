@@ -1,5 +1,7 @@
 """Errors a researcher can act on. launch.py prints their message alone, without a traceback."""
 
+import sys
+
 
 class OfflineRLError(Exception):
     """Base class: the message names the thing that is wrong and what to do about it."""
@@ -31,3 +33,8 @@ class TrackerUnreachableError(OfflineRLError):
 
 class DiskFullError(CheckpointError):
     """No space left on the device where checkpoints are written."""
+
+
+def warn(message: str) -> None:
+    """A warning for the researcher: one line on stderr."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)

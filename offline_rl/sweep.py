@@ -27,92 +27,17 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-ENV_PARENT_RUN_ID = "OFFLINE_RL_PARENT_RUN_ID"
-ENV_SWEEP_NAME = "OFFLINE_RL_SWEEP_NAME"
-ENV_SWEEP_AXES = "OFFLINE_RL_SWEEP_AXES"  # JSON list of the keys with more than one value
+from offline_rl.config import check_pairing, from_config, validate
+from offline_rl.errors import ConfigError, OfflineRLError
+from offline_rl.job import ENV_PARENT_RUN_ID, ENV_SWEEP_AXES, ENV_SWEEP_NAME, override_key, split_override
 
 log = logging.getLogger(__name__)
-
-
-def override_key(key: str) -> str:
-    """``+pretrain.lambda`` / ``++seed`` / ``~x`` -> the config key."""
-    return key.lstrip("+~")
-
-
-def split_override(text: str) -> tuple[str, str]:
-    key, _, value = text.partition("=")
-    return override_key(key), value
-
-
-# ----- inside a job ----------------------------------------------------------------------------
-
-
-@dataclass
-class JobContext:
-    """What a job knows about the sweep it belongs to (all empty for a single run)."""
-
-    sweep: str | None = None
-    parent_run_id: str | None = None
-    axes: list[str] = field(default_factory=list)
-    overrides: list[str] = field(default_factory=list)
-    slurm_job_id: str | None = None
-
-    @property
-    def axis_values(self) -> dict[str, str]:
-        values = dict(split_override(o) for o in self.overrides)
-        return {axis: values[axis] for axis in self.axes if axis in values}
-
-    def run_name(self) -> str | None:
-        """``algo=edac,pretrain=soft,seed=1``: the job's values of the swept axes."""
-        values = self.axis_values
-        return ",".join(f"{k}={v}" for k, v in values.items()) if values else None
-
-    def tags(self) -> dict[str, str]:
-        tags: dict[str, str] = {}
-        if self.sweep:
-            tags["sweep"] = self.sweep
-            tags["sweep.axes"] = ",".join(self.axes)
-            tags.update(self.axis_values)
-        if self.overrides:
-            tags["overrides"] = " ".join(self.overrides)
-        if self.slurm_job_id:
-            tags["slurm_job_id"] = self.slurm_job_id
-        return tags
-
-
-def slurm_job_id() -> str | None:
-    """The SLURM job id as ``sacct`` / submitit show it (``<array job>_<task>`` for an array)."""
-    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if array_job and task:
-        return f"{array_job}_{task}"
-    return os.environ.get("SLURM_JOB_ID")
-
-
-def job_context() -> JobContext:
-    slurm = slurm_job_id()
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hydra_cfg = HydraConfig.get()
-    except ValueError:  # composed outside @hydra.main (tests, notebooks)
-        return JobContext(slurm_job_id=slurm)
-    overrides = [str(o) for o in hydra_cfg.overrides.task]
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return JobContext(overrides=overrides, slurm_job_id=slurm)
-    try:
-        axes = [str(a) for a in json.loads(os.environ.get(ENV_SWEEP_AXES, "[]"))]
-    except ValueError:
-        axes = []
-    return JobContext(sweep=os.environ.get(ENV_SWEEP_NAME) or None,
-                      parent_run_id=os.environ.get(ENV_PARENT_RUN_ID) or None,
-                      axes=axes, overrides=overrides, slurm_job_id=slurm)
 
 
 # ----- before the jobs: the grid, validation, the parent run ---------------------------------
@@ -152,26 +77,19 @@ def grid_of(overrides: Sequence[Any]) -> Grid:
 def job_problem(cfg: DictConfig) -> tuple[str | None, str | None]:
     """(error, incompatibility) for one composed job config: an error is a value that is not
     allowed; an incompatibility an algorithm x pre-training / fine-tuning pair that makes no
-    sense (what ``skip_incompatible`` drops)."""
-    from hydra.utils import get_class
-
-    from offline_rl.config import validate
-    from offline_rl.errors import ConfigError, OfflineRLError
-    from offline_rl.training.run import make
-
+    sense (what ``skip_incompatible`` drops). The same checks as a single run's (config.check)."""
     try:
         validate(cfg)
-        algo_class = get_class(cfg.algo._target_)
-        schemes = [make(cfg.pretrain), make(cfg.finetune)]
+    except OfflineRLError as exc:
+        return str(exc), None
+    try:
+        check_pairing(cfg)
+    except ConfigError as exc:
+        return None, str(exc)
     except OfflineRLError as exc:
         return str(exc), None
     except Exception as exc:  # noqa: BLE001 -- an unloadable class, a missing value
         return f"{type(exc).__name__}: {exc}", None
-    for scheme in schemes:
-        try:
-            scheme.check(algo_class)
-        except ConfigError as exc:
-            return None, str(exc)
     return None, None
 
 
@@ -194,9 +112,7 @@ def sweep_name(configured: str | None, config: DictConfig, grid: Grid | None = N
 
 
 def make_tracker(config: DictConfig):
-    from offline_rl.training.run import make
-
-    return make(config.tracker)
+    return from_config(config.tracker)
 
 
 def fail(message: str) -> None:

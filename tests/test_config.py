@@ -59,6 +59,41 @@ def test_edac_specific_checks_only_apply_to_edac():
         validate(composed("algo=edac", "algo.num_critics=1"))
 
 
+GROUP_OPTIONS = {group: sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+                 for group in ("algo", "pretrain", "finetune", "network", "dataset", "tracker")}
+
+
+def every_option():
+    for group, options in GROUP_OPTIONS.items():
+        for option in options:
+            extra = ["dataset.dataset_id=x/y-v0"] if (group, option) == ("dataset", "minari") else []
+            yield group, option, composed(f"{group}={option}", *extra)
+
+
+def test_every_value_of_every_option_has_a_rule_and_every_rule_a_value():
+    """Both directions of 'validation in one place': a YAML key without a rule fails validation
+    (so renaming a key cannot silently drop its check), and a rule whose key no option has is
+    dead (a key renamed in the YAML but not in RULES)."""
+    from offline_rl.config import RULES, UNCHECKED, leaf_keys
+
+    seen = set()
+    for group, option, cfg in every_option():
+        validate(cfg)  # every default is allowed
+        seen |= set(leaf_keys(cfg))
+    assert {rule.key for rule in RULES} - seen == set()
+    assert all(k.rsplit(".", 1)[-1] in UNCHECKED for k in seen - {rule.key for rule in RULES})
+
+
+def test_a_value_without_a_rule_or_unset_is_an_error():
+    cfg = composed("algo=td3_bc")
+    OmegaConf.set_struct(cfg, False)
+    cfg.algo.policy_delays = 2  # e.g. a key renamed in the YAML only
+    with pytest.raises(ConfigError, match="algo.policy_delays has no validation rule"):
+        validate(cfg)
+    with pytest.raises(ConfigError, match="dataset.dataset_id is not set: expected a Minari dataset id"):
+        validate(composed("dataset=minari"))
+
+
 def test_help_lists_groups_and_cfg_job_prints_config():
     out = subprocess.run([sys.executable, "launch.py", "--help"], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout

@@ -42,7 +42,7 @@ from offline_rl.network import DeterministicActor, EnsembleCritic, TanhGaussianA
 from offline_rl.pretrain.ac import ActorCriticPretraining
 from offline_rl.pretrain.soft import SoftPretraining
 from offline_rl.training.checkpoint import load_checkpoint, save_checkpoint
-from offline_rl.training.compiled import optimise
+from offline_rl.training.compiled import attach_compiler
 from test_speed import assert_close_state, compare_runs
 
 CUDA = torch.cuda.is_available()
@@ -154,8 +154,8 @@ class _StateOnCpu:
 def test_compiled_update_matches_eager_on_cuda(name):
     eager = paper_td3_bc("cuda") if name == "td3_bc" else paper_edac("cuda")
     compiled = copy.deepcopy(eager)
-    report = optimise(compiled, "compile")
-    optimise(eager, "eager")
+    report = attach_compiler(compiled, "compile")
+    attach_compiler(eager, "eager")
     data = batches(6, "cuda")  # TD3+BC: three critic-only and three critic+actor updates
     compiled_metrics = run(compiled.update, data)
     compare_on_cuda(run(eager.update, data), compiled_metrics, eager, compiled)
@@ -186,8 +186,8 @@ def test_pretraining_steps_compiled_match_eager_on_cuda():
     for build, scheme, makers in cases:
         eager = build("cuda")
         compiled = copy.deepcopy(eager)
-        report = optimise(compiled, "auto", updates=0)  # the phase's own length (50,000) decides
-        optimise(eager, "eager")
+        report = attach_compiler(compiled, "auto", updates=0)  # the phase's own length (50,000) decides
+        attach_compiler(eager, "eager")
         for maker in makers:
             make = getattr(scheme, maker)
             step_eager, step_compiled = make(eager, Replay(), B), make(compiled, Replay(), B)
@@ -221,7 +221,7 @@ def test_inductor_random_numbers_in_cuda_graphs_are_fresh_normal_and_reproducibl
 
     first = copy.deepcopy(base)
     first.target_transform = draw
-    report = optimise(first, "compile")
+    report = attach_compiler(first, "compile")
     drawn = noise_of(first, data[:10], seed=0)
     saved = torch.cuda.get_rng_state()
     drawn += noise_of(first, data[10:20])
@@ -240,7 +240,7 @@ def test_inductor_random_numbers_in_cuda_graphs_are_fresh_normal_and_reproducibl
 
     second = copy.deepcopy(base)
     second.target_transform = draw
-    optimise(second, "compile")
+    attach_compiler(second, "compile")
     assert [d["noise_first"] for d in noise_of(second, data[:10], seed=0)] == values[:10]
     assert [d["noise_first"] for d in noise_of(second, data[:10], seed=1)] != values[:10]
 
@@ -258,7 +258,7 @@ def test_a_compiled_cuda_checkpoint_continues_on_the_cpu_and_back(tmp_path):
     data = batches(9, "cpu")
     gpu_data = [Batch(*(t.cuda() for t in batch)) for batch in data]
     gpu = paper_td3_bc("cuda")
-    optimise(gpu, "compile")
+    attach_compiler(gpu, "compile")
     torch.manual_seed(1)
     for batch in gpu_data[:3]:
         gpu.update(batch)
@@ -269,7 +269,7 @@ def test_a_compiled_cuda_checkpoint_continues_on_the_cpu_and_back(tmp_path):
         gpu.update(batch)
 
     cpu = paper_td3_bc("cpu")
-    optimise(cpu, "eager")
+    attach_compiler(cpu, "eager")
     state = load_checkpoint(first)  # map_location="cpu", as CheckpointDir.load_latest
     cpu.load_state_dict(state["algo"])
     StateNormalizer.from_state_dict(load_checkpoint(first, map_location="cuda")["normalizer"])
@@ -280,7 +280,7 @@ def test_a_compiled_cuda_checkpoint_continues_on_the_cpu_and_back(tmp_path):
     second = save_checkpoint(tmp_path / "cpu.pt", {"algo": cpu.state_dict()})
 
     back = paper_td3_bc("cuda")
-    report = optimise(back, "compile")
+    report = attach_compiler(back, "compile")
     back.load_state_dict(load_checkpoint(second)["algo"])
     for batch_cpu, batch_gpu in zip(data[6:], gpu_data[6:]):
         cpu.update(batch_cpu)
@@ -394,7 +394,7 @@ def test_a_capturable_adam_state_loads_and_steps_eagerly_on_the_cpu():
     assert_close_state(writer.state_dict(), reader.state_dict(), exact=True)
 
     compiled = paper_td3_bc("cpu")  # and a compiled step (a prepared compiler) after loading
-    optimise(compiled, "compile", backend="eager")
+    attach_compiler(compiled, "compile", backend="eager")
     compiled.update(data[0])
     compiled.load_state_dict(state)
     assert all(not group["capturable"] for o in compiled.optimizers() for group in o.param_groups)

@@ -87,7 +87,8 @@ def test_td3c_actor_loss_matches_an_independent_computation():
     batch = random_batch()
     s = batch.observations
 
-    loss, distance = algo.actor_loss(batch)
+    loss, metrics = algo.actor_loss(batch)
+    distance = metrics["bc_loss"]
     algo.actor.zero_grad(), algo.multiplier.zero_grad()
     loss.backward()
     ours_actor = flat_grads(algo.actor.parameters())

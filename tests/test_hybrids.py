@@ -88,7 +88,7 @@ def test_td3_bc_cql_critic_loss_is_eq_21(weight, temperature):
 
     torch.manual_seed(7)
     target = algo.td_target(batch)
-    loss, metrics = algo.critic_objective(batch, target)
+    loss, metrics = algo.critic_loss(batch, target)
     ours = grads(loss, algo.critic.parameters())
 
     torch.manual_seed(7)
@@ -136,13 +136,13 @@ def test_edac_bc_actor_loss_is_eq_21(bc_weight):
     actor0 = copy.deepcopy(algo.actor)
 
     torch.manual_seed(5)
-    loss, metrics = algo.actor_objective(batch)
+    loss, metrics = algo.actor_loss(batch)
     ours = grads(loss, algo.actor.parameters())
 
     torch.manual_seed(5)
     pi, log_pi = ref_tanh_gaussian(actor0, batch.observations)
     q_min = torch.stack([member_q(algo.critic, i, batch.observations, pi) for i in range(3)]).min(0).values
-    sac = (algo.alpha * log_pi - q_min).mean()
+    sac = (algo.entropy_temperature * log_pi - q_min).mean()
     bc = F.mse_loss(pi, batch.actions)  # hard BC on the *sampled* action
     torch.testing.assert_close(metrics["sac_actor_loss"], sac.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(metrics["bc_loss"], bc.detach(), rtol=1e-5, atol=1e-6)
@@ -229,7 +229,8 @@ def test_cql_update_matches_corl(importance_sample, temperature):
 
 
 def test_cql_bc_warm_start_and_pretraining_hooks():
-    from offline_rl.pretrain.common import critic_pretrain_loss, soft_bc_loss
+    from offline_rl.algo.losses import soft_bc_loss
+    from offline_rl.pretrain.common import critic_pretrain_loss
     from offline_rl.pretrain.soft import SoftPretraining
 
     SoftPretraining().check(CQL)  # a soft (stochastic-actor) algorithm
@@ -243,9 +244,30 @@ def test_cql_bc_warm_start_and_pretraining_hooks():
         _, log_pi = ref_tanh_gaussian(actor0, batch.observations, log_std_min=-20.0)
         expected = (1.0 * log_pi - actor0.log_prob(batch.observations, batch.actions)).mean()
     torch.testing.assert_close(metrics["actor_loss"], expected, rtol=1e-4, atol=1e-5)
-    loss, m = critic_pretrain_loss(algo, batch, batch.returns_to_go, 0.0, 1.0, 4)
-    assert {"mc_loss", "cql_penalty"} <= m.keys() and torch.isfinite(loss)
-    assert torch.isfinite(soft_bc_loss(algo, batch))
+    # critic pre-training with a CQL term (Eq. 21), by hand: the MC loss summed over the twin
+    # critics (CQL's mc_member_reduction), CQL's random-action term per critic, summed
+    n = 4
+    torch.manual_seed(2)
+    loss, m = critic_pretrain_loss(algo, batch, batch.returns_to_go, 0.0, 1.0, n)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        q1, q2 = twin_q(algo.critic, batch.observations, batch.actions)
+        mc = F.mse_loss(q1, batch.returns_to_go) + F.mse_loss(q2, batch.returns_to_go)
+        random_actions = torch.empty(n * B, ACT).uniform_(-1, 1)
+        q_rand = twin_q(algo.critic, batch.observations.repeat(n, 1), random_actions)
+        cql = sum((torch.logsumexp(q_r.reshape(n, -1), 0) - q).mean() for q_r, q in zip(q_rand, (q1, q2)))
+    torch.testing.assert_close(m["mc_loss"], mc, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m["cql_penalty"], cql, rtol=1e-5, atol=1e-6)
+    assert loss.item() == pytest.approx(1 + math.copysign(1, cql.item()), rel=1e-6)  # |.|-normalised
+    # soft BC (Eq. 20) with CQL's temperature: alpha log pi(a~|s) - log pi(a|s)
+    torch.manual_seed(3)
+    ours = soft_bc_loss(algo, batch)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        _, log_pi = ref_tanh_gaussian(algo.actor, batch.observations, log_std_min=-20.0)
+        data_log_pi = algo.actor.log_prob(batch.observations, batch.actions)
+        expected = (algo.entropy_temperature * log_pi - data_log_pi).mean()
+    torch.testing.assert_close(ours.detach(), expected, rtol=1e-4, atol=1e-5)
 
 
 # ----- through launch.py on a generated Adroit-shaped dataset ---------------------------------

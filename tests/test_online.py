@@ -1,4 +1,4 @@
-"""The one online loop (offline_rl/training/online.py): acting, the replay it fills, and resuming
+"""The one online loop (offline_rl/training/environment_loop.py): acting, the replay it fills, and resuming
 mid-episode from its state (MuJoCo's simulator state included)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from offline_rl.algo.td3 import TD3
 from offline_rl.dataset.replay import ReplayBuffer
 from offline_rl.network import DeterministicActor, EnsembleCritic
-from offline_rl.training.online import EnvironmentLoop
+from offline_rl.training.environment_loop import EnvironmentLoop
 
 
 def tiny_td3() -> TD3:

@@ -20,6 +20,7 @@ from offline_rl.algo.td3_bc import TD3BC
 from offline_rl.dataset.replay import Batch
 from offline_rl.errors import ConfigError
 from offline_rl.network import DeterministicActor, EnsembleCritic, TanhGaussianActor
+from offline_rl.algo import losses
 from offline_rl.pretrain import common
 from offline_rl.pretrain.ac import ActorCriticPretraining
 from offline_rl.pretrain.qt_max import qt_max_target
@@ -41,7 +42,7 @@ def edac(n=3, **kw):
 def test_hard_bc_and_mc_losses():
     algo = td3bc()
     batch = fixed_batch()
-    assert common.bc_loss(algo, batch).item() == pytest.approx(
+    assert losses.bc_loss(algo, batch).item() == pytest.approx(
         ((algo.actor(batch.observations) - batch.actions) ** 2).mean().item(), rel=1e-6)
     loss, metrics = common.critic_pretrain_loss(algo, batch, batch.returns_to_go, 0.0, 0.0, 10)
     q1 = member_q(algo.critic, 0, batch.observations, batch.actions)
@@ -89,7 +90,7 @@ def test_cql_penalty_matches_reference():
     batch = fixed_batch()
     q, _ = algo.critic_values(batch)
     torch.manual_seed(5)
-    ours = common.cql_penalty(algo, batch, q, n_actions=4)
+    ours = losses.cql_penalty(algo, batch, q, n_actions=4)
     torch.manual_seed(5)
     random_actions = torch.empty(4 * B, ACT).uniform_(-1, 1)
     obs = batch.observations.repeat(4, 1)
@@ -104,7 +105,7 @@ def test_soft_bc_loss_is_eq_20():
     algo = edac()
     batch = fixed_batch()
     torch.manual_seed(9)
-    ours = common.soft_bc_loss(algo, batch)
+    ours = losses.soft_bc_loss(algo, batch)
     torch.manual_seed(9)
     actor = algo.actor
     hidden = actor.trunk(batch.observations)
@@ -115,7 +116,7 @@ def test_soft_bc_loss_is_eq_20():
     log_pi_sampled = dist.log_prob(u).sum(-1) - torch.log(1 - a ** 2 + 1e-6).sum(-1)
     data_action = batch.actions.clamp(-1 + 1e-6, 1 - 1e-6)
     log_pi_data = dist.log_prob(torch.atanh(data_action)).sum(-1) - torch.log(1 - data_action ** 2 + 1e-6).sum(-1)
-    ref = (algo.alpha * log_pi_sampled - log_pi_data).mean()
+    ref = (algo.entropy_temperature * log_pi_sampled - log_pi_data).mean()
     assert ours.item() == pytest.approx(ref.item(), rel=1e-4)
 
 
@@ -127,7 +128,7 @@ class FixedEntropyActor(torch.nn.Module):
 
 
 def test_soft_returns_on_a_hand_made_episode():
-    algo = type("A", (), {"actor": FixedEntropyActor(), "alpha": torch.tensor(0.5)})()
+    algo = type("A", (), {"actor": FixedEntropyActor(), "entropy_temperature": torch.tensor(0.5)})()
     gamma = 0.5
     # episode 1: 3 steps, terminal; episode 2: 2 steps, time-out
     obs = torch.tensor([[1.0], [2.0], [4.0], [8.0], [16.0]])
@@ -176,10 +177,16 @@ def test_rejected_pairs_say_why_and_what_to_use():
         SoftPretraining().check(TD3BC)
     with pytest.raises(ConfigError, match="use pretrain=soft"):
         ActorCriticPretraining().check(EDAC)
+
+def test_scheme_options_are_validated_with_the_config():
+    from test_config import composed
+
+    from offline_rl.config import validate
+
     with pytest.raises(ConfigError, match="pretrain.lambda=1.5"):
-        ActorCriticPretraining(**{"lambda": 1.5})
+        validate(composed("pretrain=ac", "pretrain.lambda=1.5"))
     with pytest.raises(ConfigError, match="pretrain.until='forever'"):
-        ActorCriticPretraining(until="forever")
+        validate(composed("pretrain=ac", "pretrain.until=forever"))
 
 
 def test_ac_phase_updates_actor_and_critic_and_targets():

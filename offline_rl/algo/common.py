@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import abc
 import copy
 from typing import Any, Callable
 
@@ -155,28 +156,112 @@ def _traced_adam(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
             p.sub_(step_sizes[i] * m / denom)
 
 
-# ----- the algorithm base ----------------------------------------------------------------------
+# ----- the algorithm contract ------------------------------------------------------------------
+
+TargetTransform = Callable[[Any, torch.Tensor], tuple[torch.Tensor, dict]]
 
 
-class Algorithm:
-    """Shared plumbing. Subclasses list what they checkpoint in ``_state_attrs``.
+def copy_factory(module: nn.Module) -> Callable[..., nn.Module]:
+    """A network factory giving a copy of ``module`` (same architecture; weights set later)."""
+    return lambda *args, **kwargs: copy.deepcopy(module)
 
-    Update steps run through ``run_step``: eagerly, or -- once ``training.compiled.optimise`` has
-    set ``self.compiler`` -- as one compiled graph per step function."""
+
+class Algorithm(abc.ABC):
+    """What every algorithm offers the training loop, pre-training and fine-tuning.
+
+    Losses follow one convention, as TorchRL's objectives: ``(batch) -> (loss, metrics)``, no
+    optimiser inside; an update step minimises them through the ``step_*`` methods below and runs
+    through ``run_step`` (one compiled graph per step function, training/compiled.py).
+
+    The loop uses
+        update(batch) -> metrics       one update of every part; counts ``total_updates``
+        act(obs, deterministic)        actions for evaluation and data collection
+        state_dict(), load_state_dict()
+        gamma, normalize_states, device, max_action
+    Losses (actor-critic algorithms)
+        actor_loss(batch), critic_loss(batch, target=None) -> (loss, metrics); entropy-regularised
+        ones also alpha_loss(batch) (the temperature's). ``critic_loss`` computes the TD target
+        with ``target(batch)`` unless given one (tests give their own).
+    Pre-training (offline_rl/pretrain) uses, besides the losses
+        actor, critic, critic_target, actor_target (None when the algorithm has no actor target)
+        critic_values(batch) -> (Q [N, B], the critic's regulariser); critic_regulariser_weight
+        td_target(batch): the TD(0) target before any ``target_transform``
+        entropy_temperature: alpha of entropy-regularised algorithms (Eq. 19, 20)
+        step_actor(loss), step_critic(loss), step_temperature(loss): one optimiser step each
+        update_actor_target(), update_critic_target(): Polyak averaging with the algorithm's tau
+        mc_member_reduction, cql_on_min_q: how the reference code reduces MC / CQL over members
+        stochastic_actor, has_critic: which schemes fit (Scheme.check)
+    Fine-tuning (offline_rl/finetune) uses
+        continuation_options(source): the constructor options continuing ``source``'s networks
+        TRANSFERRED: the modules whose weights the fine-tuning algorithm takes over
+
+    ``target_transform`` (a constructor option; QT-max's, pretrain/qt_max.py) reshapes every TD
+    target the algorithm's critic learns from: ``(batch, target) -> (target, metrics)``.
+    Subclasses list what they checkpoint in ``_state_attrs``."""
 
     _state_attrs: tuple[str, ...] = ()
-    #: whether the actor is a stochastic (tanh-Gaussian) policy -- decides which pre-training fits
     stochastic_actor: bool = False
-    #: whether the algorithm's critic learns from a TD target (pre-training schemes need one)
     has_critic: bool = True
-    #: set by offline_rl.training.compiled.optimise; None: every step runs eagerly
+    mc_member_reduction: str = "sum"
+    cql_on_min_q: bool = False
+    TRANSFERRED = ("actor", "actor_target", "critic", "critic_target", "temperature")
+    actor_target: Any = None
+    critic_target: Any = None
+    temperature: Any = None  # SAC's alpha, a module (entropy-regularised algorithms)
+    tau: float = 5e-3
+    #: set by offline_rl.training.compiled.attach_compiler; None: every step runs eagerly
     compiler: Any = None
 
-    def __init__(self, normalize_states: bool, gamma: float, device: torch.device | str):
+    def __init__(self, normalize_states: bool, gamma: float, device: torch.device | str,
+                 target_transform: TargetTransform | None = None):
         self.normalize_states = normalize_states
         self.gamma = gamma
         self.device = torch.device(device)
+        self.target_transform = target_transform
         self.total_updates = 0
+
+    # ----- what subclasses define (and ``td_target`` for algorithms with a critic) ------------
+    @abc.abstractmethod
+    def update(self, batch) -> dict[str, torch.Tensor]:
+        """One update of every part of the algorithm."""
+
+    @property
+    def critic_regulariser_weight(self) -> float:
+        """The weight of ``critic_values``' regulariser in the critic loss (EDAC's eta)."""
+        return 0.0
+
+    # ----- shared by all ----------------------------------------------------------------------
+    def target(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The TD target the critic learns from, after ``target_transform``, and its metrics."""
+        target = self.td_target(batch)
+        if self.target_transform is None:
+            return target, {}
+        return self.target_transform(batch, target)
+
+    def step_actor(self, loss: torch.Tensor) -> None:
+        minimise(loss, self.actor_optimizer)
+
+    def step_critic(self, loss: torch.Tensor) -> None:
+        minimise(loss, self.critic_optimizer)
+
+    def step_temperature(self, loss: torch.Tensor) -> None:
+        minimise(loss, self.alpha_optimizer)
+
+    def update_actor_target(self) -> None:
+        if self.actor_target is not None:
+            polyak_update(self.actor_target, self.actor, self.tau)
+
+    def update_critic_target(self) -> None:
+        if self.critic_target is not None:
+            polyak_update(self.critic_target, self.critic, self.tau)
+
+    @classmethod
+    def continuation_options(cls, source: "Algorithm") -> dict[str, Any]:
+        """Constructor options for this class continuing ``source`` (online fine-tuning): the same
+        network architectures (weights copied later, TRANSFERRED) and data conventions."""
+        return {"actor": copy_factory(source.actor), "critic": copy_factory(source.critic),
+                "gamma": source.gamma, "max_action": source.max_action,
+                "normalize_states": source.normalize_states, "device": source.device}
 
     def run_step(self, name: str, fn: Callable[..., dict], *args: Any,
                  planned: int | None = None) -> dict[str, torch.Tensor]:

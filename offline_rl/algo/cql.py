@@ -30,12 +30,14 @@ uses log(1 - tanh^2 + 1e-6) for the tanh correction as EDAC does.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable
 
 import torch
 from torch import nn
 
-from offline_rl.algo.common import Algorithm, adam, frozen_copy, polyak_update
+from offline_rl.algo.common import Algorithm, TargetTransform, adam, frozen_copy
+from offline_rl.algo.losses import td_loss
 from offline_rl.algo.edac import Temperature
 from offline_rl.dataset.replay import Batch
 from offline_rl.network import EnsembleCritic, EnsembleLinear, TanhGaussianActor, linear_layers
@@ -71,8 +73,9 @@ class CQL(Algorithm):
                  actor_lr: float = 3e-5, critic_lr: float = 3e-4, alpha_lr: float = 3e-5,
                  initial_alpha: float = 1.0, target_entropy: float | None = None,
                  max_action: float = 1.0, normalize_states: bool = True,
-                 orthogonal_init: bool = True, device: torch.device | str = "cpu"):
-        super().__init__(normalize_states, gamma, device)
+                 orthogonal_init: bool = True, device: torch.device | str = "cpu",
+                 target_transform: TargetTransform | None = None):
+        super().__init__(normalize_states, gamma, device, target_transform)
         self.actor = actor(obs_dim, act_dim, max_action=max_action).to(self.device)
         self.critic = critic(obs_dim, act_dim, num_critics=2).to(self.device)
         if orthogonal_init:
@@ -88,28 +91,37 @@ class CQL(Algorithm):
         self.tau, self.target_update_period = tau, int(target_update_period)
         self.target_entropy = -float(act_dim) if target_entropy is None else float(target_entropy)
         self.max_action = max_action
-        # pre-training schemes may reshape the TD target (QT-max): (batch, target) -> (target, metrics)
-        self.target_transform: Callable[[Batch, torch.Tensor], tuple] | None = None
+        self._steps: dict[str, Callable] = {}  # update_step per case (see update)
 
     @property
-    def alpha(self) -> torch.Tensor:
+    def entropy_temperature(self) -> torch.Tensor:
+        """SAC's alpha = exp(log_alpha), detached."""
         return self.temperature().detach()
 
     # ----- losses -----------------------------------------------------------------------------
-    def alpha_loss(self, obs: torch.Tensor, log_prob: torch.Tensor | None = None) -> torch.Tensor:
+    # CORL computes all three losses from the same parameters and one policy sample a~ ~ pi(s):
+    # ``update_step`` passes that sample to the temperature's and the actor's loss
+    def alpha_loss(self, batch: Batch, sampled: tuple | None = None
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """-log_alpha * (log pi(a~|s) + target_entropy), a~ ~ pi (sampled here unless given)."""
-        if log_prob is None:
+        if sampled is None:
             with torch.no_grad():
-                _, log_prob = self.actor(obs, need_log_prob=True)
-        return (-self.temperature.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+                sampled = self.actor(batch.observations, need_log_prob=True)
+        log_prob = sampled[1].detach()
+        return (-self.temperature.log_alpha * (log_prob + self.target_entropy)).mean(), {}
 
-    def actor_loss(self, batch: Batch, action: torch.Tensor, log_prob: torch.Tensor) -> torch.Tensor:
-        """alpha * log pi(a~|s) - min_i Q_i(s, a~); during the first ``bc_steps`` updates soft BC,
-        alpha * log pi(a~|s) - log pi(a|s), instead (CORL's warm-start)."""
-        if self.total_updates <= self.bc_steps:
-            return (self.alpha * log_prob - self.actor.log_prob(batch.observations, batch.actions)).mean()
+    def actor_loss(self, batch: Batch, sampled: tuple | None = None, warm_start: bool = False
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """alpha * log pi(a~|s) - min_i Q_i(s, a~); with ``warm_start`` (the first ``bc_steps``
+        updates) soft BC, alpha * log pi(a~|s) - log pi(a|s), instead (CORL's warm-start)."""
+        action, log_prob = sampled if sampled is not None else self.actor(batch.observations,
+                                                                          need_log_prob=True)
+        metrics = {"entropy": -log_prob.detach().mean()}
+        if warm_start:
+            data_log_prob = self.actor.log_prob(batch.observations, batch.actions)
+            return (self.entropy_temperature * log_prob - data_log_prob).mean(), metrics
         q = self.critic(batch.observations, action).min(0).values
-        return (self.alpha * log_prob - q).mean()
+        return (self.entropy_temperature * log_prob - q).mean(), metrics
 
     @torch.no_grad()
     def td_target(self, batch: Batch) -> torch.Tensor:
@@ -117,7 +129,7 @@ class CQL(Algorithm):
         next_action, next_log_prob = self.actor(batch.next_observations, need_log_prob=True)
         next_q = self.critic_target(batch.next_observations, next_action).min(0).values
         if self.backup_entropy:
-            next_q = next_q - self.alpha * next_log_prob
+            next_q = next_q - self.entropy_temperature * next_log_prob
         return batch.rewards + self.gamma * (1.0 - batch.dones) * next_q
 
     def critic_values(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,36 +163,40 @@ class CQL(Algorithm):
         ood = torch.logsumexp(stacked / temperature, dim=-1) * temperature  # [2, B]
         return (ood - q).mean(1).sum()
 
-    def critic_loss(self, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def critic_loss(self, batch: Batch, target: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Sum over the twin critics of MSE(Q_i, y) + w * CQL_i."""
+        target, metrics = self.target(batch) if target is None else (target, {})
         q, _ = self.critic_values(batch)
-        mse = ((q - target.unsqueeze(0)) ** 2).mean(1).sum()
         cql = self.cql_regulariser(batch, q)
-        return mse + self.cql_weight * cql, cql.detach()
+        loss = td_loss(q, target) + self.cql_weight * cql
+        return loss, {"cql_penalty": cql.detach(), "q_target": target.mean(), **metrics}
 
     # ----- one update -------------------------------------------------------------------------
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        self.total_updates += 1
-        action, log_prob = self.actor(batch.observations, need_log_prob=True)  # a~ ~ pi(s)
-        alpha_loss = self.alpha_loss(batch.observations, log_prob)
-        actor_loss = self.actor_loss(batch, action, log_prob)  # alpha before its step, as CORL
-        target = self.td_target(batch)
-        extra: dict[str, torch.Tensor] = {}
-        if self.target_transform is not None:
-            target, extra = self.target_transform(batch, target)
-        critic_loss, cql = self.critic_loss(batch, target)
-
-        self.alpha_optimizer.zero_grad(set_to_none=True)
-        alpha_loss.backward()
-        self.alpha_optimizer.step()
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_optimizer.step()
-        self.critic_optimizer.zero_grad(set_to_none=True)  # drops the actor loss's critic grads
-        critic_loss.backward()
-        self.critic_optimizer.step()
-        if self.total_updates % self.target_update_period == 0:
-            polyak_update(self.critic_target, self.critic, self.tau)
+    def update_step(self, batch: Batch, warm_start: bool, update_target: bool) -> dict[str, torch.Tensor]:
+        """The three losses from the same parameters (alpha's before its step, as CORL), then
+        temperature -> actor -> critic steps, each with gradients for its own parameters only."""
+        sampled = self.actor(batch.observations, need_log_prob=True)  # a~ ~ pi(s)
+        alpha_loss, _ = self.alpha_loss(batch, sampled)
+        actor_loss, actor_metrics = self.actor_loss(batch, sampled, warm_start)
+        critic_loss, critic_metrics = self.critic_loss(batch)
+        self.step_temperature(alpha_loss)
+        self.step_actor(actor_loss)
+        self.step_critic(critic_loss)
+        if update_target:
+            self.update_critic_target()
         return {"alpha_loss": alpha_loss.detach(), "actor_loss": actor_loss.detach(),
-                "critic_loss": critic_loss.detach(), "cql_penalty": cql, "alpha": self.alpha,
-                "entropy": -log_prob.detach().mean(), "q_target": target.mean(), **extra}
+                "critic_loss": critic_loss.detach(), "alpha": self.entropy_temperature,
+                **actor_metrics, **critic_metrics}
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The warm-start and the target period are chosen here in Python: one step function
+        (one compiled graph) per case, no counter inside a graph."""
+        self.total_updates += 1
+        warm_start = self.total_updates <= self.bc_steps
+        update_target = self.total_updates % self.target_update_period == 0
+        name = f"cql.update{'.bc_warm_start' if warm_start else ''}{'' if update_target else '.no_target'}"
+        if name not in self._steps:
+            self._steps[name] = partial(self.update_step, warm_start=warm_start,
+                                        update_target=update_target)
+        return self.run_step(name, self._steps[name], batch)

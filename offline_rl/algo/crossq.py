@@ -20,8 +20,9 @@ import math
 import torch
 from torch import nn
 
-from offline_rl.algo.common import Algorithm, minimise
+from offline_rl.algo.common import Algorithm, TargetTransform
 from offline_rl.algo.edac import Temperature
+from offline_rl.algo.losses import td_loss
 from offline_rl.dataset.replay import Batch
 from offline_rl.network import gaussian_log_prob, tanh_log_det
 
@@ -156,8 +157,9 @@ class CrossQ(Algorithm):
                  momentum: float = 0.99, renorm_warmup: int = 100_000, r_max: float = 3.0,
                  d_max: float = 5.0, initial_alpha: float = 1.0,
                  target_entropy: float | None = None, max_action: float = 1.0,
-                 normalize_states: bool = False, device: torch.device | str = "cpu"):
-        super().__init__(normalize_states, gamma, device)
+                 normalize_states: bool = False, device: torch.device | str = "cpu",
+                 target_transform: TargetTransform | None = None):
+        super().__init__(normalize_states, gamma, device, target_transform)
         self.actor = BRNTanhGaussianActor(obs_dim, act_dim, actor_width, depth, max_action,
                                           momentum).to(self.device)
         self.critic = BRNCritic(obs_dim, act_dim, num_critics, critic_width, depth,
@@ -175,48 +177,61 @@ class CrossQ(Algorithm):
         self.target_entropy = -float(act_dim) if target_entropy is None else float(target_entropy)
 
     @property
-    def alpha(self) -> torch.Tensor:
+    def entropy_temperature(self) -> torch.Tensor:
+        """SAC's alpha = exp(log_alpha), detached."""
         return self.temperature().detach()
 
     def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
         return self.actor.act(obs, deterministic=deterministic)
 
     # ----- losses -----------------------------------------------------------------------------
-    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def critic_loss(self, batch: Batch, target: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Sum over critics of the MSE to r + gamma (1 - done) (min_i Q_i(s', a') - alpha log pi),
-        Q(s, a) and Q(s', a') from one joint forward in training mode, the target half detached."""
+        Q(s, a) and Q(s', a') from one joint forward in training mode, the target half detached
+        (no target network: the target comes from this forward, so ``target`` is not taken)."""
         with torch.no_grad():
             next_action, next_log_prob = self.actor(batch.next_observations, train=False)
         obs = torch.cat([batch.observations, batch.next_observations])
         actions = torch.cat([batch.actions, next_action])
         q_all = self.critic(obs, actions, train=True)  # [N, 2B]
         q, q_next = q_all.chunk(2, dim=-1)
-        next_v = q_next.detach().min(0).values - self.alpha * next_log_prob
+        next_v = q_next.detach().min(0).values - self.entropy_temperature * next_log_prob
         target = batch.rewards + self.gamma * (1.0 - batch.dones) * next_v
-        return ((q - target.unsqueeze(0)) ** 2).mean(1).sum(), target.mean()
+        metrics = {}
+        if self.target_transform is not None:
+            target, metrics = self.target_transform(batch, target)
+        return td_loss(q, target), {"q_target": target.mean().detach(), **metrics}
 
-    def actor_losses(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(alpha log pi(a~|s) - min_i Q_i(s, a~), the temperature's loss, the entropy); the
-        actor in training mode, the critic in evaluation mode."""
-        action, log_prob = self.actor(obs, train=True)
-        q = self.critic(obs, action, train=False).min(0).values
-        actor_loss = (self.alpha * log_prob - q).mean()
+    def actor_and_alpha_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(alpha log pi(a~|s) - min_i Q_i(s, a~), the temperature's loss, metrics) from one
+        policy sample: the actor in training mode, the critic in evaluation mode."""
+        action, log_prob = self.actor(batch.observations, train=True)
+        q = self.critic(batch.observations, action, train=False).min(0).values
+        actor_loss = (self.entropy_temperature * log_prob - q).mean()
         alpha_loss = (-self.temperature.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
-        return actor_loss, alpha_loss, -log_prob.detach().mean()
+        return actor_loss, alpha_loss, {"entropy": -log_prob.detach().mean()}
+
+    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, _, metrics = self.actor_and_alpha_loss(batch)
+        return loss, metrics
+
+    def alpha_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.actor_and_alpha_loss(batch)[1], {}
 
     # ----- one update -------------------------------------------------------------------------
     def critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        loss, q_target = self.critic_loss(batch)
-        minimise(loss, self.critic_optimizer)
-        return {"critic_loss": loss.detach(), "q_target": q_target.detach()}
+        loss, metrics = self.critic_loss(batch)
+        self.step_critic(loss)
+        return {"critic_loss": loss.detach(), **metrics}
 
     def critic_actor_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         metrics = self.critic_step(batch)
-        actor_loss, alpha_loss, entropy = self.actor_losses(batch.observations)
-        minimise(actor_loss, self.actor_optimizer)
-        minimise(alpha_loss, self.alpha_optimizer)
+        actor_loss, alpha_loss, actor_metrics = self.actor_and_alpha_loss(batch)
+        self.step_actor(actor_loss)
+        self.step_temperature(alpha_loss)
         return {**metrics, "actor_loss": actor_loss.detach(), "alpha_loss": alpha_loss.detach(),
-                "alpha": self.alpha, "entropy": entropy}
+                "alpha": self.entropy_temperature, **actor_metrics}
 
     def _set_renorm(self) -> None:
         """After ``renorm_warmup`` updates, batch renormalisation's corrections are allowed."""

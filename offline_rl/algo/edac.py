@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from offline_rl.algo.common import Algorithm, adam, frozen_copy, minimise, polyak_update
+from offline_rl.algo.common import Algorithm, TargetTransform, adam, frozen_copy
+from offline_rl.algo.losses import td_loss
 from offline_rl.dataset.replay import Batch
 from offline_rl.network import (EnsembleCritic, EnsembleLayerNorm, EnsembleLinear,
                                 TanhGaussianActor, linear_layers)
@@ -131,8 +132,9 @@ class EDAC(Algorithm):
                  actor_lr: float = 3e-4, critic_lr: float = 3e-4, alpha_lr: float = 3e-4,
                  initial_alpha: float = 1.0, target_entropy: float | None = None,
                  max_action: float = 1.0, normalize_states: bool = True,
-                 corl_init: bool = True, device: torch.device | str = "cpu"):
-        super().__init__(normalize_states, gamma, device)
+                 corl_init: bool = True, device: torch.device | str = "cpu",
+                 target_transform: TargetTransform | None = None):
+        super().__init__(normalize_states, gamma, device, target_transform)
         self.actor = actor(obs_dim, act_dim, max_action=max_action).to(self.device)
         self.critic = critic(obs_dim, act_dim, num_critics=num_critics).to(self.device)
         if corl_init:
@@ -145,39 +147,43 @@ class EDAC(Algorithm):
         self.num_critics, self.eta, self.tau = num_critics, eta, tau
         self.target_entropy = -float(act_dim) if target_entropy is None else float(target_entropy)
         self.max_action = max_action
-        # pre-training schemes may reshape the TD target (QT-max): (batch, target) -> (target, metrics)
-        self.target_transform: Callable[[Batch, torch.Tensor], tuple] | None = None
 
     @property
-    def alpha(self) -> torch.Tensor:
+    def entropy_temperature(self) -> torch.Tensor:
+        """SAC's alpha = exp(log_alpha), detached."""
         return self.temperature().detach()
 
+    @property
+    def critic_regulariser_weight(self) -> float:
+        return self.eta
+
+    @classmethod
+    def continuation_options(cls, source: Algorithm) -> dict:
+        """SAC keeps the offline ensemble (SAC-N); its weights come from the offline networks."""
+        return {**super().continuation_options(source), "num_critics": source.critic.num_critics,
+                "corl_init": False}
+
     # ----- losses -----------------------------------------------------------------------------
-    def alpha_loss(self, obs: torch.Tensor) -> torch.Tensor:
+    def alpha_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """-log_alpha * (log pi(a~|s) + target_entropy), a~ ~ pi (no gradient to the actor)."""
         with torch.no_grad():
-            _, log_prob = self.actor(obs, need_log_prob=True)
-        return (-self.temperature.log_alpha * (log_prob + self.target_entropy)).mean()
+            _, log_prob = self.actor(batch.observations, need_log_prob=True)
+        return (-self.temperature.log_alpha * (log_prob + self.target_entropy)).mean(), {}
 
-    def actor_loss(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """alpha * log pi(a~|s) - min_i Q_i(s, a~)."""
-        action, log_prob = self.actor(obs, need_log_prob=True)
-        q = self.critic(obs, action)  # [N, B]
-        loss = (self.alpha * log_prob - q.min(0).values).mean()
-        return loss, -log_prob.detach().mean(), q.detach().std(0).mean()
-
-    def actor_objective(self, batch: Batch) -> tuple[torch.Tensor, dict]:
-        """The loss the actor step minimises and what else to log about it (subclasses that add
-        actor regularisers on the batch's actions, e.g. EDAC+BC, override this)."""
-        loss, entropy, q_policy_std = self.actor_loss(batch.observations)
-        return loss, {"entropy": entropy, "q_policy_std": q_policy_std}
+    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """alpha * log pi(a~|s) - min_i Q_i(s, a~) (subclasses that add actor regularisers on the
+        batch's actions, e.g. EDAC+BC, override this)."""
+        action, log_prob = self.actor(batch.observations, need_log_prob=True)
+        q = self.critic(batch.observations, action)  # [N, B]
+        loss = (self.entropy_temperature * log_prob - q.min(0).values).mean()
+        return loss, {"entropy": -log_prob.detach().mean(), "q_policy_std": q.detach().std(0).mean()}
 
     @torch.no_grad()
     def td_target(self, batch: Batch) -> torch.Tensor:
         """r + gamma * (1 - done) * (min_i Q'_i(s', a') - alpha * log pi(a'|s')), a' ~ pi(s')."""
         next_action, next_log_prob = self.actor(batch.next_observations, need_log_prob=True)
         next_q = self.critic_target(batch.next_observations, next_action).min(0).values
-        next_v = next_q - self.alpha * next_log_prob
+        next_v = next_q - self.entropy_temperature * next_log_prob
         return batch.rewards + self.gamma * (1.0 - batch.dones) * next_v
 
     def critic_values(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,32 +202,30 @@ class EDAC(Algorithm):
         grads, = torch.autograd.grad(q.sum(), actions, create_graph=True)
         return q, diversity_loss(grads)
 
-    def critic_loss(self, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum over critics of the MSE to the target, + eta * diversity."""
+    def critic_loss(self, batch: Batch, target: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Sum over critics of the MSE to the (possibly transformed) target, + eta * diversity."""
+        target, metrics = self.target(batch) if target is None else (target, {})
         q, diversity = self.critic_values(batch)
-        mse = ((q - target.unsqueeze(0)) ** 2).mean(1).sum()
-        return mse + self.eta * diversity, diversity.detach()
+        loss = td_loss(q, target) + self.eta * diversity
+        return loss, {"diversity_loss": diversity.detach(), "q_target": target.mean(), **metrics}
 
     # ----- one update -------------------------------------------------------------------------
     def update_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """alpha -> actor -> critic -> target, each step's gradients for its own optimiser's
         parameters only; one step function (one compiled graph)."""
-        alpha_loss = self.alpha_loss(batch.observations)
-        minimise(alpha_loss, self.alpha_optimizer)
+        alpha_loss, _ = self.alpha_loss(batch)
+        self.step_temperature(alpha_loss)
 
-        actor_loss, actor_metrics = self.actor_objective(batch)
-        minimise(actor_loss, self.actor_optimizer)
+        actor_loss, actor_metrics = self.actor_loss(batch)
+        self.step_actor(actor_loss)
 
-        target = self.td_target(batch)
-        extra: dict[str, torch.Tensor] = {}
-        if self.target_transform is not None:
-            target, extra = self.target_transform(batch, target)
-        critic_loss, diversity = self.critic_loss(batch, target)
-        minimise(critic_loss, self.critic_optimizer)
-        polyak_update(self.critic_target, self.critic, self.tau)
+        critic_loss, critic_metrics = self.critic_loss(batch)
+        self.step_critic(critic_loss)
+        self.update_critic_target()
         return {"alpha_loss": alpha_loss.detach(), "actor_loss": actor_loss.detach(),
-                "critic_loss": critic_loss.detach(), "diversity_loss": diversity,
-                "alpha": self.alpha, **actor_metrics, "q_target": target.mean(), **extra}
+                "critic_loss": critic_loss.detach(), "alpha": self.entropy_temperature,
+                **actor_metrics, **critic_metrics}
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         self.total_updates += 1

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from offline_rl.algo.edac import EDAC
 from offline_rl.dataset.replay import Batch
-from offline_rl.pretrain.common import normalised
+from offline_rl.algo.losses import normalised
 
 
 class EDACBC(EDAC):
@@ -36,11 +36,11 @@ class EDACBC(EDAC):
         self.bc_weight = float(bc_weight)
 
     # ----- losses -----------------------------------------------------------------------------
-    def actor_objective(self, batch: Batch) -> tuple[torch.Tensor, dict]:
+    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Eq. 21: L_SAC / |L_SAC| + c * MSE(a~, a) / |MSE| (L_SAC alone when c = 0)."""
         action, log_prob = self.actor(batch.observations, need_log_prob=True)  # a~ ~ pi(s)
         q = self.critic(batch.observations, action)  # [N, B]
-        sac = (self.alpha * log_prob - q.min(0).values).mean()  # EDAC's actor loss
+        sac = (self.entropy_temperature * log_prob - q.min(0).values).mean()  # EDAC's actor loss
         metrics = {"entropy": -log_prob.detach().mean(), "q_policy_std": q.detach().std(0).mean(),
                    "sac_actor_loss": sac.detach()}
         if self.bc_weight <= 0:

@@ -35,8 +35,8 @@ class TD3(TD3BC):
         dqda = dqda.clamp(-self.dqda_clipping, self.dqda_clipping)
         return -q.detach().mean() - ((pi - pi.detach()) * dqda).sum(-1).mean()
 
-    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(-mean Q_1(s, pi(s)), the MSE of pi(s) to the batch's actions -- logged only)."""
+    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """-mean Q_1(s, pi(s)); the MSE of pi(s) to the batch's actions is logged only."""
         pi = self.actor(batch.observations)
         loss = self.policy_loss(batch.observations, pi)
-        return loss, ((pi.detach() - batch.actions) ** 2).mean()
+        return loss, {"bc_loss": ((pi.detach() - batch.actions) ** 2).mean()}

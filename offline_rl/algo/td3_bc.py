@@ -12,7 +12,8 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
-from offline_rl.algo.common import Algorithm, adam, frozen_copy, minimise, polyak_update
+from offline_rl.algo.common import Algorithm, TargetTransform, adam, frozen_copy
+from offline_rl.algo.losses import td_loss
 from offline_rl.dataset.replay import Batch
 from offline_rl.network import DeterministicActor, EnsembleCritic
 
@@ -29,19 +30,21 @@ class TD3BC(Algorithm):
                  alpha: float = 2.5, policy_delay: int = 2, policy_noise: float = 0.2,
                  noise_clip: float = 0.5, gamma: float = 0.99, tau: float = 5e-3,
                  actor_lr: float = 3e-4, critic_lr: float = 3e-4, max_action: float = 1.0,
-                 normalize_states: bool = True, device: torch.device | str = "cpu"):
-        super().__init__(normalize_states, gamma, device)
+                 normalize_states: bool = True, device: torch.device | str = "cpu",
+                 target_transform: TargetTransform | None = None):
+        super().__init__(normalize_states, gamma, device, target_transform)
         self.actor = actor(obs_dim, act_dim, max_action=max_action).to(self.device)
         self.critic = critic(obs_dim, act_dim, num_critics=2).to(self.device)
         self.actor_target = frozen_copy(self.actor)
         self.critic_target = frozen_copy(self.critic)
         self.actor_optimizer = adam(self.actor, actor_lr)
         self.critic_optimizer = adam(self.critic, critic_lr)
-        self.alpha, self.policy_delay = alpha, policy_delay
+        # the paper's alpha (Fujimoto & Gu, Eq. 3): the Q term's weight against BC is
+        # lambda = alpha / mean|Q|
+        self.q_weight = alpha
+        self.policy_delay = policy_delay
         self.policy_noise, self.noise_clip = policy_noise, noise_clip
         self.tau, self.max_action = tau, max_action
-        # pre-training schemes may reshape the TD target (QT-max): (batch, target) -> (target, metrics)
-        self.target_transform: Callable[[Batch, torch.Tensor], tuple] | None = None
 
     # ----- losses -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -56,43 +59,37 @@ class TD3BC(Algorithm):
         """Q_1, Q_2 at the batch's actions [2, B]; TD3 has no critic regulariser."""
         return self.critic(batch.observations, batch.actions), torch.zeros((), device=self.device)
 
-    def critic_loss(self, batch: Batch, target: torch.Tensor) -> torch.Tensor:
-        """Sum over the twin critics of the MSE to the shared target."""
+    def critic_loss(self, batch: Batch, target: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Sum over the twin critics of the MSE to the shared (possibly transformed) target
+        (subclasses that add critic regularisers, e.g. TD3+BC+CQL, override this)."""
+        target, metrics = self.target(batch) if target is None else (target, {})
         q, _ = self.critic_values(batch)  # [2, B]
-        return ((q - target.unsqueeze(0)) ** 2).mean(1).sum()
+        return td_loss(q, target), {"q_target": target.mean(), **metrics}
 
-    def critic_objective(self, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """The loss the critic step minimises and what else to log about it (subclasses that add
-        critic regularisers, e.g. TD3+BC+CQL, override this)."""
-        return self.critic_loss(batch, target), {}
-
-    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """-lambda * Q_1(s, pi(s)) + (pi(s) - a)^2, lambda = alpha / mean|Q_1| (detached)."""
         pi = self.actor(batch.observations)
         q = self.critic.member(0, batch.observations, pi)
-        lmbda = self.alpha / q.abs().mean().detach()
-        bc_loss = F.mse_loss(pi, batch.actions)
-        return -lmbda * q.mean() + bc_loss, bc_loss
+        lmbda = self.q_weight / q.abs().mean().detach()
+        bc = F.mse_loss(pi, batch.actions)
+        return -lmbda * q.mean() + bc, {"bc_loss": bc.detach()}
 
     # ----- one update -------------------------------------------------------------------------
     def critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One critic step on the (possibly transformed) TD target."""
-        target = self.td_target(batch)
-        extra: dict[str, torch.Tensor] = {}
-        if self.target_transform is not None:
-            target, extra = self.target_transform(batch, target)
-        critic_loss, critic_metrics = self.critic_objective(batch, target)
-        minimise(critic_loss, self.critic_optimizer)
-        return {"critic_loss": critic_loss.detach(), "q_target": target.mean(), **critic_metrics, **extra}
+        loss, metrics = self.critic_loss(batch)
+        self.step_critic(loss)
+        return {"critic_loss": loss.detach(), **metrics}
 
     def actor_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One actor step (gradients for the actor optimiser's parameters only), then both
         targets Polyak-averaged."""
-        actor_loss, bc_loss = self.actor_loss(batch)
-        minimise(actor_loss, self.actor_optimizer)
-        polyak_update(self.critic_target, self.critic, self.tau)
-        polyak_update(self.actor_target, self.actor, self.tau)
-        return {"actor_loss": actor_loss.detach(), "bc_loss": bc_loss.detach()}
+        loss, metrics = self.actor_loss(batch)
+        self.step_actor(loss)
+        self.update_critic_target()
+        self.update_actor_target()
+        return {"actor_loss": loss.detach(), **metrics}
 
     def critic_actor_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {**self.critic_step(batch), **self.actor_step(batch)}

@@ -28,7 +28,7 @@ import torch
 
 from offline_rl.algo.td3_bc import TD3BC
 from offline_rl.dataset.replay import Batch
-from offline_rl.pretrain.common import cql_penalty, normalised
+from offline_rl.algo.losses import cql_penalty, normalised, td_loss
 
 
 class TD3BCCQL(TD3BC):
@@ -49,24 +49,24 @@ class TD3BCCQL(TD3BC):
         tempered = _Tempered(self.critic, temperature, self.cql_on_min_q)
         return temperature * cql_penalty(tempered, batch, q / temperature, self.cql_n_actions)
 
-    def critic_objective(self, batch: Batch, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def critic_loss(self, batch: Batch, target: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Eq. 21: L_TD / |L_TD| + c * L_CQL / |L_CQL| (L_TD alone when c = 0)."""
+        target, metrics = self.target(batch) if target is None else (target, {})
         q, _ = self.critic_values(batch)  # [2, B]
-        td = ((q - target.unsqueeze(0)) ** 2).mean(1).sum()  # TD3+BC's critic loss
+        td = td_loss(q, target)  # TD3+BC's critic loss
+        metrics = {"q_target": target.mean(), **metrics, "td_loss": td.detach()}
         if self.cql_weight <= 0:
-            return td, {"td_loss": td.detach()}
+            return td, metrics
         cql = self.cql_regulariser(batch, q)
         loss = normalised(td) + self.cql_weight * normalised(cql)
-        return loss, {"td_loss": td.detach(), "cql_penalty": cql.detach()}
-
-    def critic_loss(self, batch: Batch, target: torch.Tensor) -> torch.Tensor:
-        return self.critic_objective(batch, target)[0]
+        return loss, {**metrics, "cql_penalty": cql.detach()}
 
 
 class _Tempered:
     """What ``cql_penalty`` reads from an algorithm -- ``critic(obs, act)`` and ``cql_on_min_q`` --
-    with the critic's values divided by the CQL temperature (a plain class: torch.compile traces
-    it, which it cannot do for a SimpleNamespace)."""
+    with the critic's values divided by the CQL temperature (a plain class, which torch.compile
+    traces)."""
 
     def __init__(self, critic, temperature: float, cql_on_min_q: bool):
         self._critic, self.temperature, self.cql_on_min_q = critic, temperature, cql_on_min_q

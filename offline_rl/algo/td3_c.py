@@ -29,6 +29,7 @@ from torch import nn
 from offline_rl.algo.td3 import TD3
 from offline_rl.dataset.replay import Batch
 
+
 class LagrangeMultiplier(nn.Module):
     """lambda >= 0, a parameter kept non-negative by projection."""
 
@@ -64,18 +65,18 @@ class TD3C(TD3):
             anchor = self.actor_target(obs)
         return ((pi - anchor) ** 2).sum(-1).mean()
 
-    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The Lagrangian for the actor and the multiplier (see top); logged: the constraint c,
+        lambda and the MSE of pi(s) to the batch's actions."""
         pi = self.actor(batch.observations)
         c = self.constraint(batch.observations, pi)
         lam = self.multiplier()
         loss = (self.policy_loss(batch.observations, pi) + lam.detach() * (c - self.epsilon)
                 + lam * (self.epsilon - c.detach()))
-        self._last_constraint = (c.detach(), lam.detach())
-        return loss, ((pi.detach() - batch.actions) ** 2).mean()
+        return loss, {"bc_loss": ((pi.detach() - batch.actions) ** 2).mean(),
+                      "constraint": c.detach(), "multiplier": lam.detach()}
 
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        metrics = super().update(batch)
-        if "actor_loss" in metrics:  # an actor (and multiplier) step happened
-            self.multiplier.project_()
-            metrics["constraint"], metrics["multiplier"] = self._last_constraint
-        return metrics
+    def step_actor(self, loss: torch.Tensor) -> None:
+        """The actor and multiplier step, then the projection back to lambda >= 0."""
+        super().step_actor(loss)
+        self.multiplier.project_()

@@ -10,7 +10,7 @@ class NoFinetuning:
     def check(self, algo) -> None:
         """Nothing to check."""
 
-    def phases(self, algo, replay, data, cfg, evaluate=None) -> list:
+    def phases(self, algo, replay, data, seed: int) -> list:
         return []
 
     def state_dict(self) -> dict:

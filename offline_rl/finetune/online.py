@@ -25,7 +25,7 @@ Fine-tuning can start from an earlier run instead of this run's offline phase: `
 MLflow run id (its ``checkpoint.pt`` artifact) or a path to a checkpoint file; the run then has
 only the ``finetune`` phase, and its x-axis continues from the source run's last update.
 
-The environment loop is ``offline_rl.training.online.EnvironmentLoop``, the same one that trains
+The environment loop is ``offline_rl.training.environment_loop.EnvironmentLoop``, the same one that trains
 the behaviour agent generating this project's datasets. On resume mid-fine-tuning everything is
 restored (networks, optimisers, the multiplier, the online replay's contents, counters, RNGs and,
 for MuJoCo environments, the episode in progress: the simulator's state is checkpointed).
@@ -33,8 +33,6 @@ for MuJoCo environments, the episode in progress: the simulator's state is check
 
 from __future__ import annotations
 
-import copy
-import inspect
 from typing import Any, Callable
 
 import torch
@@ -42,19 +40,10 @@ import torch
 from offline_rl.dataset.replay import Batch, MixedReplay, ReplayBuffer
 from offline_rl.errors import ConfigError
 from offline_rl.training.loop import Phase
-from offline_rl.training.online import EnvironmentLoop
+from offline_rl.training.environment_loop import EnvironmentLoop
 
 # the training environment's first reset seed: away from evaluation seeds (eval.seed + seed + i)
 ENV_SEED_OFFSET = 40_000
-# what the fine-tuning algorithm takes over from the offline one, where both have it
-TRANSFERRED = ("actor", "actor_target", "critic", "critic_target", "temperature")
-
-
-def _copy_of(module: torch.nn.Module) -> Callable[..., torch.nn.Module]:
-    """A network factory giving a copy of ``module`` (same architecture; weights set later)."""
-    return lambda *args, **kwargs: copy.deepcopy(module)
-
-
 class OnlineFinetuning:
     """The ``finetune`` group's options (conf/finetune/{td3,td3_bc,td3_c,sac}.yaml)."""
 
@@ -70,13 +59,12 @@ class OnlineFinetuning:
         self.offline_fraction = None if offline_fraction is None else float(offline_fraction)
         self.max_replay_size = int(max_replay_size)
         self.from_run = from_run or None
-        if self.offline_fraction is not None and not self.init_with_offline:
-            raise ConfigError(f"finetune.offline_fraction={self.offline_fraction} needs the offline "
-                              f"data in the replay: set finetune.init_with_offline=true, or "
-                              f"finetune.offline_fraction=null")
+        # built by ``phases``: the agent, its replay, the environment loop; the offline score
+        self.source = None
         self.agent = None
         self.replay: MixedReplay | None = None
-        self._reset_counters()
+        self.loop: EnvironmentLoop | None = None
+        self.offline_score: float | None = None
 
     @property
     def algorithm_class(self) -> type:
@@ -86,7 +74,7 @@ class OnlineFinetuning:
         """The offline algorithm must have what the fine-tuning one continues: a critic, and an
         actor of the same kind (deterministic for the TD3 family, tanh-Gaussian for SAC)."""
         target = self.algorithm_class
-        if not getattr(algo_class, "has_critic", True):
+        if not algo_class.has_critic:
             raise ConfigError(f"{algo_class.__name__} has no critic to fine-tune online; train "
                               f"offline with an actor-critic algorithm (e.g. algo=td3_bc) or use "
                               f"finetune=none")
@@ -97,10 +85,6 @@ class OnlineFinetuning:
                               f"is {kind}; use {fit}")
 
     # ----- state -----------------------------------------------------------------------------
-    def _reset_counters(self) -> None:
-        self.offline_score: float | None = None
-        self.loop: EnvironmentLoop | None = None
-
     def state_dict(self) -> dict:
         if self.agent is None:
             return {}
@@ -115,60 +99,58 @@ class OnlineFinetuning:
         self.loop.load_state_dict(state["loop"])
         self.offline_score = state["offline_score"]
 
-    # ----- phases ----------------------------------------------------------------------------
-    def phases(self, algo, replay: ReplayBuffer, data, cfg, evaluate: Callable[[], dict] | None
-               ) -> list[Phase]:
-        source = algo
-        kwargs: dict[str, Any] = dict(actor=_copy_of(source.actor), critic=_copy_of(source.critic),
-                                      gamma=source.gamma, max_action=source.max_action,
-                                      normalize_states=source.normalize_states, device=source.device)
-        parameters = inspect.signature(self.algorithm_class).parameters
-        if "num_critics" in parameters:  # SAC keeps the offline ensemble (SAC-N)
-            kwargs["num_critics"] = source.critic.num_critics
-        if "corl_init" in parameters:
-            kwargs["corl_init"] = False  # the weights come from the offline networks
-        self.agent = agent = self.algorithm(data.obs_dim, data.act_dim, **kwargs)
+    # ----- the phase -----------------------------------------------------------------------------
+    def phases(self, algo, replay: ReplayBuffer, data, seed: int) -> list[Phase]:
+        """One phase, ``finetune``: ``env_steps`` environment steps, each followed by an update of
+        a new agent that continues ``algo`` (its networks, copied as the phase starts)."""
+        self.source = algo
+        self.agent = self.algorithm(data.obs_dim, data.act_dim,
+                                    **self.algorithm_class.continuation_options(algo))
         online = ReplayBuffer(min(self.env_steps, self.max_replay_size), data.obs_dim, data.act_dim,
-                              agent.device, seed=int(cfg.seed) + 1, normalizer=replay.normalizer)
-        self.replay = mixed = MixedReplay(replay, online, self.init_with_offline,
-                                          self.offline_fraction, self.max_replay_size)
-
-        def sample(batch_size: int) -> tuple[Batch, dict[str, torch.Tensor]]:
-            batch, offline_share = mixed.sample(batch_size)
-            return batch, {"batch_offline_fraction": offline_share}
-
-        def ready() -> bool:
-            if self.init_with_offline and self.offline_fraction is None:
-                return len(mixed) >= self.min_replay_size
-            return online.size >= self.min_replay_size
-
-        self.loop = loop = EnvironmentLoop(
-            data.env_spec, agent, online, seed=int(cfg.seed) + ENV_SEED_OFFSET,
+                              self.agent.device, seed=seed + 1, normalizer=replay.normalizer)
+        self.replay = MixedReplay(replay, online, self.init_with_offline, self.offline_fraction,
+                                  self.max_replay_size)
+        self.loop = EnvironmentLoop(
+            data.env_spec, self.agent, online, seed=seed + ENV_SEED_OFFSET,
             batch_size=self.batch_size, exploration_noise=self.exploration_noise,
-            normalizer=replay.normalizer, sample=sample, ready=ready,
-            replay_size=lambda: len(mixed))
+            normalizer=replay.normalizer, sample=self.sample, ready=self.ready,
+            replay_size=lambda: len(self.replay))
+        return [self.loop.phase("finetune", self.env_steps, on_start=self.start, on_end=self.end)]
 
-        def start() -> dict[str, float]:
-            for name in TRANSFERRED:
-                if hasattr(source, name) and hasattr(agent, name):
-                    getattr(agent, name).load_state_dict(getattr(source, name).state_dict())
-            metrics = {}
-            if evaluate is not None:
-                score = evaluate()
-                self.offline_score = score.get("eval/normalized_score_mean",
-                                               score.get("eval/return_mean"))
-                metrics["offline_score"] = self.offline_score
-            return metrics
+    def sample(self, batch_size: int) -> tuple[Batch, dict[str, torch.Tensor]]:
+        batch, offline_share = self.replay.sample(batch_size)
+        return batch, {"batch_offline_fraction": offline_share}
 
-        def end() -> dict[str, float]:
-            loop.close()
-            if evaluate is None:
-                return {}
-            score = evaluate()
-            online_score = score.get("eval/normalized_score_mean", score.get("eval/return_mean"))
-            metrics = {"online_score": online_score}
-            if self.offline_score is not None:
-                metrics["delta"] = online_score - self.offline_score
-            return metrics
+    def ready(self) -> bool:
+        """Updates start once the replay holds ``min_replay_size`` transitions (online ones,
+        unless the offline data is mixed in uniformly)."""
+        if self.init_with_offline and self.offline_fraction is None:
+            return len(self.replay) >= self.min_replay_size
+        return self.replay.online.size >= self.min_replay_size
 
-        return [loop.phase("finetune", self.env_steps, on_start=start, on_end=end)]
+    def start(self, evaluate: Callable[[], dict] | None) -> dict[str, float]:
+        """The agent takes over the offline networks; the offline policy's score is logged."""
+        for name in self.agent.TRANSFERRED:
+            ours, theirs = getattr(self.agent, name), getattr(self.source, name)
+            if ours is not None and theirs is not None:
+                ours.load_state_dict(theirs.state_dict())
+        if evaluate is None:
+            return {}
+        self.offline_score = score_of(evaluate())
+        return {"offline_score": self.offline_score}
+
+    def end(self, evaluate: Callable[[], dict] | None) -> dict[str, float]:
+        """The online score and its difference to the offline one (Table 1 / C3)."""
+        self.loop.close()
+        if evaluate is None:
+            return {}
+        online_score = score_of(evaluate())
+        metrics = {"online_score": online_score}
+        if self.offline_score is not None:
+            metrics["delta"] = online_score - self.offline_score
+        return metrics
+
+
+def score_of(evaluation: dict[str, float]) -> float:
+    """The normalised score where the dataset has references, else the return."""
+    return evaluation.get("eval/normalized_score_mean", evaluation.get("eval/return_mean"))

@@ -43,15 +43,15 @@ from offline_rl.algo.crossq import CrossQ
 from offline_rl.algo.edac import EDAC
 from offline_rl.algo.td3 import TD3
 from offline_rl.dataset.replay import ReplayBuffer, StateNormalizer
-from offline_rl.errors import CheckpointError, ConfigError
+from offline_rl.errors import CheckpointError, ConfigError, warn
 from offline_rl.generate.rollouts import actor_policy, box_spaces, evaluate_policy, random_policy
 from offline_rl.network import DeterministicActor, EnsembleCritic, TanhGaussianActor
-from offline_rl.training.checkpoint import CheckpointDir
-from offline_rl.training.compiled import compile_metrics, optimise
+from offline_rl.training.checkpoint import CheckpointDir, rng_state, set_rng_state
+from offline_rl.training.compiled import attach_compiler, compile_metrics
 from offline_rl.training.evaluation import Evaluator
 from offline_rl.training.loop import Interrupted, Trainer
-from offline_rl.training.online import EnvironmentLoop
-from offline_rl.training.run import SignalCheckpoint, rng_state, set_rng_state, warn
+from offline_rl.training.environment_loop import EnvironmentLoop
+from offline_rl.training.signals import SignalCheckpoint, report_interruption
 
 # evaluation and reference episodes start from seeds of their own, away from the training env's
 EVAL_SEED_OFFSET = 10_000
@@ -225,7 +225,7 @@ def train_behaviour(config: BehaviourConfig, checkpoint_dir: Path, identity: str
     env.close()
     torch.manual_seed(config.seed)
     agent = make_agent(config, obs_dim, act_dim, max_action, device)
-    compile_report = optimise(agent, config.compile,
+    compile_report = attach_compiler(agent, config.compile,
                               updates=max(config.env_steps - config.random_steps, 0))
     replay = ReplayBuffer(config.env_steps, obs_dim, act_dim, device, seed=config.seed)
     loop = EnvironmentLoop(config.env_id, agent, replay, seed=config.seed,
@@ -237,13 +237,10 @@ def train_behaviour(config: BehaviourConfig, checkpoint_dir: Path, identity: str
                           StateNormalizer.identity(obs_dim), device, low, high)
     snapshots: list[Snapshot] = []
 
-    def evaluate() -> dict[str, float]:
-        if snapshots and snapshots[-1].step == trainer.state.global_step:  # resumed at the end
-            return trainer.state.last_eval
-        metrics = evaluator(lambda obs: agent.act(obs, deterministic=True))
+    def take_snapshot(step: int, metrics: dict[str, float]) -> None:
+        """After each evaluation: the actor's weights, for the medium level and the average."""
         state = {k: v.detach().to("cpu", copy=True) for k, v in agent.actor.state_dict().items()}
-        snapshots.append(Snapshot(trainer.state.global_step, metrics["eval/return_mean"], state))
-        return metrics
+        snapshots.append(Snapshot(step, metrics["eval/return_mean"], state))
 
     checkpoints = CheckpointDir(checkpoint_dir, identity, keep=2)
     tracker = make_tracker(config)
@@ -259,8 +256,10 @@ def train_behaviour(config: BehaviourConfig, checkpoint_dir: Path, identity: str
                          trainer.state.global_step)
 
     phase = loop.phase(PHASE, config.env_steps)
-    trainer = Trainer([phase], tracker, evaluate, log_every=1000, eval_every=config.snapshot_every,
-                      checkpoint=save, checkpoint_every=config.checkpoint_every, progress=progress)
+    trainer = Trainer([phase], tracker, evaluator.evaluate_agent, log_every=1000,
+                      eval_every=config.snapshot_every, checkpoint=save,
+                      checkpoint_every=config.checkpoint_every, progress=progress, agent=agent,
+                      after_evaluation=take_snapshot)
 
     try:
         found = checkpoints.load_latest(warn)
@@ -297,11 +296,7 @@ def train_behaviour(config: BehaviourConfig, checkpoint_dir: Path, identity: str
             try:
                 trainer.run()
             except Interrupted as exc:
-                tracker.flush()
-                tracker.set_tags({"interrupted": str(exc)})
-                tracker.finish("KILLED")
-                print(f"{exc}; checkpoint written to {checkpoints.path}", file=sys.stderr,
-                      flush=True)
+                report_interruption(exc, tracker, checkpoints.path, killed=True)
                 signals.finish()
                 raise
         if not found or trainer.state.global_step != found[0]["global_step"]:

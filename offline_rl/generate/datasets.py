@@ -53,12 +53,12 @@ from offline_rl.dataset.replay import ReplayBuffer
 from offline_rl.errors import ConfigError, DatasetError
 from offline_rl.generate.behaviour import (BehaviourConfig, BehaviourRun, data_settings_hash,
                                            train_behaviour)
+from offline_rl.dataset.levels import LEVELS
 from offline_rl.generate.rollouts import actor_policy, collect_episodes, select_snapshot
 from offline_rl.training.checkpoint import CheckpointDir
 
 logger = logging.getLogger(__name__)
 
-LEVELS = ("medium", "medium-replay", "full-replay", "expert", "medium-expert")
 #: bumped whenever the generation procedure changes what it writes for the same settings
 GENERATOR_VERSION = 3
 #: settings that change how fast or where generation runs, not what it generates (never compared)

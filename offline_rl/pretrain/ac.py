@@ -18,4 +18,4 @@ class ActorCriticPretraining(Scheme):
         def update() -> dict:
             return {**actor_step(), **critic_step()}
 
-        return [self.phase("pretrain_actor_critic", update, ["bc_loss", "mc_loss"])]
+        return [self.supervised_phase("pretrain_actor_critic", update, ["bc_loss", "mc_loss"])]

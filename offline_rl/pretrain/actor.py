@@ -13,4 +13,4 @@ class ActorPretraining(Scheme):
     suggestion = "pretrain=soft_actor"
 
     def phases(self, algo, replay, batch_size: int) -> list[Phase]:
-        return [self.phase("pretrain_actor", self.actor_update(algo, replay, batch_size), ["bc_loss"])]
+        return [self.supervised_phase("pretrain_actor", self.actor_update(algo, replay, batch_size), ["bc_loss"])]

@@ -10,58 +10,15 @@ import abc
 from typing import Any, Callable
 
 import torch
-from torch.nn import functional as F
 
-from offline_rl.algo.common import minimise, polyak_update
+from offline_rl.algo.common import TargetTransform
+from offline_rl.algo.losses import bc_loss, cql_penalty, mc_loss, normalised, soft_bc_loss, td_loss
 from offline_rl.dataset.episodes import discounted_cumsum
 from offline_rl.dataset.replay import Batch, ReplayBuffer
 from offline_rl.errors import ConfigError
 from offline_rl.training.loop import Phase
 
-# ----- losses ----------------------------------------------------------------------------------
-
-
-def bc_loss(algo, batch: Batch) -> torch.Tensor:
-    """Algorithm 1's behaviour cloning: E[(pi(s) - a)^2]."""
-    return F.mse_loss(algo.actor(batch.observations), batch.actions)
-
-
-def soft_bc_loss(algo, batch: Batch) -> torch.Tensor:
-    """Eq. 20: E_{s,a ~ D, a~ ~ pi}[alpha log pi(a~|s) - log pi(a|s)]."""
-    _, log_prob_sampled = algo.actor(batch.observations, need_log_prob=True)
-    log_prob_data = algo.actor.log_prob(batch.observations, batch.actions)
-    return (algo.alpha * log_prob_sampled - log_prob_data).mean()
-
-
-def mc_loss(algo, q: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
-    """E[(Q(s, a) - R)^2] for every critic of the ensemble, reduced over the members as the
-    reference code does for this algorithm (TD3+BC: summed, EDAC: averaged)."""
-    per_member = ((q - returns.unsqueeze(0)) ** 2).mean(1)
-    return per_member.sum() if algo.mc_member_reduction == "sum" else per_member.mean()
-
-
-def td_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The algorithms' own TD(0) critic loss: summed over members of the per-member MSE."""
-    return ((q - target.unsqueeze(0)) ** 2).mean(1).sum()
-
-
-def cql_penalty(algo, batch: Batch, q: torch.Tensor, n_actions: int) -> torch.Tensor:
-    """CQL's value regulariser with uniform random actions (section 5.2):
-    logsumexp_k Q(s, a_k) - Q(s, a), per critic for the TD3 family (as the reference code's
-    td3_bc.py) or on the ensemble minimum for EDAC (this project's choice: the reference EDAC has
-    no CQL)."""
-    obs, act = batch.observations, batch.actions
-    random_actions = torch.empty(n_actions * act.shape[0], act.shape[1], device=act.device).uniform_(-1, 1)
-    q_random = algo.critic(obs.repeat(n_actions, 1), random_actions)  # [N, n_actions * B]
-    q_random = q_random.reshape(q.shape[0], n_actions, q.shape[1])
-    if algo.cql_on_min_q:
-        return (torch.logsumexp(q_random.min(0).values, dim=0) - q.min(0).values).mean()
-    return (torch.logsumexp(q_random, dim=1) - q).mean(1).sum()
-
-
-def normalised(loss: torch.Tensor) -> torch.Tensor:
-    """loss / |loss| with the magnitude detached (Eq. 21, as TD3+BC balances its terms)."""
-    return loss / loss.detach().abs().clamp_min(1e-8)
+# ----- the critic's supervised loss ------------------------------------------------------------
 
 
 def critic_pretrain_loss(algo, batch: Batch, returns: torch.Tensor, td_lambda: float,
@@ -87,8 +44,8 @@ def critic_pretrain_loss(algo, batch: Batch, returns: torch.Tensor, td_lambda: f
         cql = cql_penalty(algo, batch, q, cql_n_actions)
         loss = normalised(loss) + cql_weight * normalised(cql)
         metrics["cql_penalty"] = cql.detach()
-    if getattr(algo, "eta", 0) > 0:
-        loss = loss + algo.eta * regulariser
+    if algo.critic_regulariser_weight > 0:
+        loss = loss + algo.critic_regulariser_weight * regulariser
         metrics["diversity_loss"] = regulariser.detach()
     return loss, metrics
 
@@ -116,7 +73,7 @@ def soft_returns_to_go(algo, observations: torch.Tensor, rewards: torch.Tensor,
     ends = terminals | timeouts
     reward_returns = discounted_cumsum(rewards, ends, gamma)
     entropy_returns = discounted_cumsum(entropy, ends, gamma) - entropy  # future steps only
-    return (reward_returns + algo.alpha.double() * entropy_returns).float()
+    return (reward_returns + algo.entropy_temperature.double() * entropy_returns).float()
 
 
 # ----- stopping at convergence -----------------------------------------------------------------
@@ -130,7 +87,6 @@ class Convergence:
     def __init__(self, metrics: list[str], window: int, tolerance: float):
         self.metrics, self.window, self.tolerance = metrics, int(window), float(tolerance)
         self.history: list[tuple[int, dict[str, float]]] = []
-        self.stopped_at: int | None = None
 
     def _mean(self, key: str, low: int, high: int) -> float | None:
         values = [m[key] for step, m in self.history if low < step <= high and key in m]
@@ -148,10 +104,7 @@ class Convergence:
         self.history.append((step, means))
         if step < 2 * self.window:
             return False
-        if all(self.plateaued(key, step) for key in self.metrics):
-            self.stopped_at = step
-            return True
-        return False
+        return all(self.plateaued(key, step) for key in self.metrics)
 
 
 # ----- the scheme base -------------------------------------------------------------------------
@@ -175,27 +128,18 @@ class Scheme(abc.ABC):
     actor_kind = "any"
     needs_critic = True
     suggestion = ""
+    #: how the scheme reshapes the algorithm's TD targets throughout training (QT-max), given to
+    #: the algorithm as it is built; None: the algorithm's own targets
+    target_transform: TargetTransform | None = None
 
     def __init__(self, steps: int = 50000, until: str | None = "converged", window: int = 5000,
                  tolerance: float = 0.01, cql_weight: float = 0.0, cql_n_actions: int = 10,
                  bootstrap_timeouts: bool = True, **options: Any):
-        # ``lambda`` is a Python keyword, so it arrives through **options
+        # ``lambda`` is a Python keyword, so it arrives through **options; the values are
+        # checked with the rest of the config (offline_rl.config)
         self.td_lambda = float(options.pop("lambda", 0.0))
         if options:
-            raise ConfigError(f"pretrain: unknown option(s) {sorted(options)}; allowed: steps, until, "
-                              f"window, tolerance, lambda, cql_weight, cql_n_actions, bootstrap_timeouts")
-        if until not in (None, "converged"):
-            raise ConfigError(f"pretrain.until={until!r} is not allowed: expected null or 'converged'")
-        checks = [("steps", steps, isinstance(steps, int) and steps >= 1, "an integer >= 1"),
-                  ("window", window, isinstance(window, int) and window >= 1, "an integer >= 1"),
-                  ("tolerance", tolerance, tolerance >= 0, "a number >= 0"),
-                  ("lambda", self.td_lambda, 0.0 <= self.td_lambda <= 1.0, "a number in [0, 1]"),
-                  ("cql_weight", cql_weight, cql_weight >= 0, "a number >= 0"),
-                  ("cql_n_actions", cql_n_actions, isinstance(cql_n_actions, int) and cql_n_actions >= 1,
-                   "an integer >= 1")]
-        for key, value, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"pretrain.{key}={value!r} is not allowed: expected {allowed}")
+            raise TypeError(f"{type(self).__name__}: unexpected option(s) {sorted(options)}")
         self.steps, self.until, self.window, self.tolerance = steps, until, window, tolerance
         self.cql_weight, self.cql_n_actions = float(cql_weight), cql_n_actions
         self.bootstrap_timeouts = bool(bootstrap_timeouts)
@@ -219,7 +163,7 @@ class Scheme(abc.ABC):
                               f"stochastic, entropy-regularised agent, but {algo_name}'s actor is "
                               f"deterministic; use {self.suggestion} (Algorithm 1)")
 
-    def phase(self, name: str, update: Callable[[], dict], monitored: list[str], **hooks) -> Phase:
+    def supervised_phase(self, name: str, update: Callable[[], dict], monitored: list[str], **hooks) -> Phase:
         stop = Convergence(monitored, self.window, self.tolerance) if self.until == "converged" else None
         return Phase(name, update, self.steps, stop=stop, snapshot=True, **hooks)
 
@@ -232,9 +176,8 @@ class Scheme(abc.ABC):
 
         def step(batch: Batch) -> dict[str, torch.Tensor]:
             loss = bc_loss(algo, batch)
-            minimise(loss, algo.actor_optimizer)
-            if hasattr(algo, "actor_target"):
-                polyak_update(algo.actor_target, algo.actor, algo.tau)
+            algo.step_actor(loss)
+            algo.update_actor_target()
             return {"bc_loss": loss.detach()}
 
         def update() -> dict[str, torch.Tensor]:
@@ -246,12 +189,12 @@ class Scheme(abc.ABC):
         """Soft BC of the tanh-Gaussian actor (Eq. 20), with alpha learned as in the algorithm."""
 
         def step(batch: Batch) -> dict[str, torch.Tensor]:
-            alpha_loss = algo.alpha_loss(batch.observations)
-            minimise(alpha_loss, algo.alpha_optimizer)
+            alpha_loss, _ = algo.alpha_loss(batch)
+            algo.step_temperature(alpha_loss)
             loss = soft_bc_loss(algo, batch)
-            minimise(loss, algo.actor_optimizer)
+            algo.step_actor(loss)
             return {"soft_bc_loss": loss.detach(), "alpha_loss": alpha_loss.detach(),
-                    "alpha": algo.alpha}
+                    "alpha": algo.entropy_temperature}
 
         def update() -> dict[str, torch.Tensor]:
             return algo.run_step("pretrain.soft_actor", step, replay.sample(batch_size), planned=self.steps)
@@ -264,8 +207,8 @@ class Scheme(abc.ABC):
         def step(batch: Batch) -> dict[str, torch.Tensor]:
             loss, metrics = critic_pretrain_loss(algo, batch, batch.returns_to_go, self.td_lambda,
                                                  self.cql_weight, self.cql_n_actions)
-            minimise(loss, algo.critic_optimizer)
-            polyak_update(algo.critic_target, algo.critic, algo.tau)
+            algo.step_critic(loss)
+            algo.update_critic_target()
             return {"critic_loss": loss.detach(), **metrics}
 
         def update() -> dict[str, torch.Tensor]:
@@ -273,10 +216,11 @@ class Scheme(abc.ABC):
 
         return update
 
-    def use_soft_returns(self, algo, replay: ReplayBuffer) -> Callable[[], dict]:
-        """A hook that replaces the replay's returns-to-go by soft ones from the current actor."""
+    def use_soft_returns(self, algo, replay: ReplayBuffer) -> Callable[..., dict]:
+        """A phase hook that replaces the replay's returns-to-go by soft ones from the current
+        actor (it needs no evaluation)."""
 
-        def compute() -> dict[str, float]:
+        def compute(evaluate=None) -> dict[str, float]:
             data = replay.all()
             soft = soft_returns_to_go(algo, data.observations, data.rewards, data.dones.bool(),
                                       replay.timeouts[: replay.size], algo.gamma,

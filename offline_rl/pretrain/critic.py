@@ -12,4 +12,4 @@ class CriticPretraining(Scheme):
     suggestion = "pretrain=soft_critic"
 
     def phases(self, algo, replay, batch_size: int) -> list[Phase]:
-        return [self.phase("pretrain_critic", self.critic_update(algo, replay, batch_size), ["mc_loss"])]
+        return [self.supervised_phase("pretrain_critic", self.critic_update(algo, replay, batch_size), ["mc_loss"])]

@@ -17,7 +17,7 @@ def qt_max_target(batch: Batch, td_target: torch.Tensor) -> tuple[torch.Tensor, 
 
 class QTMax(Scheme):
     actor_kind = "any"
+    target_transform = staticmethod(qt_max_target)
 
     def phases(self, algo, replay, batch_size: int) -> list[Phase]:
-        algo.target_transform = qt_max_target
         return []

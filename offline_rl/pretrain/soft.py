@@ -14,7 +14,7 @@ class SoftPretraining(Scheme):
 
     def phases(self, algo, replay, batch_size: int) -> list[Phase]:
         return [
-            self.phase("pretrain_actor", self.soft_actor_update(algo, replay, batch_size), ["soft_bc_loss"]),
-            self.phase("pretrain_critic", self.critic_update(algo, replay, batch_size), ["mc_loss"],
+            self.supervised_phase("pretrain_actor", self.soft_actor_update(algo, replay, batch_size), ["soft_bc_loss"]),
+            self.supervised_phase("pretrain_critic", self.critic_update(algo, replay, batch_size), ["mc_loss"],
                        on_start=self.use_soft_returns(algo, replay)),
         ]

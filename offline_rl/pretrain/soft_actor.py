@@ -12,5 +12,5 @@ class SoftActorPretraining(Scheme):
     suggestion = "pretrain=actor"
 
     def phases(self, algo, replay, batch_size: int) -> list[Phase]:
-        return [self.phase("pretrain_actor", self.soft_actor_update(algo, replay, batch_size),
+        return [self.supervised_phase("pretrain_actor", self.soft_actor_update(algo, replay, batch_size),
                            ["soft_bc_loss"])]

@@ -15,5 +15,5 @@ class SoftCriticPretraining(Scheme):
         super().__init__(bootstrap_timeouts=bootstrap_timeouts, **options)
 
     def phases(self, algo, replay, batch_size: int) -> list[Phase]:
-        return [self.phase("pretrain_critic", self.critic_update(algo, replay, batch_size), ["mc_loss"],
+        return [self.supervised_phase("pretrain_critic", self.critic_update(algo, replay, batch_size), ["mc_loss"],
                            on_start=self.use_soft_returns(algo, replay))]

@@ -11,12 +11,14 @@ import io
 import json
 import os
 import pickle
+import random
 import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from offline_rl.errors import CheckpointError, DiskFullError, RunInUseError
@@ -199,3 +201,30 @@ class CheckpointDir:
                 entry.unlink(missing_ok=True)
         if not self._lock.held:
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+# ----- the global random number generators, for exact resumption ------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNGs (torch's samples TD3+BC's target noise and EDAC's actions)."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "python": [py_version, list(py_state), py_gauss],
+             "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos),
+                       int(np_has_gauss), float(np_gauss)]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, py_state, gauss = state["python"]
+    random.setstate((version, tuple(py_state), gauss))
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():  # as many GPUs as this process sees
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)

@@ -6,7 +6,7 @@ whole update, the pre-training steps) becomes one ``torch.compile`` graph -- for
 (possibly overridden) methods, so a subclass's losses are compiled as they are; whatever dynamo
 cannot trace makes that step run eagerly, with a warning (mode auto).
 
-    report = optimise(algo, mode="auto", updates=cfg.updates)
+    report = attach_compiler(algo, mode="auto", updates=cfg.updates)
 
 modes
     eager    never compile: the same step functions, run by PyTorch op by op (for debugging)
@@ -55,8 +55,9 @@ import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
 from offline_rl.algo.common import check_adam, init_adam_state, set_capturable
+from offline_rl.config import COMPILE_MODES
 
-MODES = ("auto", "compile", "eager")
+MODES = COMPILE_MODES
 DEFAULT_MIN_UPDATES = 10_000
 
 
@@ -338,8 +339,8 @@ class StepCompiler:
         return fn(*args) if step is None else step(fn, args)
 
 
-def optimise(algo, mode: str = "auto", updates: int | None = None,
-             min_updates: int = DEFAULT_MIN_UPDATES, backend: str | Callable = "inductor") -> CompileReport:
+def attach_compiler(algo, mode: str = "auto", updates: int | None = None,
+                    min_updates: int | None = None, backend: str | Callable = "inductor") -> CompileReport:
     """Run ``algo``'s update steps (and the pre-training steps built on it) compiled, as ``mode``
     says; returns the report, which fills in as steps run (``report.metrics()`` to log).
 
@@ -350,6 +351,7 @@ def optimise(algo, mode: str = "auto", updates: int | None = None,
     if mode != "eager" and not hasattr(torch, "compile"):
         warnings.warn("torch.compile is not available: running eagerly", RuntimeWarning, stacklevel=2)
         mode = "eager"
+    min_updates = DEFAULT_MIN_UPDATES if min_updates is None else min_updates
     algo.compiler = StepCompiler(algo, mode, updates, min_updates, backend)
     return algo.compiler.report
 

@@ -58,5 +58,9 @@ class Evaluator:
             metrics["eval/normalized_score_std"] = float(score.std())
         return metrics
 
+    def evaluate_agent(self, agent) -> dict[str, float]:
+        """An algorithm's deterministic policy (``agent.act``), as ``__call__`` scores it."""
+        return self(lambda obs: agent.act(obs, deterministic=True))
+
     def close(self) -> None:
         self.envs.close()

@@ -8,7 +8,6 @@ The x-axis of every metric is the count of all gradient updates so far, pre-trai
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -19,26 +18,30 @@ from offline_rl.errors import NonFiniteLossError
 UpdateFn = Callable[[], dict[str, torch.Tensor]]
 
 
+Evaluate = Callable[[], dict[str, float]]  # the loop's evaluation of the acting agent, now
+Hook = Callable[[Evaluate | None], dict[str, float] | None]
+
+
 @dataclass
 class Phase:
     """``steps`` calls of ``update``. ``stop`` (optional) is asked at every log point with the
     window's mean metrics and may end the phase early (convergence); ``on_start`` / ``on_end``
-    run before / after it and may return metrics to log. With ``snapshot``, the phase's last
-    losses and an evaluation of the policy at its end are logged as ``<phase>/final/...``.
-    ``counters`` (optional) gives values logged as they are at every log point (not averaged over
-    the window: environment steps so far, replay size); ``agent`` (optional) is the algorithm
-    whose actor evaluations use during and after this phase (online fine-tuning trains its own)."""
+    run before / after it, given the loop's ``evaluate`` (None without an evaluator), and may
+    return metrics to log. With ``snapshot``, the phase's last losses and an evaluation of the
+    policy at its end are logged as ``<phase>/final/...``. ``counters`` (optional) gives values
+    logged as they are at every log point (not averaged over the window: environment steps so
+    far, replay size); ``agent`` (optional) is the algorithm evaluations use during and after this
+    phase (online fine-tuning trains its own; default: the trainer's)."""
 
     name: str
     update: UpdateFn
     steps: int
     stop: Callable[[int, dict[str, float]], bool] | None = None
     snapshot: bool = False
-    on_start: Callable[[], dict[str, float] | None] | None = None
-    on_end: Callable[[], dict[str, float] | None] | None = None
+    on_start: Hook | None = None
+    on_end: Hook | None = None
     counters: Callable[[], dict[str, float]] | None = None
     agent: Any = None
-    state: dict[str, Any] = field(default_factory=dict)
 
 
 class MetricWindow:
@@ -104,6 +107,7 @@ class LoopState:
     phase_index: int = 0
     phase_step: int = 0
     last_eval: dict[str, float] = field(default_factory=dict)
+    evaluated_at: tuple[int, int] | None = None  # (global step, phase) of ``last_eval``
     phase_lengths: dict[int, int] = field(default_factory=dict)  # phases that stopped early
 
 
@@ -137,15 +141,26 @@ def _load_stop_state(stop: Any, state: dict[str, Any] | None) -> None:
 
 
 class Trainer:
-    """Runs the phases in order. With ``checkpoint``, calls it with the trainer every
-    ``checkpoint_every`` updates (after that step's logging and evaluation) and when
-    ``interrupt_requested`` is set (by a signal handler): then it raises ``Interrupted``.
+    """Runs the phases in order, and owns the two things every phase shares:
+
+    evaluation  ``evaluator(agent)`` -- the acting phase's agent, else ``agent`` -- every
+                ``eval_every`` updates, at the end of a ``snapshot`` phase, for phase hooks
+                (``evaluate``) and at the end; once per update step and phase whoever asks
+                (``evaluation``), and never again for a step a checkpoint says was evaluated.
+                ``after_evaluation(step, metrics)`` (optional) runs after each new evaluation.
+    checkpoints ``checkpoint(trainer)`` every ``checkpoint_every`` updates (after that step's
+                logging and evaluation) and when ``interrupt_requested`` is set (by a signal
+                handler): then it raises ``Interrupted``.
+
     ``state_dict`` / ``load_state_dict`` hold everything the loop needs to continue exactly."""
 
-    def __init__(self, phases: list[Phase], tracker, evaluate: Callable[[], dict[str, float]] | None,
-                 log_every: int, eval_every: int, checkpoint: Callable[["Trainer"], None] | None = None,
-                 checkpoint_every: int = 0, progress: bool = True):
-        self.phases, self.tracker, self.evaluate = phases, tracker, evaluate
+    def __init__(self, phases: list[Phase], tracker,
+                 evaluator: Callable[[Any], dict[str, float]] | None, log_every: int,
+                 eval_every: int, checkpoint: Callable[["Trainer"], None] | None = None,
+                 checkpoint_every: int = 0, progress: bool = True, agent: Any = None,
+                 after_evaluation: Callable[[int, dict[str, float]], None] | None = None):
+        self.phases, self.tracker, self.evaluator, self.agent = phases, tracker, evaluator, agent
+        self.after_evaluation = after_evaluation
         self.log_every, self.eval_every = log_every, eval_every
         self.checkpoint, self.checkpoint_every = checkpoint, checkpoint_every
         self.progress = progress
@@ -159,11 +174,30 @@ class Trainer:
     def total_steps(self) -> int:
         return sum(p.steps for p in self.phases)
 
+    @property
+    def evaluate(self) -> Evaluate | None:
+        """What phase hooks evaluate with (None without an evaluator)."""
+        return self.evaluation if self.evaluator is not None else None
+
+    def evaluation(self) -> dict[str, float]:
+        """The acting agent's evaluation at this update step: computed once per step and phase."""
+        index = min(self.state.phase_index, len(self.phases) - 1)
+        key = (self.state.global_step, index)
+        if self.state.evaluated_at != key:
+            agent = self.phases[index].agent if self.phases and self.phases[index].agent is not None else self.agent
+            metrics = self.evaluator(agent)
+            self.state.last_eval, self.state.evaluated_at = metrics, key
+            if self.after_evaluation is not None:
+                self.after_evaluation(self.state.global_step, metrics)
+        return self.state.last_eval
+
     # ----- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
             "loop": {"global_step": self.state.global_step, "phase_index": self.state.phase_index,
                      "phase_step": self.state.phase_step, "last_eval": dict(self.state.last_eval),
+                     "evaluated_at": (list(self.state.evaluated_at)
+                                      if self.state.evaluated_at is not None else None),
                      "phase_lengths": {int(k): int(v) for k, v in self.state.phase_lengths.items()}},
             "window": self.window.state_dict(),
             "last": dict(self.last),
@@ -174,6 +208,8 @@ class Trainer:
         loop = state["loop"]
         self.state = LoopState(global_step=int(loop["global_step"]), phase_index=int(loop["phase_index"]),
                                phase_step=int(loop["phase_step"]), last_eval=dict(loop["last_eval"]),
+                               evaluated_at=(tuple(int(v) for v in loop["evaluated_at"])
+                                             if loop.get("evaluated_at") is not None else None),
                                phase_lengths={int(k): int(v) for k, v in loop["phase_lengths"].items()})
         self.window.load_state_dict(state["window"], device)
         self.last = dict(state["last"])
@@ -193,10 +229,9 @@ class Trainer:
         return means
 
     def _evaluate(self, bar) -> None:
-        if self.evaluate is None:
+        if self.evaluator is None:
             return
-        metrics = self.evaluate()
-        self.state.last_eval = metrics
+        metrics = self.evaluation()
         self.tracker.log_metrics(metrics, self.state.global_step)
         self.tracker.flush()
         if bar is not None and "eval/normalized_score_mean" in metrics:
@@ -207,7 +242,8 @@ class Trainer:
         self.tracker.set_tags({"phase": phase.name})
         metrics = {f"phase_start/{phase.name}": step}
         if phase.on_start is not None:
-            metrics.update({f"{phase.name}/{k}": v for k, v in (phase.on_start() or {}).items()})
+            metrics.update({f"{phase.name}/{k}": v
+                            for k, v in (phase.on_start(self.evaluate) or {}).items()})
         self.tracker.log_metrics(metrics, step)
 
     def _end_phase(self, phase: Phase, last: dict[str, float], stopped: bool) -> None:
@@ -217,11 +253,12 @@ class Trainer:
             summary[f"{phase.name}/converged_at"] = self.state.phase_step
             self.tracker.set_tags({f"{phase.name}.converged_at": self.state.phase_step})
         if phase.on_end is not None:
-            summary.update({f"{phase.name}/{k}": v for k, v in (phase.on_end() or {}).items()})
+            summary.update({f"{phase.name}/{k}": v
+                            for k, v in (phase.on_end(self.evaluate) or {}).items()})
         if phase.snapshot:
             summary.update({f"{phase.name}/final/{k}": v for k, v in last.items()})
-            if self.evaluate is not None:
-                evaluation = self.evaluate()
+            if self.evaluator is not None:
+                evaluation = self.evaluation()
                 summary.update({f"{phase.name}/final/{k.split('/', 1)[-1]}": v
                                 for k, v in evaluation.items()})
         self.tracker.log_metrics(summary, step)
@@ -274,7 +311,7 @@ class Trainer:
                 self.last = {}
                 state.phase_index += 1
                 state.phase_step = 0
-            if self.evaluate is not None and (not self.eval_every or state.global_step % self.eval_every):
+            if self.evaluator is not None and (not self.eval_every or state.global_step % self.eval_every):
                 self._evaluate(bar)
         finally:
             bar.close()

@@ -1,0 +1,91 @@
+"""What a job knows about the sweep it belongs to: the sweeper (offline_rl.sweep) exports the parent
+run id, the sweep name and its axes in environment variables before launching jobs; each job
+(offline_rl.training.run) reads them back through ``job_context``. Kept apart from the sweeper so
+that a run and the sweeper both depend on it, not on each other."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+ENV_PARENT_RUN_ID = "OFFLINE_RL_PARENT_RUN_ID"
+ENV_SWEEP_NAME = "OFFLINE_RL_SWEEP_NAME"
+ENV_SWEEP_AXES = "OFFLINE_RL_SWEEP_AXES"  # JSON list of the keys with more than one value
+
+
+def override_key(key: str) -> str:
+    """``+pretrain.lambda`` / ``++seed`` / ``~x`` -> the config key."""
+    return key.lstrip("+~")
+
+
+def split_override(text: str) -> tuple[str, str]:
+    key, _, value = text.partition("=")
+    return override_key(key), value
+
+
+
+
+
+@dataclass
+class JobContext:
+    """What a job knows about the sweep it belongs to (all empty for a single run)."""
+
+    sweep: str | None = None
+    parent_run_id: str | None = None
+    axes: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    slurm_job_id: str | None = None
+
+    @property
+    def axis_values(self) -> dict[str, str]:
+        values = dict(split_override(o) for o in self.overrides)
+        return {axis: values[axis] for axis in self.axes if axis in values}
+
+    def run_name(self) -> str | None:
+        """``algo=edac,pretrain=soft,seed=1``: the job's values of the swept axes."""
+        values = self.axis_values
+        return ",".join(f"{k}={v}" for k, v in values.items()) if values else None
+
+    def tags(self) -> dict[str, str]:
+        tags: dict[str, str] = {}
+        if self.sweep:
+            tags["sweep"] = self.sweep
+            tags["sweep.axes"] = ",".join(self.axes)
+            tags.update(self.axis_values)
+        if self.overrides:
+            tags["overrides"] = " ".join(self.overrides)
+        if self.slurm_job_id:
+            tags["slurm_job_id"] = self.slurm_job_id
+        return tags
+
+
+def slurm_job_id() -> str | None:
+    """The SLURM job id as ``sacct`` / submitit show it (``<array job>_<task>`` for an array)."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def job_context() -> JobContext:
+    slurm = slurm_job_id()
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # composed outside @hydra.main (tests, notebooks)
+        return JobContext(slurm_job_id=slurm)
+    overrides = [str(o) for o in hydra_cfg.overrides.task]
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return JobContext(overrides=overrides, slurm_job_id=slurm)
+    try:
+        axes = [str(a) for a in json.loads(os.environ.get(ENV_SWEEP_AXES, "[]"))]
+    except ValueError:
+        axes = []
+    return JobContext(sweep=os.environ.get(ENV_SWEEP_NAME) or None,
+                      parent_run_id=os.environ.get(ENV_PARENT_RUN_ID) or None,
+                      axes=axes, overrides=overrides, slurm_job_id=slurm)
+
+
