@@ -47,6 +47,7 @@ from benchmarks.common import ALGOS, ROOT, SHAPES, make_algorithms, random_batch
 from benchmarks.corl import CorlEDAC, CorlTD3BC, corl_batch
 from benchmarks.runs_per_gpu import loop_worker, runs_per_gpu, runs_table
 from offline_rl.dataset.replay import Batch
+from offline_rl.machine import cpu_model
 from offline_rl.pretrain.common import Scheme, soft_returns_to_go
 from offline_rl.training.compiled import optimise
 
@@ -299,18 +300,6 @@ def rtg_seconds(device: torch.device, transitions: int) -> float:
     return time.perf_counter() - t0
 
 
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return cpu
-
-
 def percent(value: float) -> str:
     """Whole percent, with decimals below 10% (a GPU's share of small networks)."""
     return f"{value:.0f}%" if value >= 10 else f"{value:.1f}%" if value >= 0.1 else f"{value:.2f}%"
@@ -383,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is None:
         args.out = str(ROOT / "docs" / ("bench_cuda.md" if device.type == "cuda" else "bench.md"))
     began = time.perf_counter()
-    cpu = machine()
+    cpu = cpu_model()
     header = (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch "
               f"{torch.__version__}, Python {platform.python_version()}, device {device}")
     bf16_peak = None
