@@ -115,7 +115,9 @@ def test_compiled_update_matches_eager(cls, options):
         compiled_metrics = run(compiled.update, data)
     caught = [w for w in caught if "compile=auto" in str(w.message)]
     compare_runs(run(eager.update, data), compiled_metrics, eager, compiled)
-    if cls is TD3BCCQL:  # its critic loss builds a SimpleNamespace, which dynamo cannot trace
+    # TD3+BC+CQL's critic step may also fall back to eager, one warning per fallback (today it
+    # compiles: the CQL regulariser reads the critic through a plain class, which dynamo traces)
+    if cls is TD3BCCQL:
         assert report.steps["td3_bc.critic"].status in ("compiled", "fallback")
         assert len(caught) == sum(r.status == "fallback" for r in report.steps.values())
     else:
