@@ -37,7 +37,7 @@ test: $(INSTALLED)  ## the whole test suite (CPU, 6-14 min on 2 cores)
 	$(PYTHON) -m pytest -q $(TEST_FLAGS)
 
 bench: $(INSTALLED)  ## TD3+BC and EDAC update and pre-training steps: CORL-style eager vs ours, table to docs/bench.md (BENCH_FLAGS=--quick)
-	$(PYTHON) -m offline_rl.bench $(BENCH_FLAGS)
+	$(PYTHON) -m benchmarks.bench $(BENCH_FLAGS)
 
 datasets: $(INSTALLED)  ## generate the local D4RL-style datasets (all five levels) for ENVS, e.g. ENVS="Hopper-v5 Walker2d-v5"
 	for env in $(ENVS); do $(PYTHON) -m offline_rl.generate --env $$env || exit 1; done

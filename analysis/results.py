@@ -25,6 +25,7 @@ from analysis.aggregate import aggregate
 from analysis.figures import plot_learning_curves
 from analysis.load import SCORE, RunSet
 from analysis.tables import efficiency_table, to_markdown
+from offline_rl.machine import cpu_model
 
 
 @dataclass
@@ -42,16 +43,8 @@ def machine() -> str:
 
     import torch
 
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{model}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, "
+    return (f"{cpu_model()}, {os.cpu_count()} cores, {gpu}; Python {platform.python_version()}, "
             f"torch {torch.__version__}")
 
 

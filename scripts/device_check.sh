@@ -21,7 +21,7 @@
 #   3. cuda_tests.log: pytest tests/test_cuda.py -- compiled (CUDA graphs) vs eager on the GPU for
 #      TD3+BC, EDAC and pre-training steps, Inductor's random numbers in graph replays, checkpoints
 #      between CUDA and the CPU, launch.py with device=cuda to FINISHED.
-#   4. bench_cuda.md: `make bench` on CUDA (python -m offline_rl.bench --device cuda): TD3+BC and
+#   4. bench_cuda.md: `make bench` on CUDA (python -m benchmarks.bench --device cuda): TD3+BC and
 #      EDAC updates on Hopper shapes, CORL-style vs ours eager vs ours compiled, absolute updates/s,
 #      share of the measured float32 and bf16 matmul peaks.
 #   5. runs_per_gpu.md: how many independent TD3+BC runs the GPU sustains side by side (1, 4, 16
@@ -92,7 +92,7 @@ fi
 export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 "$PYTHON" - <<'EOF' || { echo "the project cannot run here: a package is missing (see above)"; exit 2; }
 import gymnasium, hydra, minari, mlflow, mujoco, omegaconf, sqlalchemy, submitit
-import offline_rl.training.run, offline_rl.bench
+import offline_rl.training.run, benchmarks.bench
 env = gymnasium.make("Hopper-v5")
 env.reset(seed=0)
 print(f"imports fine: hydra {hydra.__version__}, mlflow {mlflow.__version__}, mujoco {mujoco.__version__}, "
@@ -113,7 +113,7 @@ if [ "$CUDA" = 1 ]; then
 else  # the CPU smoke: one row, eager and compiled, the machinery only
   bench=(--device cpu --algos td3_bc --shapes hopper --no-pretrain --reps 1 --window 0.2 --rtg 0 --runs-per-gpu)
 fi
-timeout -k 10 "$(limit 100 1800)" "$PYTHON" -m offline_rl.bench "${bench[@]}" --out "$OUT/bench_cuda.md"
+timeout -k 10 "$(limit 100 1800)" "$PYTHON" -m benchmarks.bench "${bench[@]}" --out "$OUT/bench_cuda.md"
 ran $? bench || status=1
 
 step "5. independent runs side by side"
@@ -122,7 +122,7 @@ if [ "$CUDA" = 1 ]; then
 else
   runs=(--device cpu --runs-per-gpu 1 2 --runs-seconds 2)
 fi
-timeout -k 10 "$(limit 150 1800)" "$PYTHON" -m offline_rl.bench "${runs[@]}" --algos --rtg 0 \
+timeout -k 10 "$(limit 150 1800)" "$PYTHON" -m benchmarks.bench "${runs[@]}" --algos --rtg 0 \
     --out "$OUT/runs_per_gpu.md"
 ran $? runs || status=1
 

@@ -28,10 +28,8 @@ class Evaluator:
 
     def __init__(self, env_spec: Any, episodes: int, seed: int, normalizer: StateNormalizer,
                  device: torch.device | str, ref_min_score: float | None = None,
-                 ref_max_score: float | None = None, max_episode_steps: int | None = None):
-        kwargs = {} if max_episode_steps is None else {"max_episode_steps": int(max_episode_steps)}
-        self.envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_spec, **kwargs)
-                                              for _ in range(episodes)])
+                 ref_max_score: float | None = None):
+        self.envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_spec) for _ in range(episodes)])
         self.episodes, self.seed = episodes, seed
         self.normalizer, self.device = normalizer, torch.device(device)
         self.ref_min_score, self.ref_max_score = ref_min_score, ref_max_score

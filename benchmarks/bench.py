@@ -33,345 +33,23 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import math
 import os
 import platform
 import statistics
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
-from torch.distributions import Normal
-from torch.nn import functional as F
 
-from offline_rl.algo.edac import EDAC
-from offline_rl.algo.td3_bc import TD3BC
+from benchmarks.common import ALGOS, ROOT, SHAPES, make_algorithms, random_batch
+from benchmarks.corl import CorlEDAC, CorlTD3BC, corl_batch
+from benchmarks.runs_per_gpu import loop_worker, runs_per_gpu, runs_table
 from offline_rl.dataset.replay import Batch
-from offline_rl.network import (DeterministicActor, EnsembleCritic, EnsembleLayerNorm, EnsembleLinear,
-                                TanhGaussianActor)
+from offline_rl.machine import cpu_model
 from offline_rl.pretrain.common import Scheme, soft_returns_to_go
 from offline_rl.training.compiled import attach_compiler
-
-SHAPES = {"hopper": (11, 3), "halfcheetah": (17, 6)}
-ALGOS = ("td3_bc", "edac")
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def random_batch(obs_dim: int, act_dim: int, batch_size: int, device: torch.device,
-                 generator: torch.Generator | None = None) -> Batch:
-    g = generator or torch.Generator(device="cpu").manual_seed(0)
-    tensors = (torch.randn(batch_size, obs_dim, generator=g), torch.rand(batch_size, act_dim, generator=g) * 2 - 1,
-               torch.randn(batch_size, generator=g), torch.randn(batch_size, obs_dim, generator=g),
-               (torch.rand(batch_size, generator=g) < 0.01).float(), torch.randn(batch_size, generator=g) * 10)
-    return Batch(*(t.to(device) for t in tensors))
-
-
-def make_algorithms(obs_dim: int, act_dim: int, device: torch.device) -> dict:
-    return {
-        "td3_bc": lambda: TD3BC(obs_dim, act_dim, partial(DeterministicActor, depth=2),
-                                partial(EnsembleCritic, depth=2), device=device),
-        "edac": lambda: EDAC(obs_dim, act_dim, partial(TanhGaussianActor, depth=3),
-                             partial(EnsembleCritic, depth=3), num_critics=10, device=device),
-    }
-
-
-# ----- the CORL-style references ---------------------------------------------------------------
-
-
-def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """CORL's soft_update: a Python loop over the parameters."""
-    for target_param, source_param in zip(target.parameters(), source.parameters()):
-        target_param.data.copy_((1 - tau) * target_param.data + tau * source_param.data)
-
-
-def corl_batch(batch: Batch) -> tuple:
-    """CORL's replay returns rewards and dones as [B, 1]."""
-    return (batch.observations, batch.actions, batch.rewards.unsqueeze(-1), batch.next_observations,
-            batch.dones.unsqueeze(-1), batch.returns_to_go.unsqueeze(-1))
-
-
-def member_mlp(critic: EnsembleCritic, index: int) -> nn.Sequential:
-    """Ensemble member ``index`` as its own nn.Sequential (one module per critic, as CORL's TD3+BC)."""
-    layers: list[nn.Module] = []
-    for layer in critic.net:
-        if isinstance(layer, EnsembleLinear):
-            linear = nn.Linear(layer.weight.shape[1], layer.weight.shape[2])
-            with torch.no_grad():
-                linear.weight.copy_(layer.weight[index].T)
-                linear.bias.copy_(layer.bias[index, 0])
-            layers.append(linear)
-        elif isinstance(layer, EnsembleLayerNorm):
-            layers.append(nn.LayerNorm(_hidden(critic), elementwise_affine=False, eps=layer.eps))
-        else:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers).to(critic.net[0].weight.device)
-
-
-def _hidden(critic: EnsembleCritic) -> int:
-    return critic.net[0].weight.shape[-1]
-
-
-class CorlCritic(nn.Module):
-    def __init__(self, net: nn.Sequential):
-        super().__init__()
-        self.net = net
-
-    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([state, action], 1))
-
-
-class CorlTD3BC:
-    """CORL's td3_bc.py TD3_BC.train, with this package's networks (LayerNorm) and weights."""
-
-    def __init__(self, algo: TD3BC):
-        self.actor = copy.deepcopy(algo.actor)
-        self.actor_target = copy.deepcopy(algo.actor_target)
-        self.critic_1, self.critic_2 = (CorlCritic(member_mlp(algo.critic, i)) for i in (0, 1))
-        self.critic_1_target = copy.deepcopy(self.critic_1)
-        self.critic_2_target = copy.deepcopy(self.critic_2)
-        lr = algo.actor_optimizer.param_groups[0]["lr"]
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=lr)
-        self.critic_1_optimizer = torch.optim.Adam(self.critic_1.parameters(), lr=lr)
-        self.critic_2_optimizer = torch.optim.Adam(self.critic_2.parameters(), lr=lr)
-        self.max_action, self.discount, self.tau = algo.max_action, algo.gamma, algo.tau
-        self.policy_noise, self.noise_clip = algo.policy_noise, algo.noise_clip
-        self.policy_freq, self.alpha = algo.policy_delay, algo.alpha
-        self.total_it = 0
-
-    def train(self, batch: tuple) -> dict[str, float]:
-        log_dict = {}
-        self.total_it += 1
-        state, action, reward, next_state, done, _ = batch
-        not_done = 1 - done
-        with torch.no_grad():
-            noise = (torch.randn_like(action) * self.policy_noise).clamp(-self.noise_clip, self.noise_clip)
-            next_action = (self.actor_target(next_state) + noise).clamp(-self.max_action, self.max_action)
-            target_q1 = self.critic_1_target(next_state, next_action)
-            target_q2 = self.critic_2_target(next_state, next_action)
-            target_q = torch.min(target_q1, target_q2)
-            target_q = reward + not_done * self.discount * target_q
-        current_q1 = self.critic_1(state, action)
-        current_q2 = self.critic_2(state, action)
-        critic_loss = F.mse_loss(current_q1, target_q) + F.mse_loss(current_q2, target_q)
-        log_dict["critic_loss"] = critic_loss.item()
-        self.critic_1_optimizer.zero_grad()
-        self.critic_2_optimizer.zero_grad()
-        critic_loss.backward()
-        self.critic_1_optimizer.step()
-        self.critic_2_optimizer.step()
-        if self.total_it % self.policy_freq == 0:
-            pi = self.actor(state)
-            q = self.critic_1(state, pi)
-            lmbda = self.alpha / q.abs().mean().detach()
-            actor_loss = -lmbda * q.mean() + F.mse_loss(pi, action)
-            log_dict["actor_loss"] = actor_loss.item()
-            self.actor_optimizer.zero_grad()
-            actor_loss.backward()
-            self.actor_optimizer.step()
-            soft_update(self.critic_1_target, self.critic_1, self.tau)
-            soft_update(self.critic_2_target, self.critic_2, self.tau)
-            soft_update(self.actor_target, self.actor, self.tau)
-        return log_dict
-
-    # Algorithm 1's pre-training steps, written the same way
-    def bc_step(self, batch: tuple) -> dict[str, float]:
-        state, action = batch[0], batch[1]
-        loss = F.mse_loss(self.actor(state), action)
-        self.actor_optimizer.zero_grad()
-        loss.backward()
-        self.actor_optimizer.step()
-        soft_update(self.actor_target, self.actor, self.tau)
-        return {"bc_loss": loss.item()}
-
-    def mc_critic_step(self, batch: tuple) -> dict[str, float]:
-        state, action, returns = batch[0], batch[1], batch[5]
-        loss = F.mse_loss(self.critic_1(state, action), returns) + F.mse_loss(self.critic_2(state, action), returns)
-        self.critic_1_optimizer.zero_grad()
-        self.critic_2_optimizer.zero_grad()
-        loss.backward()
-        self.critic_1_optimizer.step()
-        self.critic_2_optimizer.step()
-        soft_update(self.critic_1_target, self.critic_1, self.tau)
-        soft_update(self.critic_2_target, self.critic_2, self.tau)
-        return {"mc_loss": loss.item()}
-
-
-class CorlVectorizedLinear(nn.Module):
-    def __init__(self, layer: EnsembleLinear):
-        super().__init__()
-        self.weight = nn.Parameter(layer.weight.detach().clone())
-        self.bias = nn.Parameter(layer.bias.detach().clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight + self.bias
-
-
-class CorlVectorizedCritic(nn.Module):
-    def __init__(self, critic: EnsembleCritic):
-        super().__init__()
-        layers: list[nn.Module] = []
-        for layer in critic.net:
-            if isinstance(layer, EnsembleLinear):
-                layers.append(CorlVectorizedLinear(layer))
-            elif isinstance(layer, EnsembleLayerNorm):
-                layers.append(nn.LayerNorm(_hidden(critic), elementwise_affine=False, eps=layer.eps))
-            else:
-                layers.append(nn.ReLU())
-        self.critic = nn.Sequential(*layers)
-        self.num_critics = critic.num_critics
-
-    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        state_action = torch.cat([state, action], dim=-1)
-        if state_action.dim() != 3:
-            state_action = state_action.unsqueeze(0).repeat_interleave(self.num_critics, dim=0)
-        return self.critic(state_action).squeeze(-1)
-
-
-class CorlEDACActor(nn.Module):
-    def __init__(self, actor: TanhGaussianActor):
-        super().__init__()
-        self.trunk = copy.deepcopy(actor.trunk)
-        self.mu = copy.deepcopy(actor.mu)
-        self.log_sigma = copy.deepcopy(actor.log_std)
-        self.max_action = actor.max_action
-
-    def forward(self, state, deterministic: bool = False, need_log_prob: bool = False):
-        hidden = self.trunk(state)
-        mu, log_sigma = self.mu(hidden), self.log_sigma(hidden)
-        log_sigma = torch.clip(log_sigma, -5, 2)
-        policy_dist = Normal(mu, torch.exp(log_sigma))
-        action = mu if deterministic else policy_dist.rsample()
-        tanh_action, log_prob = torch.tanh(action), None
-        if need_log_prob:
-            log_prob = policy_dist.log_prob(action).sum(axis=-1)
-            log_prob = log_prob - torch.log(1 - tanh_action.pow(2) + 1e-6).sum(axis=-1)
-        return tanh_action * self.max_action, log_prob
-
-    def log_prob(self, state, action, eps: float = 1e-6):  # of dataset actions (soft BC)
-        hidden = self.trunk(state)
-        log_sigma = torch.clip(self.log_sigma(hidden), -5, 2)
-        dist = Normal(self.mu(hidden), torch.exp(log_sigma))
-        tanh_action = torch.clamp(action / self.max_action, -1 + eps, 1 - eps)
-        return (dist.log_prob(torch.atanh(tanh_action)).sum(-1)
-                - torch.log(1 - tanh_action.pow(2) + 1e-6).sum(-1))
-
-
-class CorlEDAC:
-    """CORL's edac.py EDAC.update, with this package's networks (LayerNorm) and weights."""
-
-    def __init__(self, algo: EDAC):
-        self.actor = CorlEDACActor(algo.actor)
-        self.critic = CorlVectorizedCritic(algo.critic)
-        self.target_critic = copy.deepcopy(self.critic)
-        for p in self.target_critic.parameters():
-            p.requires_grad_(False)
-        lr = algo.actor_optimizer.param_groups[0]["lr"]
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=lr)
-        self.log_alpha = torch.tensor([0.0], dtype=torch.float32, device=algo.device, requires_grad=True)
-        with torch.no_grad():
-            self.log_alpha.copy_(algo.temperature.log_alpha)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=lr)
-        self.alpha = self.log_alpha.exp().detach()
-        self.target_entropy, self.eta, self.gamma, self.tau = (algo.target_entropy, algo.eta,
-                                                               algo.gamma, algo.tau)
-        self.device = algo.device
-
-    def _alpha_loss(self, state):
-        with torch.no_grad():
-            action, action_log_prob = self.actor(state, need_log_prob=True)
-        return (-self.log_alpha * (action_log_prob + self.target_entropy)).mean()
-
-    def _actor_loss(self, state):
-        action, action_log_prob = self.actor(state, need_log_prob=True)
-        q_value_dist = self.critic(state, action)
-        q_value_min = q_value_dist.min(0).values
-        q_value_std = q_value_dist.std(0).mean().item()
-        batch_entropy = -action_log_prob.mean().item()
-        loss = (self.alpha * action_log_prob - q_value_min).mean()
-        return loss, batch_entropy, q_value_std
-
-    def _critic_diversity_loss(self, state, action):
-        num_critics = self.critic.num_critics
-        state = state.unsqueeze(0).repeat_interleave(num_critics, dim=0)
-        action = action.unsqueeze(0).repeat_interleave(num_critics, dim=0).requires_grad_(True)
-        q_ensemble = self.critic(state, action)
-        q_action_grad = torch.autograd.grad(q_ensemble.sum(), action, retain_graph=True, create_graph=True)[0]
-        q_action_grad = q_action_grad / (torch.norm(q_action_grad, p=2, dim=2).unsqueeze(-1) + 1e-10)
-        q_action_grad = q_action_grad.transpose(0, 1)
-        masks = torch.eye(num_critics, device=self.device).unsqueeze(dim=0).repeat(q_action_grad.shape[0], 1, 1)
-        q_action_grad = q_action_grad @ q_action_grad.permute(0, 2, 1)
-        q_action_grad = (1 - masks) * q_action_grad
-        grad_loss = q_action_grad.sum(dim=(1, 2)).mean()
-        return grad_loss / (num_critics - 1)
-
-    def _critic_loss(self, state, action, reward, next_state, done):
-        with torch.no_grad():
-            next_action, next_action_log_prob = self.actor(next_state, need_log_prob=True)
-            q_next = self.target_critic(next_state, next_action).min(0).values
-            q_next = q_next - self.alpha * next_action_log_prob
-            q_target = reward + self.gamma * (1 - done) * q_next.unsqueeze(-1)
-        q_values = self.critic(state, action)
-        critic_loss = ((q_values - q_target.view(1, -1)) ** 2).mean(dim=1).sum(dim=0)
-        diversity_loss = self._critic_diversity_loss(state, action)
-        return critic_loss + self.eta * diversity_loss
-
-    def update(self, batch: tuple) -> dict[str, float]:
-        state, action, reward, next_state, done, _ = batch
-        alpha_loss = self._alpha_loss(state)
-        self.alpha_optimizer.zero_grad()
-        alpha_loss.backward()
-        self.alpha_optimizer.step()
-        self.alpha = self.log_alpha.exp().detach()
-        actor_loss, actor_batch_entropy, q_policy_std = self._actor_loss(state)
-        self.actor_optimizer.zero_grad()
-        actor_loss.backward()
-        self.actor_optimizer.step()
-        critic_loss = self._critic_loss(state, action, reward, next_state, done)
-        self.critic_optimizer.zero_grad()
-        critic_loss.backward()
-        self.critic_optimizer.step()
-        with torch.no_grad():
-            soft_update(self.target_critic, self.critic, tau=self.tau)
-            max_action = self.actor.max_action
-            random_actions = -max_action + 2 * max_action * torch.rand_like(action)
-            q_random_std = self.critic(state, random_actions).std(0).mean().item()
-        return {"alpha_loss": alpha_loss.item(), "critic_loss": critic_loss.item(),
-                "actor_loss": actor_loss.item(), "batch_entropy": actor_batch_entropy,
-                "alpha": self.alpha.item(), "q_policy_std": q_policy_std, "q_random_std": q_random_std}
-
-    # Algorithm 2's pre-training steps, written the same way
-    def soft_bc_step(self, batch: tuple) -> dict[str, float]:
-        state, action = batch[0], batch[1]
-        alpha_loss = self._alpha_loss(state)
-        self.alpha_optimizer.zero_grad()
-        alpha_loss.backward()
-        self.alpha_optimizer.step()
-        self.alpha = self.log_alpha.exp().detach()
-        _, log_prob_sampled = self.actor(state, need_log_prob=True)
-        loss = (self.alpha * log_prob_sampled - self.actor.log_prob(state, action)).mean()
-        self.actor_optimizer.zero_grad()
-        loss.backward()
-        self.actor_optimizer.step()
-        return {"soft_bc_loss": loss.item(), "alpha_loss": alpha_loss.item(), "alpha": self.alpha.item()}
-
-    def soft_critic_step(self, batch: tuple) -> dict[str, float]:
-        state, action, returns = batch[0], batch[1], batch[5]
-        q_values = self.critic(state, action)
-        mc_loss = ((q_values - returns.view(1, -1)) ** 2).mean(dim=1).mean(dim=0)
-        diversity_loss = self._critic_diversity_loss(state, action)
-        loss = mc_loss + self.eta * diversity_loss
-        self.critic_optimizer.zero_grad()
-        loss.backward()
-        self.critic_optimizer.step()
-        with torch.no_grad():
-            soft_update(self.target_critic, self.critic, tau=self.tau)
-        return {"critic_loss": loss.item(), "mc_loss": mc_loss.item(), "diversity_loss": diversity_loss.item()}
-
 
 # ----- the cases -------------------------------------------------------------------------------
 
@@ -495,7 +173,7 @@ def matmul_bound(fn: Callable[[int], object], calls: int, device: torch.device,
     """Updates/s if an update were nothing but its matrix products: those of ``calls`` calls of
     ``fn`` (our eager step) are recorded with their operands and replayed back to back, best of 3
     windows -- without the matrix-vector products, which the compiled step computes as fused
-    reductions (training/compiled.py, SkinnyMatmulPass)."""
+    reductions (offline_rl/training/compiled.py, SkinnyMatmulPass)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     aten = torch.ops.aten
@@ -602,121 +280,6 @@ def matmul_peak(device: torch.device, n: int = 2048, reps: int = 10,
     return 2 * n ** 3 / min(times) / 1e9
 
 
-# ----- independent runs side by side on one GPU ---------------------------------------------------
-
-
-def loop_worker(go: Path, device: torch.device, seconds: float, seed: int, warmup: int | None = None) -> None:
-    """One process of ``runs_per_gpu``: a TD3+BC run's update loop as training/loop.py runs it --
-    a batch sampled from an on-device replay of 1M transitions, the compiled update (CUDA graphs
-    on CUDA), the metrics summed on the device and read back every 1,000 updates. After
-    ``warmup`` updates (compilation, graph capture) it says it is ready and waits for ``go``, then
-    runs for ``seconds`` and prints one JSON line: updates, seconds, GPU memory."""
-    import json
-
-    from offline_rl.dataset.replay import ReplayBuffer
-    from offline_rl.training.loop import MetricWindow
-
-    torch.set_num_threads(1)
-    torch.manual_seed(seed)
-    obs_dim, act_dim = SHAPES["hopper"]
-    algo = make_algorithms(obs_dim, act_dim, device)["td3_bc"]()
-    attach_compiler(algo, "compile")
-    replay = ReplayBuffer(1_000_000, obs_dim, act_dim, device, seed=seed)
-    for key, tensor in replay.storage.items():
-        tensor.normal_() if key != "dones" else tensor.bernoulli_(0.001)
-    replay.size = replay.capacity
-    window = MetricWindow()
-    step = 0
-
-    def update() -> None:
-        nonlocal step
-        window.add(algo.update(replay.sample(256)), step)
-        step += 1
-        if step % 1000 == 0:
-            window.read("offline_rl")
-
-    for _ in range(warmup if warmup is not None else 3000 if device.type == "cuda" else 100):
-        update()
-    window.read("offline_rl")
-    (go.parent / f"ready-{os.getpid()}").touch()
-    while not go.exists():
-        time.sleep(0.002)
-    t0, count = time.perf_counter(), 0
-    while count % 100 or time.perf_counter() - t0 < seconds:
-        update()
-        count += 1
-    window.read("offline_rl")  # waits for the device
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - t0
-    memory = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
-    print(json.dumps({"updates": count, "seconds": elapsed, "memory_gib": memory}), flush=True)
-
-
-def runs_per_gpu(counts: list[int], device: torch.device, seconds: float,
-                 timeout: float = 300) -> list[dict]:
-    """How many independent TD3+BC runs one GPU sustains: for each N in ``counts``, N processes
-    (``loop_worker``, different seeds) compile and warm up, start together, run ``seconds``;
-    the aggregate is the sum of their updates/s. Small networks leave a GPU mostly idle: the
-    aggregate's growth with N is what a sweep gains per GPU-hour."""
-    import json
-    import subprocess
-    import tempfile
-
-    rows = []
-    for n in counts:
-        with tempfile.TemporaryDirectory() as tmp:
-            go = Path(tmp) / "go"
-            logs = [(Path(tmp) / f"out-{i}", Path(tmp) / f"err-{i}") for i in range(n)]  # not pipes:
-            procs = []  # a worker that fills a pipe before it is read would stall
-            for i, (out_path, err_path) in enumerate(logs):
-                with open(out_path, "w") as out, open(err_path, "w") as err:
-                    procs.append(subprocess.Popen(
-                        [sys.executable, "-m", "offline_rl.bench", "--loop-worker", str(go), "--device",
-                         str(device), "--runs-seconds", str(seconds), "--seed", str(i)],
-                        stdout=out, stderr=err, cwd=ROOT))
-            deadline = time.monotonic() + timeout
-            failed = ""
-            while len(list(Path(tmp).glob("ready-*"))) < n and not failed:
-                if any(p.poll() is not None for p in procs):
-                    failed = "a worker exited before it was ready"
-                elif time.monotonic() > deadline:
-                    failed = f"not all {n} workers ready within {timeout:.0f} s"
-                time.sleep(0.05)
-            go.touch()
-            results = []
-            for proc, (out_path, err_path) in zip(procs, logs):
-                try:
-                    proc.wait(timeout=seconds + 120 if not failed else 5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                    failed = failed or "a worker did not finish"
-                out, err = out_path.read_text(), err_path.read_text()
-                lines = [line for line in out.splitlines() if line.startswith("{")]
-                if proc.returncode == 0 and lines:
-                    results.append(json.loads(lines[-1]))
-                else:
-                    failed = failed or f"a worker failed: {err.strip()[-600:]}"
-        rates = [r["updates"] / r["seconds"] for r in results]
-        row = {"runs": n, "failed": failed, "aggregate": sum(rates) if not failed else float("nan"),
-               "per_run_median": statistics.median(rates) if rates else float("nan"),
-               "per_run_min": min(rates) if rates else float("nan"),
-               "memory_gib": max((r["memory_gib"] for r in results), default=float("nan"))}
-        rows.append(row)
-        print(runs_table(rows)[-1] + (f"  ({failed})" if failed else ""), flush=True)
-    return rows
-
-
-def runs_table(rows: list[dict]) -> list[str]:
-    out = ["| runs side by side | aggregate upd/s | per run upd/s (median) | slowest run upd/s | "
-           "x one run | 1M-update runs per hour | GPU memory per run (GiB) |", "|---|---|---|---|---|---|---|"]
-    single = next((r["aggregate"] for r in rows if r["runs"] == 1), float("nan"))
-    for r in rows:
-        out.append(f"| {r['runs']} | {r['aggregate']:.0f} | {r['per_run_median']:.0f} | {r['per_run_min']:.0f} | "
-                   f"{r['aggregate'] / single:.2f}x | {r['aggregate'] * 3600 / 1e6:.1f} | {r['memory_gib']:.2f} |")
-    return out
-
 
 def rtg_seconds(device: torch.device, transitions: int) -> float:
     """Soft returns-to-go (Eq. 19) for ``transitions`` transitions with an EDAC actor (Hopper
@@ -735,18 +298,6 @@ def rtg_seconds(device: torch.device, transitions: int) -> float:
     out = soft_returns_to_go(algo, obs, rewards, terminals, timeouts, 0.99, True)
     float(out[0])
     return time.perf_counter() - t0
-
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return cpu
 
 
 def percent(value: float) -> str:
@@ -821,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is None:
         args.out = str(ROOT / "docs" / ("bench_cuda.md" if device.type == "cuda" else "bench.md"))
     began = time.perf_counter()
-    cpu = machine()
+    cpu = cpu_model()
     header = (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch "
               f"{torch.__version__}, Python {platform.python_version()}, device {device}")
     bf16_peak = None
@@ -881,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"timed together for {args.runs_seconds:g} s after all had compiled and warmed up:",
                   "", *runs_table(runs), ""]
         lines += [f"Failed: {r['runs']} runs: {r['failed']}" for r in runs if r["failed"]]
-    command = " ".join(["python -m offline_rl.bench", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(["python -m benchmarks.bench", *(argv if argv is not None else sys.argv[1:])])
     lines += [
         f"Command: `{command}` ({elapsed / 60:.1f} min). Flags: `--quick` (Hopper, updates only, 3 "
         "repetitions), `--algos`, `--shapes`, `--no-pretrain`, `--no-eager`, `--reps`, `--window`, "
