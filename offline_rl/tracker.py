@@ -283,8 +283,18 @@ class MlflowTracker:
         run = self.client.get_run(self.run_id)
         if not any(d.dataset.name == dataset.name and d.dataset.digest == dataset.digest
                    for d in run.inputs.dataset_inputs):
-            self.client.log_inputs(self.run_id, [DatasetInput(
-                dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
+            inputs = [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])]
+            for attempt in range(5):
+                try:
+                    self.client.log_inputs(self.run_id, inputs)
+                    break
+                except Exception as exc:  # noqa: BLE001 -- MlflowException wrapping the store's
+                    # sqlite inserts the experiment's dataset row on first use: two runs of a sweep
+                    # starting together race for it, and the loser's insert violates its unique
+                    # key. The row exists then; logging again links this run to it.
+                    if "UNIQUE constraint failed" not in str(exc) or attempt == 4:
+                        raise
+                    time.sleep(0.1 * (attempt + 1))
         if record.behaviour_score is not None:  # a resumed run skips it when already stored
             self.log_metrics({"dataset/behaviour_score": record.behaviour_score}, 0)
 

@@ -515,3 +515,39 @@ def test_a_pickle_in_place_of_a_checkpoint_is_refused_in_one_plain_line(tmp_path
         load_checkpoint(path)
     assert str(info.value) == f"{path} is not a checkpoint this project wrote (refused to unpickle)"
     assert not marker.exists()
+
+
+def test_two_runs_starting_together_both_get_their_dataset_input(tmp_path, minari_root, new_store):
+    """Two runs of a sweep starting at once race to insert the experiment's dataset row; the
+    loser's insert violates its unique key (seen in the 2x2 SLURM sweep). Its run then links to
+    the row the winner wrote, instead of failing."""
+    from mlflow.exceptions import MlflowException
+
+    from offline_rl.dataset.minari_source import read_minari_dataset
+    from offline_rl.dataset.record import describe
+    from offline_rl.tracker import MlflowTracker
+
+    store = new_store(tmp_path)
+    record = describe(read_minari_dataset("tests/hopper/random-v0"))
+    winner, loser = (MlflowTracker(store_dir=str(store)) for _ in range(2))
+    winner.start("a", {}, {})
+    loser.start("b", {}, {})
+    real, calls = loser.client.log_inputs, []
+
+    def racing(run_id, datasets):
+        calls.append(run_id)
+        if len(calls) == 1:  # the winner inserts the row between the loser's check and insert
+            winner.log_dataset(record)
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: "
+                                  "datasets.experiment_id, datasets.name, datasets.digest")
+        return real(run_id, datasets)
+
+    loser.client.log_inputs = racing
+    loser.log_dataset(record)
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    for tracker in (winner, loser):
+        [dataset_input] = client.get_run(tracker.run_id).inputs.dataset_inputs
+        assert dataset_input.dataset.name == "tests/hopper/random-v0"
+    assert len(calls) == 2
+    for tracker in (winner, loser):
+        tracker.finish("FINISHED")
