@@ -1,7 +1,8 @@
 """Validation of a composed config, in one place, before anything is built or submitted:
 ``check(cfg)`` = every value (``validate``) and the algorithm x pre-training / fine-tuning pairing
-(``check_pairing``). launch.py, the sweeper (for every job, before any is launched) and
-``training.run.train`` call it; nothing else re-checks a config value.
+(``check_pairing``). ``training.run.train`` (what launch.py runs) calls it first, and the sweeper
+runs the same two checks for every job before any is launched; nothing else re-checks a config
+value.
 
 Each rule names a key, a check and what is allowed; a failing value raises one ConfigError naming
 the key, the value and the allowed values. Rules name keys that only some options of a group have

@@ -97,7 +97,7 @@ class Run:
         self.pretrain = from_config(cfg.pretrain)
         self.finetune = from_config(cfg.finetune)
         self.algo = from_config(cfg.algo)(data.obs_dim, data.act_dim, device=device,
-                                   target_transform=self.pretrain.target_transform)
+                                          target_transform=self.pretrain.target_transform)
         self.replay = ReplayBuffer.from_offline(
             data, device, gamma=self.algo.gamma, normalize_states=self.algo.normalize_states,
             bootstrap_timeouts=self.pretrain.bootstrap_timeouts, seed=cfg.seed)
