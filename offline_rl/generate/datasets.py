@@ -81,11 +81,11 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "HalfCheetah-v5": {"algorithm": "td3", "env_steps": 500_000, "random_steps": 10_000,
                        "snapshot_every": 10_000},
 }
-#: measured speeds on a 2-core CPU (compiled update steps; README) for the estimate printed before
-#: a generation starts: env steps per second of behaviour training (one update each, evaluations
-#: included: CrossQ on Hopper 130/s idle, TD3 on HalfCheetah 143/s with a test suite at lower
-#: priority), and rollout transitions per second
-TRAINING_STEPS_PER_S = {"crossq": 120.0, "sac": 190.0, "td3": 145.0}
+#: measured speeds on an idle 2-core CPU (compiled update steps; README) for the estimate printed
+#: before a generation starts: env steps per second of behaviour training (one update each,
+#: evaluations included: CrossQ on Hopper 130/s, TD3 on HalfCheetah 205/s), and rollout
+#: transitions per second
+TRAINING_STEPS_PER_S = {"crossq": 120.0, "sac": 190.0, "td3": 205.0}
 ROLLOUT_STEPS_PER_S = 6000.0
 
 
