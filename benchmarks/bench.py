@@ -11,14 +11,19 @@ config), it times three versions of the offline RL update and of the pre-trainin
             every logged number, zero_grad / backward / step, a Python loop for Polyak averaging,
             ``torch.optim.Adam`` with its defaults), initialised with the same weights;
   eager     this package's step functions run eagerly (``compile=eager``);
-  compiled  the same step functions, one torch.compile graph each (``compile=auto``, the default).
+  compiled  the same step functions, one torch.compile graph each (``compile=auto``, the default);
+  bf16      the compiled steps with ``precision=bf16`` (offline_rl/precision.py: the hidden layers'
+            matrix products in bf16, the rest float32), where the device has bf16 hardware.
 
 Repetitions are interleaved (corl, eager, compiled, corl, ...; the order rotates) and the
 speed-up is the median over repetitions of (compiled updates/s) / (corl updates/s) from the same
 repetition, so a machine whose speed drifts (a shared host) affects both sides alike. FLOPs per
 update are counted with torch.utils.flop_counter.FlopCounterMode (matrix products; one update of
-each), and GFLOP/s is set against a 2048x2048 float32 matmul timed in the same process. The table
-is printed and written to docs/bench.md with the machine's description.
+each), and GFLOP/s is set against a 2048x2048 float32 matmul timed in the same process. Each step's
+matmul-only bound (its own matrix products replayed back to back) is measured in float32 and, for
+the bf16 column, with the bf16 operands a bf16 step multiplies. Every row is measured at each
+``--threads`` count (default 1 and 2). The table is printed and written to docs/bench.md with the
+machine's description.
 
 On CUDA (``--device cuda``, the default where there is a GPU) the compiled steps are CUDA graphs;
 the peaks are 8192x8192 float32 and bf16 products timed with CUDA events (the updates run in
@@ -48,6 +53,7 @@ from benchmarks.corl import CorlEDAC, CorlTD3BC, corl_batch
 from benchmarks.runs_per_gpu import loop_worker, runs_per_gpu, runs_table
 from offline_rl.dataset.replay import Batch
 from offline_rl.machine import cpu_model
+from offline_rl.precision import bf16_support
 from offline_rl.pretrain.common import Scheme, soft_returns_to_go
 from offline_rl.training.compiled import attach_compiler
 
@@ -71,18 +77,22 @@ class BenchScheme(Scheme):
 
 
 class Case:
-    """One row: three versions of the same step, each a function of the batch index."""
+    """One row: versions of the same step (CORL-style, eager, compiled, compiled in bf16), each a
+    function of the batch index; ``bf16_eager`` only records the bf16 step's matrix products."""
 
-    def __init__(self, algo_name: str, shape: str, step: str, corl: Callable[[int], object],
-                 eager: Callable[[int], object], compiled: Callable[[int], object], report, pair: int = 1):
-        self.algo_name, self.shape, self.step = algo_name, shape, step
-        self.contenders = {"corl": corl, "eager": eager, "compiled": compiled}
+    def __init__(self, algo_name: str, shape: str, step: str, contenders: dict[str, Callable[[int], object]],
+                 report, bf16_eager: Callable[[int], object] | None = None, pair: int = 1,
+                 threads: int = 1):
+        self.algo_name, self.shape, self.step, self.threads = algo_name, shape, step, threads
+        self.contenders = contenders  # corl, eager, compiled[, bf16]
+        self.bf16_eager = bf16_eager
         self.report, self.pair = report, pair  # pair: calls that make one full cycle (TD3: 2)
         self.flops: dict[str, float] = {}
         self.rates: dict[str, list[float]] = {k: [] for k in self.contenders}
         self.compile_seconds = 0.0
         self.agreement = float("nan")  # max relative difference of the losses, CORL vs ours
         self.bound = float("nan")  # updates/s of the matrix products alone
+        self.bf16_bound = float("nan")  # the same for the bf16 step's (bf16) products
 
 
 def agreement(corl: Callable[[int], dict], ours: Callable[[int], object], calls: int, seed: int) -> float:
@@ -100,7 +110,7 @@ def agreement(corl: Callable[[int], dict], ours: Callable[[int], object], calls:
 
 
 def build_cases(algo_name: str, shape: str, steps: list[str], device: torch.device,
-                pool_size: int, seed: int) -> list[Case]:
+                pool_size: int, seed: int, bf16: bool = False, threads: int = 1) -> list[Case]:
     obs_dim, act_dim = SHAPES[shape]
     g = torch.Generator().manual_seed(seed)
     pool = [random_batch(obs_dim, act_dim, 256, device, g) for _ in range(pool_size)]
@@ -108,18 +118,22 @@ def build_cases(algo_name: str, shape: str, steps: list[str], device: torch.devi
     torch.manual_seed(seed)
     base = make_algorithms(obs_dim, act_dim, device)[algo_name]()
     cases = []
+    ours = {"eager": ("eager", "fp32"), "compiled": ("compile", "fp32")}
+    if bf16:
+        ours.update({"bf16": ("compile", "bf16"), "bf16 eager": ("eager", "bf16")})
     for step in steps:
         versions = []
         for _ in range(2):  # the timed versions, and a fresh pair that checks they agree
             ref_algo = CorlTD3BC(base) if algo_name == "td3_bc" else CorlEDAC(base)
-            eager_algo, compiled_algo = copy.deepcopy(base), copy.deepcopy(base)
-            report = attach_compiler(compiled_algo, "compile")
-            attach_compiler(eager_algo, "eager")
+            algos, report = {}, None
+            for name, (mode, precision) in ours.items():
+                algos[name] = copy.deepcopy(base)
+                attached = attach_compiler(algos[name], mode, precision=precision)
+                report = attached if name == "compiled" else report
             if step == "update":
                 ref_fn = ref_algo.train if algo_name == "td3_bc" else ref_algo.update
-                fns = (lambda i, f=ref_fn: f(corl_pool[i % pool_size]),
-                       lambda i, a=eager_algo: a.update(pool[i % pool_size]),
-                       lambda i, a=compiled_algo: a.update(pool[i % pool_size]))
+                fns = {"corl": lambda i, f=ref_fn: f(corl_pool[i % pool_size])}
+                fns.update({name: (lambda i, a=a: a.update(pool[i % pool_size])) for name, a in algos.items()})
             else:
                 scheme = BenchScheme(steps=100_000, until=None)
                 factory, ref_name = {
@@ -128,18 +142,18 @@ def build_cases(algo_name: str, shape: str, steps: list[str], device: torch.devi
                     "pretrain soft BC": (scheme.soft_actor_update, "soft_bc_step"),
                     "pretrain soft critic": (scheme.critic_update, "soft_critic_step"),
                 }[step]
-                eager_step = factory(eager_algo, PoolReplay(pool), 256)
-                compiled_step = factory(compiled_algo, PoolReplay(pool), 256)
                 ref_fn = getattr(ref_algo, ref_name)
                 # PoolReplay starts at batch 1
-                fns = (lambda i, f=ref_fn: f(corl_pool[(i + 1) % pool_size]),
-                       lambda i, f=eager_step: f(), lambda i, f=compiled_step: f())
+                fns = {"corl": lambda i, f=ref_fn: f(corl_pool[(i + 1) % pool_size])}
+                fns.update({name: (lambda i, f=factory(a, PoolReplay(pool), 256): f())
+                            for name, a in algos.items()})
             versions.append((fns, report))
-        (corl, eager, compiled), report = versions[0]
-        case = Case(algo_name, shape, step, corl, eager, compiled, report,
-                    pair=2 if (algo_name == "td3_bc" and step == "update") else 1)
-        (check_corl, check_eager, _), _ = versions[1]
-        case.agreement = agreement(check_corl, check_eager, 2 * case.pair, seed)
+        fns, report = versions[0]
+        bf16_eager = fns.pop("bf16 eager", None)
+        case = Case(algo_name, shape, step, fns, report, bf16_eager,
+                    pair=2 if (algo_name == "td3_bc" and step == "update") else 1, threads=threads)
+        check = versions[1][0]
+        case.agreement = agreement(check["corl"], check["eager"], 2 * case.pair, seed)
         cases.append(case)
     return cases
 
@@ -231,10 +245,14 @@ def run_case(case: Case, device: torch.device, reps: int, window: float, eager: 
     case.flops["corl"] = count_flops(case.contenders["corl"], case.pair)
     case.flops["eager"] = count_flops(case.contenders["eager"], case.pair)
     case.bound = matmul_bound(case.contenders["eager"], case.pair, device)
+    if case.bf16_eager is not None:  # the bf16 step's products, with their bf16 operands
+        case.bf16_bound = matmul_bound(case.bf16_eager, case.pair, device)
     # warm-up: compilation (timed by the report), caches, the allocator
     start = time.perf_counter()
     for i in range(2 * case.pair):
         case.contenders["compiled"](i)
+        if "bf16" in case.contenders:
+            case.contenders["bf16"](i)
     case.compile_seconds = case.report.compile_seconds
     calls = {}
     for name in names:
@@ -250,8 +268,8 @@ def run_case(case: Case, device: torch.device, reps: int, window: float, eager: 
             step += calls[name]
 
 
-def median_ratio(case: Case, name: str) -> float:
-    pairs = list(zip(case.rates[name], case.rates["corl"]))
+def median_ratio(case: Case, name: str, baseline: str = "corl") -> float:
+    pairs = list(zip(case.rates.get(name, []), case.rates[baseline]))
     return statistics.median(a / b for a, b in pairs) if pairs else float("nan")
 
 
@@ -305,33 +323,44 @@ def percent(value: float) -> str:
     return f"{value:.0f}%" if value >= 10 else f"{value:.1f}%" if value >= 0.1 else f"{value:.2f}%"
 
 
-def table(cases: list[Case], peak: float, eager: bool, bf16_peak: float | None = None) -> list[str]:
-    head = ["algo", "shape", "step", "CORL-style upd/s"]
+def table(cases: list[Case], peak: float, eager: bool, bf16_peak: float | None = None,
+          bf16: bool = False) -> list[str]:
+    head = ["algo", "shape", "step", "threads", "CORL-style upd/s"]
     if eager:
         head += ["eager upd/s"]
     head += ["compiled upd/s", "compiled / CORL"]
     if eager:
         head += ["eager / CORL"]
+    if bf16:
+        head += ["bf16 upd/s", "bf16 / fp32"]
     head += ["GFLOP/upd CORL", "GFLOP/upd ours", "GFLOP/s ours", "% of matmul peak"]
     if bf16_peak:
         head += ["% of bf16 peak"]
-    head += ["matmul-only upd/s", "compiled / matmul-only", "compile s", "losses agree"]
+    head += ["matmul-only upd/s", "compiled / matmul-only"]
+    if bf16:
+        head += ["bf16 matmul-only upd/s", "bf16 / bf16 matmul-only"]
+    head += ["compile s", "losses agree"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cases:
         med = {k: statistics.median(v) if v else float("nan") for k, v in c.rates.items()}
-        cells = [c.algo_name, c.shape, c.step, f"{med['corl']:.1f}"]
+        cells = [c.algo_name, c.shape, c.step, str(c.threads), f"{med['corl']:.1f}"]
         if eager:
             cells += [f"{med['eager']:.1f}"]
         cells += [f"{med['compiled']:.1f}", f"**{median_ratio(c, 'compiled'):.2f}x**"]
         if eager:
             cells += [f"{median_ratio(c, 'eager'):.2f}x"]
+        if bf16:
+            cells += [f"{med.get('bf16', float('nan')):.1f}",
+                      f"**{median_ratio(c, 'bf16', 'compiled'):.2f}x**"]
         ours = c.flops["eager"] / 1e9
         gflops = ours * med["compiled"]
         cells += [f"{c.flops['corl'] / 1e9:.3f}", f"{ours:.3f}", f"{gflops:.0f}", percent(100 * gflops / peak)]
         if bf16_peak:
             cells += [percent(100 * gflops / bf16_peak)]
-        cells += [f"{c.bound:.0f}", f"{100 * med['compiled'] / c.bound:.0f}%",
-                  f"{c.compile_seconds:.1f}", f"{c.agreement:.0e}"]
+        cells += [f"{c.bound:.0f}", f"{100 * med['compiled'] / c.bound:.0f}%"]
+        if bf16:
+            cells += [f"{c.bf16_bound:.0f}", f"{100 * med.get('bf16', float('nan')) / c.bf16_bound:.0f}%"]
+        cells += [f"{c.compile_seconds:.1f}", f"{c.agreement:.0e}"]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
@@ -345,6 +374,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--no-pretrain", action="store_true", help="offline RL updates only")
     parser.add_argument("--no-eager", action="store_true", help="leave out the eager column")
+    parser.add_argument("--no-bf16", action="store_true",
+                        help="leave out the bf16 columns (left out anyway without bf16 hardware)")
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2],
+                        help="torch CPU threads; every row is measured at each count")
     parser.add_argument("--reps", type=int, default=7, help="interleaved repetitions per row")
     parser.add_argument("--window", type=float, default=0.7, help="seconds per timing window")
     parser.add_argument("--rtg", type=int, default=1_000_000,
@@ -367,14 +400,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.shapes, args.no_pretrain, args.no_eager = ["hopper"], True, True
         args.reps = min(args.reps, 3)
+    has_bf16, bf16_why = bf16_support(device)
+    bf16 = has_bf16 and not args.no_bf16
     if args.runs_per_gpu is None:
         args.runs_per_gpu = [1, 4, 16] if device.type == "cuda" else []
     if args.out is None:
         args.out = str(ROOT / "docs" / ("bench_cuda.md" if device.type == "cuda" else "bench.md"))
     began = time.perf_counter()
     cpu = cpu_model()
-    header = (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch "
-              f"{torch.__version__}, Python {platform.python_version()}, device {device}")
+    header = (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python "
+              f"{platform.python_version()}, device {device}; bf16: {bf16_why}")
     bf16_peak = None
     if device.type == "cuda":
         header += (f" ({torch.cuda.get_device_name(device)}, TF32 "
@@ -392,17 +427,22 @@ def main(argv: list[str] | None = None) -> None:
     steps_of = {"td3_bc": ["update", "pretrain BC", "pretrain MC critic"],
                 "edac": ["update", "pretrain soft BC", "pretrain soft critic"]}
     cases: list[Case] = []
-    for algo_name in args.algos:
-        for shape in args.shapes:
-            steps = steps_of[algo_name][:1] if args.no_pretrain else steps_of[algo_name]
-            for case in build_cases(algo_name, shape, steps, device, pool_size=16, seed=args.seed):
-                run_case(case, device, args.reps, args.window, not args.no_eager)
-                cases.append(case)
-                print(table([case], peak, not args.no_eager, bf16_peak)[-1], flush=True)
+    threads_before = torch.get_num_threads()
+    for threads in (args.threads if device.type == "cpu" else [threads_before]):
+        torch.set_num_threads(threads)
+        for algo_name in args.algos:
+            for shape in args.shapes:
+                steps = steps_of[algo_name][:1] if args.no_pretrain else steps_of[algo_name]
+                for case in build_cases(algo_name, shape, steps, device, pool_size=16,
+                                        seed=args.seed, bf16=bf16, threads=threads):
+                    run_case(case, device, args.reps, args.window, not args.no_eager)
+                    cases.append(case)
+                    print(table([case], peak, not args.no_eager, bf16_peak, bf16)[-1], flush=True)
+    torch.set_num_threads(threads_before)
     rtg = rtg_seconds(device, args.rtg) if args.rtg else None
     runs = runs_per_gpu(args.runs_per_gpu, device, args.runs_seconds) if args.runs_per_gpu else []
     elapsed = time.perf_counter() - began
-    rows = table(cases, peak, not args.no_eager, bf16_peak)
+    rows = table(cases, peak, not args.no_eager, bf16_peak, bf16)
     lines = [
         "# Update-step speed (`make bench`)",
         "",
@@ -414,7 +454,8 @@ def main(argv: list[str] | None = None) -> None:
         lines += [
             "Updates per second, medians over "
             f"{args.reps} interleaved repetitions of ~{args.window:g} s; the speed-ups are medians of "
-            "per-repetition ratios. Batch 256; TD3+BC 2x256, EDAC 3x256 with N = 10 critics; "
+            "per-repetition ratios (`bf16 / fp32`: the bf16 step against the compiled float32 step "
+            "of the same repetition). Batch 256; TD3+BC 2x256, EDAC 3x256 with N = 10 critics; "
             "LayerNorm in actor and critic (the default config). A TD3+BC update alternates critic "
             "steps and critic+actor steps (policy delay 2). GFLOP counts matrix products "
             "(FlopCounterMode), per update; the CORL-style update does more of them (see below).",
@@ -436,7 +477,7 @@ def main(argv: list[str] | None = None) -> None:
     lines += [
         f"Command: `{command}` ({elapsed / 60:.1f} min). Flags: `--quick` (Hopper, updates only, 3 "
         "repetitions), `--algos`, `--shapes`, `--no-pretrain`, `--no-eager`, `--reps`, `--window`, "
-        "`--rtg`, `--device`, `--runs-per-gpu`, `--runs-seconds`, `--out`; from make: "
+        "`--rtg`, `--device`, `--threads`, `--no-bf16`, `--runs-per-gpu`, `--runs-seconds`, `--out`; from make: "
         "`make bench BENCH_FLAGS=--quick` (`BENCH_FLAGS='--device cuda'` on a GPU machine, the default there).",
         "",
     ]
@@ -461,6 +502,10 @@ def main(argv: list[str] | None = None) -> None:
             "dQ/da written out as first-order operations, losses left on the device.",
             "- **compiled**: the same step functions, each one `torch.compile` graph (forward, "
             "backward, foreach Adam, `_foreach_lerp_` Polyak), `compile=auto`, the default.",
+            "- **bf16**: the compiled steps with `precision=bf16`: the hidden layers' matrix "
+            "products in bf16 with float32 accumulation, everything else float32 "
+            "(offline_rl/precision.py, docs/precision.md); its matmul-only bound replays the bf16 "
+            "step's own (bf16) products.",
             "- **compile s**: wall time of the first calls (tracing and Inductor; lower when Inductor's "
             "on-disk cache already holds the graphs).",
             "- **matmul-only**: the updates/s the step's matrix products alone allow -- recorded from "

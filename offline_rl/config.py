@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from offline_rl.cli_help import config_groups
 from offline_rl.dataset.levels import LEVELS
 from offline_rl.errors import ConfigError, OfflineRLError
+from offline_rl.precision import PRECISIONS
 
 
 def _or_else(value: Any, default: Any) -> Any:
@@ -104,6 +105,8 @@ RULES: list[Rule] = [
     _rule("threads", int_at_least(0)),
     _rule("progress", boolean()),
     _rule("compile", ((lambda v: v in COMPILE_MODES), ", ".join(COMPILE_MODES))),
+    _rule("precision", ((lambda v: v in PRECISIONS), ", ".join(PRECISIONS))),
+    _rule("precision_change", ((lambda v: v in ("refuse", "allow")), "refuse or allow")),
     _rule("resume", ((lambda v: v in ("auto", "never")), "auto or never")),
     _rule("checkpoint.every", (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no periodic checkpoints)")),
     _rule("checkpoint.keep", int_at_least(1)),

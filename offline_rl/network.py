@@ -5,6 +5,12 @@ Every MLP here puts a LayerNorm after every linear layer except the last one, sw
 the activation). The paper's reference code uses LayerNorm without a learned affine transform
 (``elementwise_affine=False``); ``layer_norm_affine`` adds one. Critic ensembles -- EDAC's N critics and TD3's twin critics alike -- are one module
 whose layers are batched matmuls over the ensemble dimension, never a Python list of networks.
+
+Precision (offline_rl/precision.py): under ``precision=bf16`` an update step runs in bf16 autocast,
+so the hidden layers' matrix products take bf16 operands; the normalisation layers cast their input
+back to float32 and the output layers (``OutputLinear``, an ``EnsembleLinear`` built with
+``output=True``) compute in float32 with autocast off, so actions, log-probabilities and Q-values are
+float32. Under fp32 these casts are the identity.
 """
 
 from __future__ import annotations
@@ -15,22 +21,41 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from offline_rl.precision import float32_region, to_float32
+
 
 def hidden_dims(width: int, depth: int) -> list[int]:
     return [int(width)] * int(depth)
 
 
+class OutputLinear(nn.Linear):
+    """A network's last linear layer: float32 input, weights and result, also inside a bf16
+    update step (autocast off here), so what the network outputs keeps float32's precision."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with float32_region(x):
+            return F.linear(to_float32(x), self.weight, self.bias)
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm on a float32 input (a bf16 product's result is cast back first)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(to_float32(x))
+
+
 def mlp(in_dim: int, dims: list[int], out_dim: int, layer_norm: bool,
-        layer_norm_affine: bool = False) -> nn.Sequential:
-    """Linear -> [LayerNorm] -> ReLU for each hidden layer, then a plain Linear."""
+        layer_norm_affine: bool = False, output: bool = True) -> nn.Sequential:
+    """Linear -> [LayerNorm] -> ReLU for each hidden layer, then a plain Linear: the network's
+    output layer (``OutputLinear``) unless ``output=False`` (a trunk whose last layer is hidden)."""
     layers: list[nn.Module] = []
     for dim in dims:
         layers.append(nn.Linear(in_dim, dim))
         if layer_norm:
-            layers.append(nn.LayerNorm(dim, elementwise_affine=layer_norm_affine))
+            layers.append(LayerNorm(dim, elementwise_affine=layer_norm_affine))
         layers.append(nn.ReLU())
         in_dim = dim
-    layers.append(nn.Linear(in_dim, out_dim))
+    layers.append(OutputLinear(in_dim, out_dim) if output else nn.Linear(in_dim, out_dim))
     return nn.Sequential(*layers)
 
 
@@ -62,13 +87,13 @@ class TanhGaussianActor(nn.Module):
                  log_std_min: float = -5.0, log_std_max: float = 2.0, layer_norm_affine: bool = False):
         super().__init__()
         dims = hidden_dims(width, depth)
-        self.trunk = mlp(obs_dim, dims[:-1], dims[-1], layer_norm, layer_norm_affine)
+        self.trunk = mlp(obs_dim, dims[:-1], dims[-1], layer_norm, layer_norm_affine, output=False)
         # the trunk's last layer is a hidden layer too: give it its LayerNorm and activation
-        tail: list[nn.Module] = ([nn.LayerNorm(dims[-1], elementwise_affine=layer_norm_affine)]
+        tail: list[nn.Module] = ([LayerNorm(dims[-1], elementwise_affine=layer_norm_affine)]
                                  if layer_norm else [])
         self.trunk.extend(tail + [nn.ReLU()])
-        self.mu = nn.Linear(dims[-1], act_dim)
-        self.log_std = nn.Linear(dims[-1], act_dim)
+        self.mu = OutputLinear(dims[-1], act_dim)
+        self.log_std = OutputLinear(dims[-1], act_dim)
         self.max_action = max_action
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
 
@@ -120,12 +145,14 @@ def tanh_log_det(tanh_action: torch.Tensor) -> torch.Tensor:
 
 
 class EnsembleLinear(nn.Module):
-    """N independent linear layers applied as one batched matmul: [N, B, in] -> [N, B, out]."""
+    """N independent linear layers applied as one batched matmul: [N, B, in] -> [N, B, out].
+    ``output``: the ensemble's last layer, computed in float32 (as ``OutputLinear``)."""
 
-    def __init__(self, in_dim: int, out_dim: int, ensemble_size: int):
+    def __init__(self, in_dim: int, out_dim: int, ensemble_size: int, output: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(ensemble_size, in_dim, out_dim))
         self.bias = nn.Parameter(torch.empty(ensemble_size, 1, out_dim))
+        self.output = output
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -135,7 +162,17 @@ class EnsembleLinear(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.output:
+            with float32_region(x):
+                return torch.baddbmm(self.bias, to_float32(x), self.weight)
         return torch.baddbmm(self.bias, x, self.weight)
+
+    def member(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Member ``index`` alone on x [B, in] -> [B, out]."""
+        if self.output:
+            with float32_region(x):
+                return torch.addmm(self.bias[index], to_float32(x), self.weight[index])
+        return torch.addmm(self.bias[index], x, self.weight[index])
 
 
 class EnsembleLayerNorm(nn.Module):
@@ -148,8 +185,13 @@ class EnsembleLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.layer_norm(x, x.shape[-1:], eps=self.eps)
+        x = F.layer_norm(to_float32(x), x.shape[-1:], eps=self.eps)
         return x if self.weight is None else x * self.weight + self.bias
+
+    def member(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Member ``index``'s affine transform alone on x [B, dim]."""
+        x = F.layer_norm(to_float32(x), x.shape[-1:], eps=self.eps)
+        return x if self.weight is None else x * self.weight[index] + self.bias[index]
 
 
 class EnsembleCritic(nn.Module):
@@ -169,7 +211,7 @@ class EnsembleCritic(nn.Module):
                 layers.append(EnsembleLayerNorm(dim, num_critics, layer_norm_affine))
             layers.append(nn.ReLU())
             in_dim = dim
-        layers.append(EnsembleLinear(in_dim, 1, num_critics))
+        layers.append(EnsembleLinear(in_dim, 1, num_critics, output=True))
         self.net = nn.Sequential(*layers)
         self.num_critics = num_critics
 
@@ -185,14 +227,7 @@ class EnsembleCritic(nn.Module):
         """Q_index(s, a) alone -> [B], without computing the other members."""
         x = torch.cat([obs, act], dim=-1)
         for layer in self.net:
-            if isinstance(layer, EnsembleLinear):
-                x = torch.addmm(layer.bias[index], x, layer.weight[index])
-            elif isinstance(layer, EnsembleLayerNorm):
-                x = F.layer_norm(x, x.shape[-1:], eps=layer.eps)
-                if layer.weight is not None:
-                    x = x * layer.weight[index] + layer.bias[index]
-            else:
-                x = layer(x)
+            x = layer.member(index, x) if isinstance(layer, (EnsembleLinear, EnsembleLayerNorm)) else layer(x)
         return x.squeeze(-1)
 
 

@@ -25,6 +25,7 @@ from offline_rl.algo.edac import Temperature
 from offline_rl.algo.losses import td_loss
 from offline_rl.dataset.replay import Batch
 from offline_rl.network import gaussian_log_prob, tanh_log_det
+from offline_rl.precision import float32_region, to_float32
 
 
 class BatchRenorm(nn.Module):
@@ -47,6 +48,7 @@ class BatchRenorm(nn.Module):
         self.momentum, self.eps = momentum, eps
 
     def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        x = to_float32(x)  # statistics in float32 in bf16 update steps (offline_rl/precision.py)
         if not train:
             x_hat = (x - self.running_mean) * torch.rsqrt(self.running_var + self.eps)
             return x_hat * self.weight + self.bias
@@ -69,10 +71,13 @@ def batch_renorm_layers(module: nn.Module) -> list[BatchRenorm]:
 
 
 class _Linear(nn.Module):
-    """A linear layer, one per ensemble member when ``ensemble_size`` is given (batched matmul)."""
+    """A linear layer, one per ensemble member when ``ensemble_size`` is given (batched matmul);
+    ``output``: a network's head, computed in float32 (as offline_rl.network.OutputLinear)."""
 
-    def __init__(self, in_dim: int, out_dim: int, ensemble_size: int | None = None):
+    def __init__(self, in_dim: int, out_dim: int, ensemble_size: int | None = None,
+                 output: bool = False):
         super().__init__()
+        self.output = output
         members = 1 if ensemble_size is None else ensemble_size
         bound = 1.0 / math.sqrt(in_dim)  # nn.Linear's default distribution
         self.weight = nn.Parameter(torch.empty(members, in_dim, out_dim).uniform_(-bound, bound))
@@ -80,6 +85,12 @@ class _Linear(nn.Module):
         self.ensemble = ensemble_size is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.output:
+            with float32_region(x):
+                return self._product(to_float32(x))
+        return self._product(x)
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
         if self.ensemble:
             return torch.baddbmm(self.bias, x, self.weight)
         return torch.addmm(self.bias[0], x, self.weight[0])
@@ -96,7 +107,7 @@ class BRNMLP(nn.Module):
         dims = [in_dim] + [width] * depth
         self.hidden = nn.ModuleList(_Linear(a, b, ensemble_size) for a, b in zip(dims, dims[1:]))
         self.norms = nn.ModuleList(BatchRenorm(b, ensemble_size, momentum) for b in dims[1:])
-        self.head = _Linear(dims[-1], out_dim, ensemble_size)
+        self.head = _Linear(dims[-1], out_dim, ensemble_size, output=True)
 
     def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         x = self.input_norm(x, train)

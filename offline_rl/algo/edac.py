@@ -24,6 +24,7 @@ from offline_rl.algo.losses import td_loss
 from offline_rl.dataset.replay import Batch
 from offline_rl.network import (EnsembleCritic, EnsembleLayerNorm, EnsembleLinear,
                                 TanhGaussianActor, linear_layers)
+from offline_rl.precision import to_float32
 
 
 class Temperature(nn.Module):
@@ -88,6 +89,7 @@ def q_and_action_grad(critic: EnsembleCritic, obs: torch.Tensor,
             x = layer(x)
             saved.append(("linear", layer))
         elif isinstance(layer, EnsembleLayerNorm):
+            x = to_float32(x)  # as EnsembleLayerNorm.forward (bf16 update steps)
             rstd = torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + layer.eps)
             normed = F.layer_norm(x, x.shape[-1:], eps=layer.eps)
             x = normed if layer.weight is None else normed * layer.weight + layer.bias
@@ -113,7 +115,7 @@ def q_and_action_grad(critic: EnsembleCritic, obs: torch.Tensor,
             if index == 0:  # the first layer: only the action's rows
                 weight = weight[:, obs.shape[-1]:, :]
             grad = torch.bmm(grad, weight.transpose(1, 2))
-    return q, grad
+    return q, to_float32(grad)
 
 
 class EDAC(Algorithm):

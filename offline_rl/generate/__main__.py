@@ -33,6 +33,7 @@ HELP = {
     "seed": "seed of everything",
     "device": "torch device of the behaviour agent",
     "compile": "update steps: auto, compile or eager",
+    "precision": "update steps' arithmetic: fp32 (default), bf16 or auto (docs/precision.md)",
     "average_last": "final policy = mean of the snapshots over the last this fraction of training",
     "checkpoint_every": "env steps between checkpoints (0: only on a signal)",
     "tracking_uri": "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow sqlite)",

@@ -46,6 +46,7 @@ from offline_rl.dataset.replay import ReplayBuffer, StateNormalizer
 from offline_rl.errors import CheckpointError, ConfigError, warn
 from offline_rl.generate.rollouts import actor_policy, box_spaces, evaluate_policy, random_policy
 from offline_rl.network import DeterministicActor, EnsembleCritic, TanhGaussianActor
+from offline_rl.precision import PRECISIONS, resolve as resolve_precision
 from offline_rl.training.checkpoint import CheckpointDir, rng_state, set_rng_state
 from offline_rl.training.compiled import attach_compiler, compile_metrics
 from offline_rl.training.evaluation import Evaluator
@@ -90,6 +91,9 @@ class BehaviourConfig:
     # runtime settings: how fast or where it runs, not what it generates (never compared)
     device: str = "cpu"
     compile: str = "auto"  # the update steps as one compiled graph each (training/compiled.py)
+    # fp32, bf16 or auto (offline_rl/precision.py); fp32 by default: the behaviour agent's return
+    # in bf16 was measured once only (docs/precision.md)
+    precision: str = "fp32"
     checkpoint_every: int = 10_000  # env steps between checkpoints (0: only on a signal)
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else the checkout's sqlite store
     track: bool = True  # record the behaviour run in MLflow (experiment "datasets")
@@ -114,6 +118,9 @@ class BehaviourConfig:
         if self.compile not in ("auto", "compile", "eager"):
             raise ConfigError(f"generator setting compile={self.compile!r} is not allowed: "
                               f"expected auto, compile or eager")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"generator setting precision={self.precision!r} is not allowed: "
+                              f"expected {', '.join(PRECISIONS)}")
 
 
 @dataclass
@@ -219,6 +226,7 @@ def train_behaviour(config: BehaviourConfig, checkpoint_dir: Path, identity: str
     what dataset generation needs. ``reference``: (random, expert) returns that normalise the
     evaluation scores (D4RL's, for the MuJoCo tasks)."""
     device = torch.device(config.device)
+    precision = resolve_precision(config.precision, device)
     env = gym.make(config.env_id)
     obs_dim, act_dim, max_action = box_spaces(env)
     action_space = env.action_space
@@ -226,7 +234,8 @@ def train_behaviour(config: BehaviourConfig, checkpoint_dir: Path, identity: str
     torch.manual_seed(config.seed)
     agent = make_agent(config, obs_dim, act_dim, max_action, device)
     compile_report = attach_compiler(agent, config.compile,
-                              updates=max(config.env_steps - config.random_steps, 0))
+                                     updates=max(config.env_steps - config.random_steps, 0),
+                                     precision=precision)
     replay = ReplayBuffer(config.env_steps, obs_dim, act_dim, device, seed=config.seed)
     loop = EnvironmentLoop(config.env_id, agent, replay, seed=config.seed,
                            batch_size=config.batch_size, random_steps=config.random_steps,
@@ -252,7 +261,7 @@ def train_behaviour(config: BehaviourConfig, checkpoint_dir: Path, identity: str
                           "replay": replay.contents(), "loop": loop.state_dict(),
                           "snapshots": [s.to_dict() for s in snapshots],
                           "train_seconds": seconds_before + time.perf_counter() - started,
-                          "trainer": trainer.state_dict(), "rng": rng_state()},
+                          "trainer": trainer.state_dict(), "rng": rng_state(), "precision": precision},
                          trainer.state.global_step)
 
     phase = loop.phase(PHASE, config.env_steps)
@@ -272,6 +281,12 @@ def train_behaviour(config: BehaviourConfig, checkpoint_dir: Path, identity: str
     run_id = info.get("run_id") if same_store else None
     if found is not None:
         state, path = found
+        saved = state.get("precision", "fp32")
+        if saved != precision:  # one behaviour run never mixes precisions
+            raise ConfigError(f"the {config.env_id} behaviour run in {path} was trained in {saved} "
+                              f"so far, and this command resolves precision={config.precision} to "
+                              f"{precision}; run it with --precision {saved} to continue it, or "
+                              f"delete {checkpoints.path} to start afresh")
         agent.load_state_dict(state["algo"])
         replay.load_contents(state["replay"])
         loop.load_state_dict(state["loop"])

@@ -62,8 +62,8 @@ logger = logging.getLogger(__name__)
 #: bumped whenever the generation procedure changes what it writes for the same settings
 GENERATOR_VERSION = 3
 #: settings that change how fast or where generation runs, not what it generates (never compared)
-RUNTIME_SETTINGS = ("device", "num_threads", "progress", "compile", "checkpoint_every",
-                    "tracking_uri", "track")
+RUNTIME_SETTINGS = ("device", "num_threads", "progress", "compile", "precision",
+                    "checkpoint_every", "tracking_uri", "track")
 NAMESPACE = "local"
 STAGING_PREFIX = ".staging-"
 ROLLOUT_SEED_OFFSET = {"medium": 40_000, "expert": 50_000}

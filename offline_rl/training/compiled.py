@@ -56,6 +56,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 
 from offline_rl.algo.common import check_adam, init_adam_state, set_capturable
 from offline_rl.config import COMPILE_MODES
+from offline_rl.precision import RESOLVED, autocast
 
 MODES = COMPILE_MODES
 DEFAULT_MIN_UPDATES = 10_000
@@ -80,6 +81,7 @@ class CompileReport:
     mode: str
     device: str
     min_updates: int
+    precision: str = "fp32"
     steps: dict[str, StepRecord] = field(default_factory=dict)
 
     @property
@@ -104,7 +106,8 @@ class CompileReport:
                  + (f" ({r.compile_seconds:.1f} s)" if r.compile_seconds else "")
                  + (" without CUDA graph" if r.cudagraph_skips else "")
                  + (f" [{r.reason}]" if r.reason else "") for r in self.steps.values()]
-        return f"compile={self.mode} on {self.device}: " + ("; ".join(parts) or "no step run yet")
+        return (f"compile={self.mode} on {self.device} in {self.precision}: "
+                + ("; ".join(parts) or "no step run yet"))
 
 
 class SkinnyMatmulPass(CustomGraphPass):
@@ -254,11 +257,12 @@ class StepCompiler:
     """Holds an algorithm's compiled step functions (``algo.compiler``); see the module doc."""
 
     def __init__(self, algo, mode: str, updates: int | None, min_updates: int,
-                 backend: str | Callable = "inductor"):
+                 backend: str | Callable = "inductor", precision: str = "fp32"):
         self.algo, self.mode = algo, mode
         self.updates = updates
         self.min_updates = int(min_updates)
         self.backend = backend
+        self.precision = precision
         self.device = torch.device(algo.device)
         self.cudagraphs = self.device.type == "cuda" and backend == "inductor"
         self.options: dict[str, Any] | None = None
@@ -268,13 +272,25 @@ class StepCompiler:
                 self.options["triton.cudagraphs"] = True
             else:  # PyTorch's random numbers, the eager draws; a C++ wrapper: ~5% on TD3+BC
                 self.options.update({"fallback_random": True, "cpp_wrapper": self.device.type == "cpu"})
-        self.report = CompileReport(mode, str(self.device), self.min_updates)
+        self.report = CompileReport(mode, str(self.device), self.min_updates, precision)
         self.steps: dict[str, CompiledStep | None] = {}
         self.prepared = False
 
     def __deepcopy__(self, memo):  # a copied algorithm starts without compiled graphs
         return StepCompiler(memo.get(id(self.algo), self.algo), self.mode, self.updates,
-                            self.min_updates, self.backend)
+                            self.min_updates, self.backend, self.precision)
+
+    def in_precision(self, fn: Callable) -> Callable:
+        """``fn`` running in the run's precision (bf16: inside autocast, offline_rl/precision.py);
+        the compiled graph traces the autocast region with the step."""
+        if self.precision == "fp32":
+            return fn
+
+        def step(*args: Any) -> dict[str, torch.Tensor]:
+            with autocast(self.precision, self.device):
+                return fn(*args)
+
+        return step
 
     def wants_compile(self, planned: int | None) -> tuple[bool, str]:
         if self.mode == "eager":
@@ -325,7 +341,7 @@ class StepCompiler:
             if compile_it:
                 try:
                     self.prepare()
-                    step = CompiledStep(self, record, fn)
+                    step = CompiledStep(self, record, self.in_precision(fn))
                 except NotImplementedError as exc:  # an optimiser the in-graph Adam does not do
                     if self.mode == "compile":
                         raise
@@ -336,23 +352,30 @@ class StepCompiler:
                 record.status = "eager"
             self.steps[name] = step
         step = self.steps[name]
-        return fn(*args) if step is None else step(fn, args)
+        if step is None:
+            with autocast(self.precision, self.device):
+                return fn(*args)
+        return step(self.in_precision(fn), args)
 
 
 def attach_compiler(algo, mode: str = "auto", updates: int | None = None,
-                    min_updates: int | None = None, backend: str | Callable = "inductor") -> CompileReport:
+                    min_updates: int | None = None, backend: str | Callable = "inductor",
+                    precision: str = "fp32") -> CompileReport:
     """Run ``algo``'s update steps (and the pre-training steps built on it) compiled, as ``mode``
-    says; returns the report, which fills in as steps run (``report.metrics()`` to log).
+    says, in ``precision`` (``fp32`` or ``bf16``, as ``offline_rl.precision.resolve`` gives it);
+    returns the report, which fills in as steps run (``report.metrics()`` to log).
 
     ``updates``: the run's offline RL updates (the length of the phase calling ``algo.update``);
     pre-training phases pass their own length. ``backend``: torch.compile's (tests)."""
     if mode not in MODES:
         raise ValueError(f"compile={mode!r} is not allowed: expected one of {', '.join(MODES)}")
+    if precision not in RESOLVED:
+        raise ValueError(f"precision={precision!r}: expected one of {', '.join(RESOLVED)} (resolved)")
     if mode != "eager" and not hasattr(torch, "compile"):
         warnings.warn("torch.compile is not available: running eagerly", RuntimeWarning, stacklevel=2)
         mode = "eager"
     min_updates = DEFAULT_MIN_UPDATES if min_updates is None else min_updates
-    algo.compiler = StepCompiler(algo, mode, updates, min_updates, backend)
+    algo.compiler = StepCompiler(algo, mode, updates, min_updates, backend, precision)
     return algo.compiler.report
 
 

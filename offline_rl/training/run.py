@@ -34,6 +34,7 @@ from offline_rl.dataset.record import describe as describe_dataset
 from offline_rl.dataset.replay import ReplayBuffer, StateNormalizer
 from offline_rl.errors import ConfigError, DiskFullError, NonFiniteLossError, warn
 from offline_rl.job import job_context
+from offline_rl.precision import resolve as resolve_precision
 from offline_rl.tracker import NullTracker
 from offline_rl.training.checkpoint import (CheckpointDir, is_intact, load_checkpoint, rng_state,
                                             save_checkpoint, set_rng_state)
@@ -53,6 +54,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     into the same MLflow run, train, record. Returns the last evaluation."""
     check(cfg)
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)  # bf16 without the hardware: fails here
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -68,7 +70,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         tracker.use_spool(checkpoints.path / SPOOL)
         tracker.deliver_spool()  # what an earlier process could not send, before anything new
-        run = Run(cfg, device, tracker, checkpoints)
+        run = Run(cfg, device, precision, tracker, checkpoints)
         try:
             if cfg.resume == "never":
                 checkpoints.clear()
@@ -89,8 +91,10 @@ class Run:
     pre-training scheme, fine-tuning, evaluator, the loop over their phases -- and what it does
     with them: resume, track, checkpoint (``state_dict`` is the checkpoint's schema), record."""
 
-    def __init__(self, cfg: DictConfig, device: torch.device, tracker, checkpoints: CheckpointDir):
+    def __init__(self, cfg: DictConfig, device: torch.device, precision: str, tracker,
+                 checkpoints: CheckpointDir):
         self.cfg, self.device, self.tracker, self.checkpoints = cfg, device, tracker, checkpoints
+        self.precision = precision  # fp32 or bf16: what cfg.precision resolved to on this device
         self.job = job_context()
         self.data = data = from_config(cfg.dataset)  # checked as it is read (offline_rl.dataset.checks)
         check_data_limits(cfg, data, device)  # before anything is allocated for it
@@ -111,10 +115,12 @@ class Run:
                                        data.ref_max_score)
         phases = self.phases()
         # compiled update steps (training/compiled.py), as long as the phase running them
-        self.compile_reports = [attach_compiler(self.algo, cfg.compile, updates=int(cfg.updates))]
+        self.compile_reports = [attach_compiler(self.algo, cfg.compile, updates=int(cfg.updates),
+                                                precision=precision)]
         for phase in phases:  # fine-tuning trains its own agent
             if phase.agent not in (None, self.algo):
-                self.compile_reports.append(attach_compiler(phase.agent, cfg.compile, updates=phase.steps))
+                self.compile_reports.append(attach_compiler(phase.agent, cfg.compile, updates=phase.steps,
+                                                            precision=precision))
         use_checkpoints = cfg.checkpoint.every > 0 or cfg.checkpoint.on_signal
         self.trainer = Trainer(
             phases, tracker, self.evaluator.evaluate_agent if self.evaluator else None,
@@ -125,6 +131,7 @@ class Run:
             self.trainer.state.global_step = self.source["global_step"]
         self.run_id: str | None = None
         self.corrupt: list[str] = []
+        self.precision_change: str | None = None
 
     def phases(self) -> list[Phase]:
         """Pre-training, offline RL, online fine-tuning: the phases the loop runs in order."""
@@ -145,6 +152,7 @@ class Run:
         found = self.checkpoints.load_latest(self._report_corrupt) if resume else None
         if found:
             self.run_id = found[0]["run_id"]
+            self.precision_change = precision_change(found[0], found[1], self.precision, self.cfg)
         return found
 
     def _report_corrupt(self, message: str) -> None:
@@ -154,13 +162,16 @@ class Run:
     def start_tracking(self, name: str, choices: dict[str, str]) -> None:
         """Start (or continue) the MLflow run, tagged and with the dataset as its input."""
         tags = {**choices, "seed": self.cfg.seed, "dataset_id": self.data.dataset_id,
-                "device": str(self.device), **self.job.tags(), "run_identity": self.checkpoints.identity,
-                "checkpoint_dir": str(self.checkpoints.path)}
+                "device": str(self.device), "precision": self.precision, **self.job.tags(),
+                "run_identity": self.checkpoints.identity, "checkpoint_dir": str(self.checkpoints.path)}
+        if self.precision_change:  # a resume the user allowed to change precision
+            tags["precision_changes"] = self.precision_change
         if self.source is not None:
             tags.update({"finetune.from_run": self.finetune.from_run,
                          "finetune.source": self.source["path"]})
         self.continued = self.run_id is not None
-        self.run_id = self.tracker.start(self.job.run_name() or name, flatten(self.cfg), tags,
+        params = {**flatten(self.cfg), "precision_used": self.precision}
+        self.run_id = self.tracker.start(self.job.run_name() or name, params, tags,
                                          run_id=self.run_id, parent_run_id=self.job.parent_run_id)
         self.info = {"run_id": self.run_id, "identity": self.checkpoints.identity,
                      "name": self.job.run_name() or name, "tracking_uri": str(self.store)}
@@ -183,7 +194,7 @@ class Run:
                 "replay": replay.state_dict(),
                 "returns_to_go": replay.storage["returns_to_go"][: replay.size].cpu(),
                 "normalizer": replay.normalizer.state_dict(), "finetune": self.finetune.state_dict(),
-                "trainer": self.trainer.state_dict(), "rng": rng_state()}
+                "trainer": self.trainer.state_dict(), "rng": rng_state(), "precision": self.precision}
 
     def restore(self, state: dict[str, Any], path: Path) -> None:
         replay = self.replay
@@ -322,7 +333,7 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
 
 
 # config keys that do not change what a run computes: left out of its identity
-IDENTITY_EXCLUDED = ("tracker", "progress", "checkpoint", "resume", "threads")
+IDENTITY_EXCLUDED = ("tracker", "progress", "checkpoint", "resume", "threads", "precision_change")
 
 
 def run_identity(cfg: DictConfig) -> str:
@@ -376,6 +387,26 @@ def load_source_run(from_run: str, tracker, algo, replay: ReplayBuffer) -> dict[
         raise ConfigError(f"{key}: that run normalised states with other statistics (another "
                           f"dataset, or another algo.normalize_states); use that run's dataset=")
     return {"global_step": int(state.get("global_step", 0)), "path": str(path)}
+
+
+def precision_change(state: dict[str, Any], path: Path, precision: str, cfg: DictConfig) -> str | None:
+    """None when the checkpoint ``state`` was written in ``precision`` (checkpoints from before
+    precisions existed are fp32); else, with ``precision_change=allow``, the tag value recording
+    the change, and without it a ConfigError: one run never mixes precisions silently."""
+    saved = state.get("precision", "fp32")
+    if saved == precision:
+        return None
+    step = int(state["global_step"])
+    if cfg.precision_change != "allow":
+        raise ConfigError(
+            f"the checkpoint {path} (update step {step}, MLflow run {state.get('run_id')}) was "
+            f"trained in {saved}, and precision={cfg.precision} resolves to {precision} on this "
+            f"device; one run does not mix precisions: run it where {saved} is available, or pass "
+            f"precision_change=allow to continue it in {precision} (recorded in the run's tag "
+            f"precision_changes)")
+    warn(f"continuing the {saved} run of {path} in {precision} from update step {step} "
+         f"(precision_change=allow; recorded in the run's tag precision_changes)")
+    return f"{saved} until update step {step}, then {precision}"
 
 
 def resume_decision(checkpoints: CheckpointDir, tracker) -> tuple[bool, str | None]:
