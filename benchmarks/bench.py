@@ -50,6 +50,7 @@ import torch
 
 from benchmarks.common import ALGOS, ROOT, SHAPES, make_algorithms, random_batch
 from benchmarks.corl import CorlEDAC, CorlTD3BC, corl_batch
+from benchmarks.loops import CorlReplay, corl_loop, our_loop, random_replay
 from benchmarks.runs_per_gpu import loop_worker, runs_per_gpu, runs_table
 from offline_rl.dataset.replay import Batch
 from offline_rl.machine import cpu_model
@@ -82,13 +83,14 @@ class Case:
 
     def __init__(self, algo_name: str, shape: str, step: str, contenders: dict[str, Callable[[int], object]],
                  report, bf16_eager: Callable[[int], object] | None = None, pair: int = 1,
-                 threads: int = 1):
+                 threads: int = 1, loops: dict[str, Callable[[int], None]] | None = None):
         self.algo_name, self.shape, self.step, self.threads = algo_name, shape, step, threads
-        self.contenders = contenders  # corl, eager, compiled[, bf16]
+        self.contenders = contenders  # corl, eager, compiled[, bf16]: one step per call, batch i
+        self.loops = loops or {}  # corl loop, loop[, bf16 loop]: run(calls) updates of a run loop
         self.bf16_eager = bf16_eager
         self.report, self.pair = report, pair  # pair: calls that make one full cycle (TD3: 2)
         self.flops: dict[str, float] = {}
-        self.rates: dict[str, list[float]] = {k: [] for k in self.contenders}
+        self.rates: dict[str, list[float]] = {k: [] for k in [*self.contenders, *self.loops]}
         self.compile_seconds = 0.0
         self.agreement = float("nan")  # max relative difference of the losses, CORL vs ours
         self.bound = float("nan")  # updates/s of the matrix products alone
@@ -110,7 +112,10 @@ def agreement(corl: Callable[[int], dict], ours: Callable[[int], object], calls:
 
 
 def build_cases(algo_name: str, shape: str, steps: list[str], device: torch.device,
-                pool_size: int, seed: int, bf16: bool = False, threads: int = 1) -> list[Case]:
+                pool_size: int, seed: int, bf16: bool = False, threads: int = 1,
+                replay=None) -> list[Case]:
+    """The rows of one algorithm and shape; with ``replay`` (a full ReplayBuffer of that shape)
+    also the run loops around the compiled steps and the CORL-style one (benchmarks/loops.py)."""
     obs_dim, act_dim = SHAPES[shape]
     g = torch.Generator().manual_seed(seed)
     pool = [random_batch(obs_dim, act_dim, 256, device, g) for _ in range(pool_size)]
@@ -147,11 +152,23 @@ def build_cases(algo_name: str, shape: str, steps: list[str], device: torch.devi
                 fns = {"corl": lambda i, f=ref_fn: f(corl_pool[(i + 1) % pool_size])}
                 fns.update({name: (lambda i, f=factory(a, PoolReplay(pool), 256): f())
                             for name, a in algos.items()})
-            versions.append((fns, report))
-        fns, report = versions[0]
+            loops = {}
+            if replay is not None and not versions:  # around the timed versions' algorithms
+                if step == "update":
+                    updates = {name: (lambda a=algos[name]: a.update(replay.sample(256)))
+                               for name in ("compiled", "bf16") if name in algos}
+                else:
+                    updates = {name: factory(algos[name], replay, 256)
+                               for name in ("compiled", "bf16") if name in algos}
+                loops = {"corl loop": corl_loop(ref_fn, CorlReplay(replay)),
+                         **{("loop" if name == "compiled" else "bf16 loop"): our_loop(update)
+                            for name, update in updates.items()}}
+            versions.append((fns, report, loops))
+        fns, report, loops = versions[0]
         bf16_eager = fns.pop("bf16 eager", None)
         case = Case(algo_name, shape, step, fns, report, bf16_eager,
-                    pair=2 if (algo_name == "td3_bc" and step == "update") else 1, threads=threads)
+                    pair=2 if (algo_name == "td3_bc" and step == "update") else 1, threads=threads,
+                    loops=loops)
         check = versions[1][0]
         case.agreement = agreement(check["corl"], check["eager"], 2 * case.pair, seed)
         cases.append(case)
@@ -228,12 +245,18 @@ def matmul_bound(fn: Callable[[int], object], calls: int, device: torch.device,
     return best
 
 
-def timed(fn: Callable[[int], object], calls: int, start: int, device: torch.device) -> float:
+def timed(fn: Callable[[int], object], calls: int, start: int, device: torch.device,
+          loop: Callable[[int], None] | None = None) -> float:
+    """Updates/s of ``calls`` calls ``fn(start)``, ``fn(start + 1)``, ... -- or of ``loop(calls)``,
+    a run loop doing ``calls`` updates."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    for i in range(start, start + calls):
-        fn(i)
+    if loop is not None:
+        loop(calls)
+    else:
+        for i in range(start, start + calls):
+            fn(i)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return calls / (time.perf_counter() - t0)
@@ -254,9 +277,15 @@ def run_case(case: Case, device: torch.device, reps: int, window: float, eager: 
         if "bf16" in case.contenders:
             case.contenders["bf16"](i)
     case.compile_seconds = case.report.compile_seconds
+    names += list(case.loops)
+
+    def time_it(name: str, calls: int, start: int) -> float:
+        return timed(case.contenders.get(name), calls, start, device, case.loops.get(name))
+
     calls = {}
     for name in names:
-        rate = timed(case.contenders[name], 2 * case.pair, 0, device)
+        time_it(name, 2 * case.pair, 0)  # a loop's first call: its replay's pages, the allocator
+        rate = time_it(name, 4 * case.pair, 0)
         # calls per window, a multiple of the cycle
         calls[name] = max(case.pair, int(round(rate * window / case.pair)) * case.pair)
     del start
@@ -264,7 +293,7 @@ def run_case(case: Case, device: torch.device, reps: int, window: float, eager: 
     for rep in range(reps):
         order = names[rep % len(names):] + names[:rep % len(names)]
         for name in order:
-            case.rates[name].append(timed(case.contenders[name], calls[name], step, device))
+            case.rates[name].append(time_it(name, calls[name], step))
             step += calls[name]
 
 
@@ -365,6 +394,32 @@ def table(cases: list[Case], peak: float, eager: bool, bf16_peak: float | None =
     return rows
 
 
+def loop_table(cases: list[Case]) -> list[str]:
+    """Run loop against bare step, ours and CORL-style, from the same interleaved repetitions."""
+    bf16 = any("bf16 loop" in c.loops for c in cases)
+    head = ["algo", "shape", "step", "threads", "compiled step upd/s", "our loop upd/s",
+            "our loop / step"]
+    if bf16:
+        head += ["bf16 step upd/s", "bf16 loop upd/s", "bf16 loop / step"]
+    head += ["CORL-style step upd/s", "CORL-style loop upd/s", "CORL loop / step",
+             "**our loop / CORL loop**"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cases:
+        if not c.loops:
+            continue
+        med = {k: statistics.median(v) if v else float("nan") for k, v in c.rates.items()}
+        cells = [c.algo_name, c.shape, c.step, str(c.threads), f"{med['compiled']:.1f}",
+                 f"{med['loop']:.1f}", f"{100 * median_ratio(c, 'loop', 'compiled'):.0f}%"]
+        if bf16:
+            cells += [f"{med.get('bf16', float('nan')):.1f}", f"{med.get('bf16 loop', float('nan')):.1f}",
+                      f"{100 * median_ratio(c, 'bf16 loop', 'bf16'):.0f}%"]
+        cells += [f"{med['corl']:.1f}", f"{med['corl loop']:.1f}",
+                  f"{100 * median_ratio(c, 'corl loop', 'corl'):.0f}%",
+                  f"**{median_ratio(c, 'loop', 'corl loop'):.2f}x**"]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
@@ -378,6 +433,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="leave out the bf16 columns (left out anyway without bf16 hardware)")
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2],
                         help="torch CPU threads; every row is measured at each count")
+    parser.add_argument("--no-loops", action="store_true",
+                        help="leave out the run loops (ours and CORL-style, over a 1M-transition replay)")
+    parser.add_argument("--transitions", type=int, default=1_000_000,
+                        help="transitions in the run loops' replay")
     parser.add_argument("--reps", type=int, default=7, help="interleaved repetitions per row")
     parser.add_argument("--window", type=float, default=0.7, help="seconds per timing window")
     parser.add_argument("--rtg", type=int, default=1_000_000,
@@ -427,6 +486,8 @@ def main(argv: list[str] | None = None) -> None:
     steps_of = {"td3_bc": ["update", "pretrain BC", "pretrain MC critic"],
                 "edac": ["update", "pretrain soft BC", "pretrain soft critic"]}
     cases: list[Case] = []
+    replays = {} if args.no_loops else {shape: random_replay(*SHAPES[shape], device, args.transitions)
+                                        for shape in args.shapes}
     threads_before = torch.get_num_threads()
     for threads in (args.threads if device.type == "cpu" else [threads_before]):
         torch.set_num_threads(threads)
@@ -434,7 +495,8 @@ def main(argv: list[str] | None = None) -> None:
             for shape in args.shapes:
                 steps = steps_of[algo_name][:1] if args.no_pretrain else steps_of[algo_name]
                 for case in build_cases(algo_name, shape, steps, device, pool_size=16,
-                                        seed=args.seed, bf16=bf16, threads=threads):
+                                        seed=args.seed, bf16=bf16, threads=threads,
+                                        replay=replays.get(shape)):
                     run_case(case, device, args.reps, args.window, not args.no_eager)
                     cases.append(case)
                     print(table([case], peak, not args.no_eager, bf16_peak, bf16)[-1], flush=True)
@@ -463,6 +525,22 @@ def main(argv: list[str] | None = None) -> None:
             *rows,
             "",
         ]
+    if replays and cases:
+        lines += [
+            "## The run loop beside the step",
+            "",
+            f"What a run does per update (benchmarks/loops.py), in the same interleaved repetitions as "
+            f"the table above: **our loop** is the `Trainer` running one phase whose update samples a "
+            f"batch from a {args.transitions:,}-transition replay on the device and runs the compiled "
+            "step (metrics kept in the loop's window, read back every 1,000 updates), as a run's "
+            "offline RL and pre-training phases do, without evaluation or checkpoints; "
+            "**CORL-style loop** is CORL's: its replay (one tensor per field, `np.random.randint`), "
+            "the CORL-style step, its log dict every step. The step columns are the bare steps on a "
+            "fixed pool of batches; `loop / step` is the median of per-repetition ratios.",
+            "",
+            *loop_table(cases),
+            "",
+        ]
     if rtg is not None:
         lines += [f"Soft returns-to-go (Eq. 19) of {args.rtg:,} transitions with an EDAC actor "
                   f"(entropy of every state, two log-depth scans): **{rtg:.2f} s**.", ""]
@@ -477,7 +555,7 @@ def main(argv: list[str] | None = None) -> None:
     lines += [
         f"Command: `{command}` ({elapsed / 60:.1f} min). Flags: `--quick` (Hopper, updates only, 3 "
         "repetitions), `--algos`, `--shapes`, `--no-pretrain`, `--no-eager`, `--reps`, `--window`, "
-        "`--rtg`, `--device`, `--threads`, `--no-bf16`, `--runs-per-gpu`, `--runs-seconds`, `--out`; from make: "
+        "`--rtg`, `--device`, `--threads`, `--no-bf16`, `--no-loops`, `--transitions`, `--runs-per-gpu`, `--runs-seconds`, `--out`; from make: "
         "`make bench BENCH_FLAGS=--quick` (`BENCH_FLAGS='--device cuda'` on a GPU machine, the default there).",
         "",
     ]

@@ -25,7 +25,7 @@ def loop_worker(go: Path, device: torch.device, seconds: float, seed: int, warmu
     ``warmup`` updates (compilation, graph capture) it says it is ready and waits for ``go``, then
     runs for ``seconds`` and prints one JSON line: updates, seconds, GPU memory."""
     from offline_rl.dataset.replay import ReplayBuffer
-    from offline_rl.training.loop import MetricWindow
+    from offline_rl.training.metrics import MetricWindow
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)

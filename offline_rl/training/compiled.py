@@ -57,6 +57,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 from offline_rl.algo.common import check_adam, init_adam_state, set_capturable
 from offline_rl.config import COMPILE_MODES
 from offline_rl.precision import RESOLVED, autocast
+from offline_rl.training.metrics import StepMetrics, pack
 
 MODES = COMPILE_MODES
 DEFAULT_MIN_UPDATES = 10_000
@@ -202,14 +203,14 @@ class CompiledStep:
     warning and eager execution from then on."""
 
     def __init__(self, compiler: "StepCompiler", record: StepRecord, fn: Callable):
-        self.compiler, self.record = compiler, record
+        self.compiler, self.record, self.fn = compiler, record, fn
         self.compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend=compiler.backend,
                                       options=compiler.options)
 
-    def __call__(self, fn: Callable, args: tuple) -> dict[str, torch.Tensor]:
-        record = self.record
+    def __call__(self, args: tuple) -> StepMetrics:
+        record, fn = self.record, self.fn
         if record.status == "fallback":
-            return fn(*args)
+            return StepMetrics(*fn(*args))
         graphs = _graph_count()
         skips = _cudagraph_skips() if self.compiler.cudagraphs else 0
         start = time.perf_counter()
@@ -230,7 +231,7 @@ class CompiledStep:
             record.status, record.reason = "fallback", describe(exc)
             warnings.warn(f"compile=auto: compiling the update step '{record.name}' failed, running it "
                           f"eagerly ({record.reason})", RuntimeWarning, stacklevel=4)
-            return fn(*args)
+            return StepMetrics(*fn(*args))
         finally:
             config.trace_autograd_ops, config.recompile_limit = saved
         new_graphs = _graph_count() - graphs
@@ -242,15 +243,16 @@ class CompiledStep:
             print(f"compiled the update step '{record.name}' in {seconds:.1f} s"
                   + (f" (graph {record.graphs}: a recompilation)" if record.graphs > 1 else ""),
                   file=sys.stderr, flush=True)
+        names, values = out
         if self.compiler.cudagraphs:  # outputs live in the CUDA graph's memory until its next replay
-            out = {k: v.clone() for k, v in out.items()}
+            values = values.clone()
             skipped = _cudagraph_skips() - skips
             if skipped and not record.cudagraph_skips:
                 warnings.warn(f"the compiled update step '{record.name}' runs without a CUDA graph "
                               f"(Inductor skipped it; TORCH_LOGS=perf_hints says why): correct, but "
                               f"one kernel launch per operation", RuntimeWarning, stacklevel=4)
             record.cudagraph_skips += skipped
-        return out
+        return StepMetrics(names, values)
 
 
 class StepCompiler:
@@ -280,15 +282,15 @@ class StepCompiler:
         return StepCompiler(memo.get(id(self.algo), self.algo), self.mode, self.updates,
                             self.min_updates, self.backend, self.precision)
 
-    def in_precision(self, fn: Callable) -> Callable:
-        """``fn`` running in the run's precision (bf16: inside autocast, offline_rl/precision.py);
-        the compiled graph traces the autocast region with the step."""
-        if self.precision == "fp32":
-            return fn
+    def step_function(self, fn: Callable) -> Callable:
+        """What is compiled (or run eagerly) for the step function ``fn``: ``fn`` in the run's
+        precision (bf16: inside autocast, offline_rl/precision.py), its metrics packed into one
+        vector (training/metrics.py) -- both traced into the graph with the step."""
+        precision, device = self.precision, self.device
 
-        def step(*args: Any) -> dict[str, torch.Tensor]:
-            with autocast(self.precision, self.device):
-                return fn(*args)
+        def step(*args: Any) -> tuple[tuple[str, ...], torch.Tensor]:
+            with autocast(precision, device):
+                return pack(fn(*args))
 
         return step
 
@@ -333,7 +335,7 @@ class StepCompiler:
             for optimizer in self.algo.optimizers():
                 set_capturable(optimizer, False)
 
-    def call(self, name: str, fn: Callable, args: tuple, planned: int | None) -> dict[str, torch.Tensor]:
+    def call(self, name: str, fn: Callable, args: tuple, planned: int | None) -> StepMetrics:
         if name not in self.steps:
             record = self.report.steps[name] = StepRecord(name)
             compile_it, record.reason = self.wants_compile(planned)
@@ -341,7 +343,7 @@ class StepCompiler:
             if compile_it:
                 try:
                     self.prepare()
-                    step = CompiledStep(self, record, self.in_precision(fn))
+                    step = CompiledStep(self, record, self.step_function(fn))
                 except NotImplementedError as exc:  # an optimiser the in-graph Adam does not do
                     if self.mode == "compile":
                         raise
@@ -353,9 +355,8 @@ class StepCompiler:
             self.steps[name] = step
         step = self.steps[name]
         if step is None:
-            with autocast(self.precision, self.device):
-                return fn(*args)
-        return step(self.in_precision(fn), args)
+            return StepMetrics(*self.step_function(fn)(*args))
+        return step(args)
 
 
 def attach_compiler(algo, mode: str = "auto", updates: int | None = None,

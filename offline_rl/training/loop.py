@@ -2,8 +2,9 @@
 fine-tuning) is a sequence of ``Phase``s, each a function doing one gradient update.
 
 The x-axis of every metric is the count of all gradient updates so far, pre-training included
-(the paper's Fig. 2). Losses stay on the device: they are summed there and read back once every
-``log_every`` updates, which is also where non-finite losses are caught, with the exact step.
+(the paper's Fig. 2). Losses stay on the device (training/metrics.py: one vector per update, kept
+as it came) and are read back once every ``log_every`` updates, which is also where non-finite
+losses are caught, with the exact step.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from offline_rl.errors import NonFiniteLossError
+from offline_rl.training.metrics import MetricWindow
 
 UpdateFn = Callable[[], dict[str, torch.Tensor]]
 
@@ -42,61 +43,6 @@ class Phase:
     on_end: Hook | None = None
     counters: Callable[[], dict[str, float]] | None = None
     agent: Any = None
-
-
-class MetricWindow:
-    """Per-metric sums and counts over the current logging window, kept on the device; for
-    losses, the first update step whose value was not finite (-1 while all are)."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
-        self.first_bad: dict[str, torch.Tensor] = {}
-
-    def add(self, metrics: dict[str, torch.Tensor], step: int) -> None:
-        for key, value in metrics.items():
-            value = value.detach().float()
-            if key in self.sums:
-                self.sums[key] = self.sums[key] + value
-                self.counts[key] += 1
-            else:
-                self.sums[key], self.counts[key] = value, 1
-            if key.endswith("loss"):
-                bad = self.first_bad.get(key)
-                if bad is None:
-                    bad = torch.full((), -1, dtype=torch.long, device=value.device)
-                self.first_bad[key] = torch.where((bad < 0) & ~torch.isfinite(value),
-                                                  torch.full_like(bad, step), bad)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The partial window (a checkpoint may fall between two log points)."""
-        return {"sums": dict(self.sums), "counts": dict(self.counts), "first_bad": dict(self.first_bad)}
-
-    def load_state_dict(self, state: dict[str, Any], device: torch.device | str | None = None) -> None:
-        move = (lambda t: t.to(device)) if device is not None else (lambda t: t)
-        self.sums = {k: move(v) for k, v in state["sums"].items()}
-        self.counts = {k: int(v) for k, v in state["counts"].items()}
-        self.first_bad = {k: move(v) for k, v in state["first_bad"].items()}
-
-    def read(self, phase: str) -> dict[str, float]:
-        """Means over the window (one host sync); raises on a non-finite loss."""
-        if not self.sums:
-            return {}
-        keys = list(self.sums)
-        bad_keys = list(self.first_bad)
-        packed = torch.stack([self.sums[k] for k in keys]
-                             + [self.first_bad[k].float() for k in bad_keys]).cpu().tolist()
-        means = {k: packed[i] / self.counts[k] for i, k in enumerate(keys)}
-        bad_steps = {k: int(packed[len(keys) + i]) for i, k in enumerate(bad_keys)}
-        self.__init__()
-        failures = sorted((step, k) for k, step in bad_steps.items() if step >= 0)
-        if failures:
-            step, key = failures[0]
-            raise NonFiniteLossError(
-                f"loss '{key}' became non-finite (NaN or inf) at update step {step} in phase "
-                f"'{phase}'. Lower the learning rate, check the dataset's rewards/observations for "
-                f"NaNs, or enable LayerNorm (network.critic_layer_norm=true).")
-        return means
 
 
 @dataclass

@@ -95,6 +95,7 @@ class Run:
                  checkpoints: CheckpointDir):
         self.cfg, self.device, self.tracker, self.checkpoints = cfg, device, tracker, checkpoints
         self.precision = precision  # fp32 or bf16: what cfg.precision resolved to on this device
+        self.batch_size = int(cfg.batch_size)  # read once: a DictConfig lookup per update costs ~1%
         self.job = job_context()
         self.data = data = from_config(cfg.dataset)  # checked as it is read (offline_rl.dataset.checks)
         check_data_limits(cfg, data, device)  # before anything is allocated for it
@@ -142,7 +143,7 @@ class Run:
         return phases + self.finetune.phases(self.algo, self.replay, self.data, int(self.cfg.seed))
 
     def offline_update(self) -> dict[str, torch.Tensor]:
-        return self.algo.update(self.replay.sample(self.cfg.batch_size))
+        return self.algo.update(self.replay.sample(self.batch_size))
 
     # ----- resuming and tracking -----------------------------------------------------------------
     def resume_point(self) -> tuple[dict, Path] | None:
@@ -192,7 +193,7 @@ class Run:
         return {"run_id": self.run_id, "tracking_uri": str(self.store),
                 "global_step": self.trainer.state.global_step, "algo": self.algo.state_dict(),
                 "replay": replay.state_dict(),
-                "returns_to_go": replay.storage["returns_to_go"][: replay.size].cpu(),
+                "returns_to_go": replay.column("returns_to_go"),
                 "normalizer": replay.normalizer.state_dict(), "finetune": self.finetune.state_dict(),
                 "trainer": self.trainer.state_dict(), "rng": rng_state(), "precision": self.precision}
 
