@@ -12,6 +12,7 @@ Examples:
   python -m analysis aggregate --parent-run-id ID --final window --window 200k:300k
   python -m analysis profiles --parent-run-id ID
   python -m analysis improvement --parent-run-id ID --x pretrain=ac --y pretrain=none
+  python -m analysis progress --sweep efficiency --jobs
 """
 
 from __future__ import annotations
@@ -229,7 +230,39 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--metrics", type=_csv, default=None,
                    help=f"comma-separated metric keys (default {SCORE})")
+    p = sub.add_parser("progress", help="where a sweep stands: finished / running / waiting, ETA",
+                       description="A sweep's jobs (the latest attempt of each): status, update "
+                       "steps done of the planned total, current rate; for the sweep the counts, "
+                       "updates done of the total, the best score so far and an ETA from the "
+                       "running jobs' measured rates.", formatter_class=fmt)
+    p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the checkout's)")
+    p.add_argument("--parent-run-id", help="the sweep's parent run")
+    p.add_argument("--sweep", help="the sweep's name (its newest parent run)")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
+    p.add_argument("--jobs", action="store_true", help="also one row per job")
     return parser
+
+
+def _progress(args) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from analysis.load import default_tracking_uri
+    from offline_rl.progress import find_parent, sweep_progress
+
+    client = MlflowClient(tracking_uri=args.tracking_uri or default_tracking_uri())
+    experiment = client.get_experiment_by_name(args.experiment)
+    if experiment is None:
+        raise AnalysisError(f"no experiment {args.experiment!r} in {client.tracking_uri}")
+    parent = args.parent_run_id or (find_parent(client, experiment.experiment_id, args.sweep)
+                                    if args.sweep else None)
+    if parent is None:
+        raise AnalysisError("give --parent-run-id, or --sweep with the name of a sweep in this store"
+                            if not args.sweep else f"no sweep named {args.sweep!r} in {client.tracking_uri}")
+    progress = sweep_progress(client, experiment.experiment_id, parent)
+    print(progress.line())
+    if args.jobs:
+        print("\n".join(progress.table()))
+    return 0
 
 
 def _load(args, extra: list[str] = ()):
@@ -273,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
+    if args.command == "progress":
+        return _progress(args)
     out = Path(args.out)
     if args.command == "paper":
         from analysis.report import paper

@@ -108,6 +108,7 @@ RULES: list[Rule] = [
     _rule("precision", ((lambda v: v in PRECISIONS), ", ".join(PRECISIONS))),
     _rule("precision_change", ((lambda v: v in ("refuse", "allow")), "refuse or allow")),
     _rule("resume", ((lambda v: v in ("auto", "never")), "auto or never")),
+    _rule("rerun", boolean()),
     _rule("checkpoint.every", (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no periodic checkpoints)")),
     _rule("checkpoint.keep", int_at_least(1)),
     _rule("checkpoint.on_signal", boolean()),

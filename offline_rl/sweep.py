@@ -22,6 +22,7 @@ sweep ends the parent is marked FINISHED, or FAILED if a job failed (or KILLED o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -111,6 +112,14 @@ def sweep_name(configured: str | None, config: DictConfig, grid: Grid | None = N
     return swept if len(swept) <= MAX_SWEEP_NAME else swept[:MAX_SWEEP_NAME - 3] + "..."
 
 
+def sweep_identity(name: str, grid: Grid, jobs: list[list[str]]) -> str:
+    """The sweep's identity: its name and its jobs. The same sweep command started again (after
+    its processes were killed, a machine restarted, an allocation ended) continues the same
+    parent run instead of starting a second one."""
+    blob = json.dumps({"name": name, "jobs": sorted(" ".join(sorted(job)) for job in jobs)})
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
 def make_tracker(config: DictConfig):
     return from_config(config.tracker)
 
@@ -172,7 +181,15 @@ class SweepLogic:
                 "sweep.grid": json.dumps(grid.axes), "sweep.dir": str(sweep_dir),
                 "launcher": str(launcher), "sweep.skipped_jobs": json.dumps(
                     [grid.label(o) for o, _ in skipped])[:5000]}
-        parent_id = tracker.start(name, params, tags)
+        tags["sweep.identity"] = sweep_identity(name, grid, jobs)
+        earlier = [r for r in tracker.search(f"tags.`sweep.identity` = '{tags['sweep.identity']}'")
+                   if r.data.tags.get("sweep.role") == "parent"]
+        parent_id = tracker.start(name, params, tags, run_id=earlier[0].info.run_id if earlier else None)
+        if earlier:  # the same sweep again: its finished jobs are skipped, the others resume
+            statuses = tracker.child_statuses(parent_id)
+            log.info(f"Sweep '{name}': continuing the sweep of MLflow parent run {parent_id} "
+                     f"({statuses.count('FINISHED')} of {len(jobs)} job(s) finished; those are "
+                     f"skipped, the others resume from their checkpoints)")
         if parent_id:
             os.environ[ENV_PARENT_RUN_ID] = parent_id
         os.environ[ENV_SWEEP_NAME] = name

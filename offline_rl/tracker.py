@@ -71,6 +71,9 @@ class NullTracker:
         return None
     def child_statuses(self, parent_run_id: str) -> list[str]:
         return []
+    def search(self, filter_string: str) -> list:
+        return []
+    def mark_killed(self, run_id: str, reason: str) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def download_artifact(self, run_id: str, name: str, dst: str | Path) -> Path:
         raise FileNotFoundError("tracker=none keeps no runs: give a checkpoint file path instead "
@@ -228,11 +231,27 @@ class MlflowTracker:
         return run.info.status
 
     def child_statuses(self, parent_run_id: str) -> list[str]:
+        """Per job of the sweep (its run identity), the status of its best attempt: FINISHED if
+        one finished (an attempt killed before its first checkpoint is superseded by the next)."""
+        best: dict[str, str] = {}
+        for run in self.search(f"tags.mlflow.parentRunId = '{parent_run_id}'"):
+            key = run.data.tags.get("run_identity", run.info.run_id)
+            if best.get(key) != "FINISHED":
+                best[key] = run.info.status
+        return list(best.values())
+
+    def search(self, filter_string: str) -> list:
+        """The experiment's runs matching an MLflow filter string, newest first."""
         experiment_id = self.ensure_store()
-        runs = self.client.search_runs([experiment_id],
-                                       filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                                       max_results=10000)
-        return [r.info.status for r in runs]
+        with self._answering():
+            return self.client.search_runs([experiment_id], filter_string=filter_string,
+                                           max_results=10000, order_by=["attributes.start_time DESC"])
+
+    def mark_killed(self, run_id: str, reason: str) -> None:
+        """End a run that no process runs any more (KILLED), saying why in its ``killed`` tag."""
+        with self._answering():
+            self.client.set_tag(run_id, "killed", reason[:5000])
+            self.client.set_terminated(run_id, status="KILLED")
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)

@@ -301,8 +301,10 @@ def test_compile_auto_compiles_a_whole_run_end_to_end(tmp_path, minari_root, new
     from offline_rl.training.run import train
 
     monkeypatch.setattr(compiled, "DEFAULT_MIN_UPDATES", 30)
+    # float32: compiled and eager bf16 steps round differently (tests/test_precision.py compares those)
     common = ["algo=td3_bc", "pretrain=ac", "pretrain.steps=40", "pretrain.until=null",
-              "updates=40", "eval.episodes=1", "eval.every=0", "threads=1", "batch_size=32"]
+              "updates=40", "eval.episodes=1", "eval.every=0", "threads=1", "batch_size=32",
+              "precision=fp32"]
     train(composed(new_store(tmp_path / "auto"), *common, "compile=auto"))
     auto_id, auto = final_state(tmp_path / "auto")
     run = search_runs(tmp_path / "auto").iloc[0]

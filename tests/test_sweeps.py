@@ -163,6 +163,77 @@ def test_a_failed_job_fails_the_parent(tmp_path, minari_root, new_store):
     assert status == {"0.0003": "FINISHED", "1e+30": "FAILED"}
 
 
+@pytest.mark.slow
+def test_a_killed_sweep_started_again_continues_under_the_same_parent(tmp_path, minari_root, new_store):
+    """kill -9 of the whole sweep (launcher and jobs) once one job has finished and the next has
+    a checkpoint; the same command again skips the finished job with one line, resumes the other
+    from its checkpoint, and both stay children of the one parent run."""
+    import os
+    import signal
+
+    new_store(tmp_path)
+    args = ["-m", "hydra/launcher=local", "hydra.launcher.n_jobs=1", "seed=0,1", "updates=600",
+            "checkpoint.every=50", "eval.every=300", *[a for a in TINY if not a.startswith("updates")]]
+    command = launch_command(args, tmp_path, sweep=True)
+    proc = subprocess.Popen(command, cwd=ROOT, env=launch_env(minari_root), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # seed 0 finished (its checkpoints gone), seed 1 checkpointed
+            try:
+                runs = search_runs(tmp_path)
+            except AttributeError:  # the sweep has not created its experiment yet
+                runs = pd.DataFrame()
+            done = len(runs) and (runs["status"] == "FINISHED").sum() >= 1
+            if done and list(tmp_path.glob("checkpoints/*s1*/step-*.pt")):
+                break
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "the sweep did not get that far in 300 s"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its job processes
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stderr.close()
+    parent, children = children_and_parent(tmp_path)
+    first_parent = parent["run_id"]
+    assert sorted(children["status"]) == ["FINISHED", "RUNNING"]
+
+    again = subprocess.run(command, cwd=ROOT, env=launch_env(minari_root), capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    parent, children = children_and_parent(tmp_path)  # still one parent ...
+    assert parent["run_id"] == first_parent and parent["status"] == "FINISHED"
+    assert sorted(children["tags.mlflow.runName"]) == ["seed=0", "seed=1"]  # ... and no new child
+    assert set(children["status"]) == {"FINISHED"}
+    assert "continuing the sweep of MLflow parent run " + first_parent in again.stdout + again.stderr
+    finished_line = [line for line in again.stderr.splitlines() if line.startswith("already finished: seed=0")]
+    assert len(finished_line) == 1 and "rerun=true" in finished_line[0]
+    assert "resuming from" in again.stderr
+    resumed = children[children["tags.mlflow.runName"] == "seed=1"].iloc[0]
+    steps = metric_steps(tmp_path, resumed["run_id"], "offline_rl/critic_loss")
+    assert steps == sorted(set(steps)) and steps[-1] == 600  # each step once, to the end
+
+
+def test_the_same_finished_command_says_so_instead_of_running_again(tmp_path, minari_root, new_store):
+    from conftest import run_launch
+
+    new_store(tmp_path)
+    args = [*TINY, "eval.every=0"]
+    first = run_launch(args, tmp_path, minari_root)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_launch(args, tmp_path, minari_root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    run = search_runs(tmp_path)
+    assert len(run) == 1
+    assert (f"already finished: td3_bc-none-tests-hopper-random-v0-s0 (MLflow run {run.iloc[0]['run_id']}, "
+            f"final normalised score") in again.stderr and "add rerun=true" in again.stderr
+    third = run_launch([*args, "rerun=true"], tmp_path, minari_root)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert len(search_runs(tmp_path)) == 2
+
+
 # ----- on the local SLURM cluster -------------------------------------------------------------
 
 

@@ -70,6 +70,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         tracker.use_spool(checkpoints.path / SPOOL)
         tracker.deliver_spool()  # what an earlier process could not send, before anything new
+        parent = job_context().parent_run_id
+        finished = None if cfg.rerun else finished_run(tracker, identity, parent)
+        if finished is not None:  # the same command (or sweep job) again: nothing to do
+            return finished
+        end_stale_runs(tracker, identity, parent, keep=(checkpoints.read_info() or {}).get("run_id"))
         run = Run(cfg, device, precision, tracker, checkpoints)
         try:
             if cfg.resume == "never":
@@ -334,7 +339,8 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
 
 
 # config keys that do not change what a run computes: left out of its identity
-IDENTITY_EXCLUDED = ("tracker", "progress", "checkpoint", "resume", "threads", "precision_change")
+IDENTITY_EXCLUDED = ("tracker", "progress", "checkpoint", "resume", "threads", "precision_change",
+                     "rerun")
 
 
 def run_identity(cfg: DictConfig) -> str:
@@ -388,6 +394,39 @@ def load_source_run(from_run: str, tracker, algo, replay: ReplayBuffer) -> dict[
         raise ConfigError(f"{key}: that run normalised states with other statistics (another "
                           f"dataset, or another algo.normalize_states); use that run's dataset=")
     return {"global_step": int(state.get("global_step", 0)), "path": str(path)}
+
+
+def finished_run(tracker, identity: str, parent_run_id: str | None) -> dict[str, float] | None:
+    """When this run identity already FINISHED (in this sweep, or as a single run): one line
+    saying so -- its MLflow run, its score, how to run it again -- and its last evaluation;
+    else None."""
+    runs = [r for r in tracker.search(f"tags.run_identity = '{identity}' and "
+                                      f"attributes.status = 'FINISHED'")
+            if r.data.tags.get("mlflow.parentRunId") == parent_run_id]
+    if not runs:
+        return None
+    run = runs[0]
+    metrics = run.data.metrics
+    score = metrics.get("eval/normalized_score_mean")
+    scored = f", final normalised score {score:.1f}" if score is not None else ""
+    name = run.data.tags.get("mlflow.runName", run.info.run_id)
+    print(f"already finished: {name} (MLflow run {run.info.run_id}{scored}); nothing to do. To "
+          f"run it again as a new MLflow run, add rerun=true", file=sys.stderr, flush=True)
+    return {k: v for k, v in metrics.items() if k.startswith("eval/")}
+
+
+def end_stale_runs(tracker, identity: str, parent_run_id: str | None, keep: str | None) -> None:
+    """MLflow runs of this identity still RUNNING, though no process holds its lock (this one
+    does now), are ghosts of killed processes: marked KILLED, saying why -- except ``keep``, the
+    run the checkpoints continue."""
+    for run in tracker.search(f"tags.run_identity = '{identity}' and attributes.status = 'RUNNING'"):
+        if run.info.run_id == keep or run.data.tags.get("mlflow.parentRunId") != parent_run_id:
+            continue
+        tracker.mark_killed(run.info.run_id, "its process ended without a word (kill -9, a lost "
+                            "node, out of memory) before its first checkpoint; the same command "
+                            "started again as a new run")
+        warn(f"marked the MLflow run {run.info.run_id} KILLED: it was left RUNNING by a process "
+             f"that no longer runs, with no checkpoint to continue")
 
 
 def precision_change(state: dict[str, Any], path: Path, precision: str, cfg: DictConfig) -> str | None:

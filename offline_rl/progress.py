@@ -1,0 +1,153 @@
+"""Where a sweep stands, read from its MLflow store: each job's status, update step of its
+planned total and current rate, and for the sweep runs finished / running / waiting / failed,
+updates done of the total, the best score so far and an ETA from the measured rates.
+
+``python -m analysis progress --sweep efficiency`` prints it; the sweeper prints the one-line form
+in the launching terminal while its jobs run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCORE = "eval/normalized_score_mean"
+#: metric whose history gives a job's step and rate (every phase logs losses at log points)
+RATE_WINDOW = 10  # log points the current rate is measured over
+
+
+@dataclass
+class JobProgress:
+    name: str
+    status: str  # RUNNING, FINISHED, FAILED, KILLED
+    step: int  # update steps done (pre-training included)
+    total: int  # planned update steps (pre-training at its cap until it stopped)
+    rate: float | None  # updates/s over its last log points (running jobs)
+    score: float | None  # its last evaluation
+    error: str | None = None
+
+
+@dataclass
+class SweepProgress:
+    name: str
+    parent_run_id: str
+    jobs: int  # the grid's jobs
+    children: list[JobProgress]
+
+    def count(self, *statuses: str) -> int:
+        return sum(1 for c in self.children if c.status in statuses)
+
+    @property
+    def waiting(self) -> int:
+        return max(self.jobs - len(self.children), 0)
+
+    @property
+    def done_updates(self) -> int:
+        return sum(c.step for c in self.children)
+
+    def total_updates(self) -> int:
+        """Planned updates of the jobs started; a job not started counts as the mean of those."""
+        planned = [c.total for c in self.children]
+        mean = sum(planned) / len(planned) if planned else 0
+        return int(sum(planned) + self.waiting * mean)
+
+    @property
+    def rate(self) -> float:
+        return sum(c.rate or 0.0 for c in self.children if c.status == "RUNNING")
+
+    def eta_seconds(self) -> float | None:
+        left = self.total_updates() - sum(c.total if c.status == "FINISHED" else c.step
+                                          for c in self.children)
+        return left / self.rate if self.rate > 0 else None
+
+    def best(self) -> JobProgress | None:
+        scored = [c for c in self.children if c.score is not None]
+        return max(scored, key=lambda c: c.score) if scored else None
+
+    def line(self) -> str:
+        total = self.total_updates()
+        eta = self.eta_seconds()
+        best = self.best()
+        parts = [f"{self.count('FINISHED')}/{self.jobs} finished, {self.count('RUNNING')} running, "
+                 f"{self.waiting} waiting, {self.count('FAILED', 'KILLED')} failed",
+                 f"{self.done_updates / 1e6:.2f}M of {total / 1e6:.2f}M updates "
+                 f"({100 * self.done_updates / max(total, 1):.0f}%)"]
+        if self.rate:
+            parts.append(f"{self.rate:.0f} updates/s")
+        if eta is not None:
+            parts.append(f"ETA {format_seconds(eta)}")
+        if best is not None:
+            parts.append(f"best score so far {best.score:.1f} ({best.name})")
+        return f"sweep '{self.name}': " + "; ".join(parts)
+
+    def table(self) -> list[str]:
+        rows = ["| job | status | updates | of | rate (upd/s) | last score | note |",
+                "|---|---|---|---|---|---|---|"]
+        for c in sorted(self.children, key=lambda c: c.name):
+            rows.append(f"| {c.name} | {c.status} | {c.step:,} | {c.total:,} | "
+                        f"{'' if c.rate is None else f'{c.rate:.0f}'} | "
+                        f"{'' if c.score is None else f'{c.score:.1f}'} | {(c.error or '')[:120]} |")
+        return rows
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _planned(params: dict[str, str], metrics: dict[str, float]) -> int:
+    """Planned update steps: the offline updates, plus pre-training at its cap per phase until a
+    phase stopped at its plateau (then what it ran)."""
+    updates = int(float(params.get("updates", 0)))
+    steps = int(float(params.get("pretrain.steps", 0)))
+    started = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("phase_start/pretrain")}
+    ended = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("phase_end/pretrain")}
+    pretrain = sum(int(ended[p] - start) if p in ended else steps for p, start in started.items())
+    scheme = params.get("pretrain._target_", "").rsplit(".", 1)[-1]
+    if not started and scheme not in ("", "NoPretraining", "QTMax"):  # not begun: one phase's cap
+        pretrain = steps
+    return updates + pretrain
+
+
+def job_progress(client, run) -> JobProgress:
+    """One child run's progress, from its params, latest metrics and one loss history."""
+    metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
+    name = tags.get("mlflow.runName", run.info.run_id)
+    phase = tags.get("phase", "")  # the phase it is in (or ended in): its losses are the newest
+    keys = sorted(k for k in metrics if k.endswith("loss") and k.startswith(f"{phase}/"))
+    step, rate = 0, None
+    if keys:
+        history = sorted(client.get_metric_history(run.info.run_id, keys[0]), key=lambda m: m.step)
+        if history:
+            step = history[-1].step
+            recent = history[-RATE_WINDOW:]
+            if run.info.status == "RUNNING" and len(recent) >= 2 and recent[-1].timestamp > recent[0].timestamp:
+                rate = (recent[-1].step - recent[0].step) / ((recent[-1].timestamp - recent[0].timestamp) / 1e3)
+    total = _planned(params, metrics)
+    if run.info.status == "FINISHED":
+        step = total = max(step, total)
+    return JobProgress(name, run.info.status, int(step), int(total), rate, metrics.get(SCORE),
+                       tags.get("error") or tags.get("killed"))
+
+
+def sweep_progress(client, experiment_id: str, parent_run_id: str) -> SweepProgress:
+    """The sweep of ``parent_run_id``: its children's progress (the latest attempt of each job)."""
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                              max_results=10000, order_by=["attributes.start_time DESC"])
+    latest: dict[str, object] = {}
+    for run in runs:  # newest first: a job's latest attempt, a FINISHED one if any
+        key = run.data.tags.get("run_identity", run.info.run_id)
+        if key not in latest or (run.info.status == "FINISHED" and latest[key].info.status != "FINISHED"):
+            latest[key] = run
+    jobs = int(float(parent.data.params.get("sweep.jobs", len(latest))))
+    return SweepProgress(parent.data.tags.get("mlflow.runName", parent_run_id), parent_run_id, jobs,
+                         [job_progress(client, run) for run in latest.values()])
+
+
+def find_parent(client, experiment_id: str, sweep: str) -> str | None:
+    """The newest parent run of the sweep named ``sweep``."""
+    runs = client.search_runs([experiment_id], f"tags.sweep = '{sweep}' and tags.`sweep.role` = 'parent'",
+                              max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
+
