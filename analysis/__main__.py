@@ -181,18 +181,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="online score at this many env steps of fine-tuning (default: final eval)")
 
     p = sub.add_parser("results", help="the reproduction page: docs/results.md + its figure",
-                       description="Fig. 2-style curves with 95%% intervals, the efficiency table, "
-                       "where the convergence rule stopped pre-training, the machine and the wall "
-                       "time, and whether the paper's '< 1/2 of the updates' holds, as one Markdown "
-                       "page (--out/--name.md) for a sweep of runs with and without pre-training.",
-                       epilog=EPILOG, formatter_class=fmt)
+                       description="Per dataset: the curves with 95%% intervals, the baseline's "
+                       "asymptote and whether each curve converged, updates and compute time to "
+                       "90%% of the baseline's asymptote with bootstrap intervals of their ratios, "
+                       "the paper's '< 1/2' verdict, the stability of the final scores, IQM and "
+                       "P(pre-training > none); as one Markdown page (--out/--name.md). From a "
+                       "store (--parent-run-id ...; --export FILE first writes the runs' "
+                       "evaluations to FILE and builds the page from it) or from such a file "
+                       "(--from-csv FILE, no store needed).", epilog=EPILOG, formatter_class=fmt)
     _common(p, outputs=False)
     p.add_argument("--out", default="docs", help="folder of the page and its figure (default docs)")
     p.add_argument("--name", default="results", help="file stem (default results)")
-    p.add_argument("--fraction", type=float, default=0.9, help="default 0.9")
     p.add_argument("--baseline", default=None, help="e.g. pretrain=none (the default when present)")
-    p.add_argument("--final-last", type=int, default=1,
-                   help="baseline final score = mean of each run's last N evaluations (default 1)")
+    p.add_argument("--export", default=None, metavar="FILE",
+                   help="write the runs' evaluations to FILE (.csv.gz) and build the page from it")
+    p.add_argument("--from-csv", default=None, metavar="FILE",
+                   help="build the page from FILE (written by --export), without the store")
     p.add_argument("--command", dest="reproduce", default=None,  # not `command`: the subcommand's
                    help="the command that reproduces the runs, quoted on the page")
     p = sub.add_parser("aggregate", help="IQM / median / mean / optimality gap with bootstrap CIs",
@@ -367,11 +371,18 @@ def _run(args) -> int:
     if args.command == "results":
         from analysis.results import results_page
 
-        rs = _load(args)
+        from analysis.load import export_csv, from_csv
+        from analysis.results import machine
+
+        data = args.from_csv
+        if data is None:
+            rs = _load(args)
+            if args.export:
+                data = str(export_csv(rs, args.export, [args.metric], extra={"machine": machine()}))
+                print(f"wrote {data}")
+        rs = from_csv(data) if data else rs
         page = results_page(rs, args.out, name=args.name, metric=args.metric,
-                            fraction=args.fraction, baseline=args.baseline,
-                            final_last=args.final_last, command=args.reproduce)
-        print(page.table.markdown())
+                            baseline=args.baseline, command=args.reproduce, data=data)
         for sentence in page.verdicts.values():
             print(sentence)
         for w in page.warnings:

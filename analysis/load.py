@@ -386,3 +386,42 @@ def parse_overrides(text: str | None) -> dict[str, str]:
             key, value = token.split("=", 1)
             out[key.lstrip("+~")] = value
     return out
+
+
+# ----- results without the store: a RunSet as one CSV file ----------------------------------------
+
+CSV_METRIC_COLUMNS = ("metric", "step", "value", "timestamp")
+
+
+def export_csv(rs: RunSet, path: str | Path, metrics: Sequence[str] = (SCORE,),
+               extra: dict[str, str] | None = None) -> Path:
+    """The runs' histories of ``metrics`` with every run column except the params that are the
+    same for all runs (so the file stays small), as one gzipped CSV: what ``from_csv`` reads back
+    to analyse without the MLflow store. ``extra``: constant columns (e.g. the machine)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runs = rs.runs
+    constant = [c for c in rs.param_columns if c in runs and runs[c].astype(str).nunique() <= 1]
+    keep = [c for c in runs.columns if c not in constant and not c.startswith("_")]
+    for key in metrics:
+        rs.history(key)
+    frame = rs.metrics[rs.metrics["metric"].isin(metrics)][["run_id", *CSV_METRIC_COLUMNS]]
+    frame = frame.merge(runs[keep], on="run_id", how="left")
+    for column, value in (extra or {}).items():
+        frame[column] = value
+    frame = frame.sort_values(["run_name", "metric", "step"]).reset_index(drop=True)
+    frame.to_csv(path, index=False, compression="gzip")
+    return path
+
+
+def from_csv(path: str | Path) -> RunSet:
+    """A RunSet read from ``export_csv``'s file (no store; ``add_metrics`` fetches nothing)."""
+    path = Path(path)
+    if not path.exists():
+        raise AnalysisError(f"no results file {path}")
+    frame = pd.read_csv(path, low_memory=False)
+    run_columns = [c for c in frame.columns if c not in CSV_METRIC_COLUMNS]
+    runs = frame[run_columns].drop_duplicates("run_id").reset_index(drop=True)
+    params = [c for c in runs.columns if "." in c and c not in ("sweep.axes",)]
+    parents = runs["parent_run_id"].dropna().unique() if "parent_run_id" in runs else []
+    return RunSet(runs, frame, [], parents[0] if len(parents) == 1 else None, None, None, params)

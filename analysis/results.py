@@ -22,9 +22,12 @@ import numpy as np
 import pandas as pd
 
 from analysis.aggregate import aggregate
+from analysis.efficiency import compute_seconds, dataset_result
+from analysis.efficiency import table as efficiency_table
 from analysis.figures import plot_learning_curves
 from analysis.load import SCORE, RunSet
-from analysis.tables import efficiency_table, to_markdown
+from analysis.score_statistics import aggregate_table, comparison_pairs, improvement_table, score_matrix
+from analysis.tables import match_baseline, norm_value, to_markdown
 from offline_rl.machine import cpu_model
 
 
@@ -65,78 +68,109 @@ def convergence(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _wall_time(runs: pd.DataFrame) -> str:
-    start, end = runs["start_time"].min(), runs["end_time"].max()
+def _wall_time(runs: pd.DataFrame, history: pd.DataFrame) -> str:
+    """The whole experiment's span (first start to last end) and the sum of its runs' compute
+    time (pauses capped away, as in ``analysis.efficiency.compute_seconds``)."""
+    start, end = pd.to_numeric(runs["start_time"]).min(), pd.to_numeric(runs["end_time"]).max()
     if pd.isna(start) or pd.isna(end):
         return "unknown"
-    hours = (float(end) - float(start)) / 3.6e6
-    each = ((runs["end_time"] - runs["start_time"]) / 6e4).dropna()
-    return (f"{hours:.2f} h for the whole sweep (runs {each.min():.0f}-{each.max():.0f} min each, "
-            f"{len(runs)} runs)")
-
-
-def verdicts(table, claim: float = 0.5) -> dict[str, str]:
-    """One sentence per panel on the paper's '< 1/2 of the training steps' claim."""
-    frame = table.frame
-    out = {}
-    for panel, rows in frame.groupby("panel", sort=False):
-        base = rows[rows["baseline"]]
-        others = rows[~rows["baseline"]]
-        if base.empty or others.empty:
-            continue
-        base_steps = base.iloc[0]["updates_to_threshold"]
-        parts = []
-        for _, row in others.iterrows():
-            ratio = row["ratio_to_baseline"]
-            if np.isnan(row["updates_to_threshold"]):
-                parts.append(f"{row['variant']} never reached {row['threshold']:.1f}")
-            elif ratio < claim:
-                parts.append(f"{row['variant']} reached {row['threshold']:.1f} in "
-                             f"{int(row['updates_to_threshold']):,} updates against "
-                             f"{int(base_steps):,} without pre-training (ratio {ratio:.2f} < {claim:g}): "
-                             f"the claim holds")
-            else:
-                parts.append(f"{row['variant']} needed {int(row['updates_to_threshold']):,} "
-                             f"updates against {int(base_steps):,} without pre-training (ratio "
-                             f"{ratio:.2f} ≥ {claim:g}): the claim does not hold")
-        out[str(panel)] = f"**{panel}**: " + "; ".join(parts) + "."
-    return out
+    compute = 0.0
+    for run_id, h in history.groupby("run_id"):
+        begun = float(pd.to_numeric(runs.loc[runs["run_id"] == run_id, "start_time"]).iloc[0])
+        seconds = compute_seconds(h, begun)
+        compute += float(seconds.iloc[-1]) if len(seconds) else 0.0
+    each = ((pd.to_numeric(runs["end_time"]) - pd.to_numeric(runs["start_time"])) / 6e4).dropna()
+    return (f"{(end - start) / 3.6e6:.1f} h from the first run's start to the last run's end "
+            f"(stops, pauses and restarts included); {compute / 3600:.1f} h of run compute time "
+            f"summed over the {len(runs)} runs (pauses capped away), {each.min():.0f}-{each.max():.0f} "
+            f"min per run by the clock")
 
 
 def results_page(rs: RunSet, out: str | Path = "docs", *, name: str = "results",
-                 metric: str = SCORE, fraction: float = 0.9, baseline: str | None = None,
-                 final_last: int = 1, command: str | None = None,
+                 metric: str = SCORE, baseline: str | None = None, command: str | None = None,
+                 data: str | None = None,
                  title: str = "Does pre-training make offline RL more efficient here?") -> ResultsPage:
+    """The page (``<out>/<name>.md`` and ``<name>.png``). Deterministic for the same runs (no
+    date of generation: the date the runs ended), so that it can be regenerated from the
+    committed data and compared (tests/test_analysis.py)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     agg = aggregate(rs, metric, ci="t", level=0.95)
     figure = plot_learning_curves(rs, metric, agg=agg, band="ci", out=out / f"{name}.png")
-    table = efficiency_table(rs, metric, baseline=baseline, fraction=fraction,
-                             final_last=final_last)
-    said = verdicts(table)
     runs = rs.runs
+    history = rs.history(metric)
+    constraints, how = match_baseline(agg.grouping.runs, agg.grouping.variant, baseline)
+    base_rows = agg.grouping.runs
+    for column, value in constraints.items():
+        base_rows = base_rows[base_rows[column].astype(str).map(norm_value) == norm_value(value)]
+    base_variant = str(base_rows["variant"].iloc[0]) if len(base_rows) else None
+    results = [dataset_result(agg, history, runs, panel, base_variant)
+               for panel in dict.fromkeys(agg.grouping.runs["panel"])] if base_variant else []
+    ended = pd.to_datetime(pd.to_numeric(runs["end_time"]).max(), unit="ms")
     lines = [f"# {title}", "",
-             f"Generated {datetime.date.today().isoformat()} by `python -m analysis results` "
-             f"from {len(runs)} MLflow runs (parent run {rs.parent_run_id or '—'}).", ""]
+             f"Written by `python -m analysis results` from {len(runs)} runs"
+             + (f" of the sweep '{runs['sweep'].iloc[0]}'" if "sweep" in runs and runs['sweep'].notna().any() else "")
+             + (f" (MLflow parent run {rs.parent_run_id})" if rs.parent_run_id else "")
+             + f", the last of which ended {ended:%Y-%m-%d %H:%M} UTC."
+             + (f" Their evaluations: [{Path(data).name}]({Path(data).relative_to(out) if Path(data).is_relative_to(out) else data}); "
+                f"`python -m analysis results --from-csv {data} --out {out}` writes this page again "
+                f"from them, without the MLflow store." if data else ""), ""]
     if command:
-        lines += ["Reproduce:", "", "```bash", command, "```", ""]
-    lines += ["## Verdict", "", *(f"- {v}" for v in said.values() or ["no comparison possible"]),
-              "", "The paper (§6.2): with pre-training, TD3+BC and EDAC \"reach asymptotic "
-              "performance in less than 1/2 of the training steps\" on Hopper and Walker2d medium.",
-              "", f"![learning curves]({figure.path.name})", "",
-              f"Seed mean of `{metric}` vs gradient updates, pre-training included; shaded: "
-              f"{agg.method}.", "", table.markdown(), "## Pre-training length", "",
+        lines += ["Reproduce the runs:", "", "```bash", command, "```", ""]
+    lines += ["## Verdict", "", *(f"- {r.verdict()}" for r in results), "",
+              "The paper (§6.2): with pre-training, TD3+BC \"reaches asymptotic performance in less "
+              "than 1/2 of the training steps and computation time\" on Hopper and Walker2d medium, "
+              "and its final performance is more stable.", "",
+              f"![learning curves]({figure.path.name})", "",
+              f"Seed mean of `{metric}` against gradient updates, pre-training included; shaded: "
+              f"{agg.method}.", "", "## Definitions", "",
+              *[f"- {line.strip()}" for line in _definitions()], "", f"Baseline: {how}.", ""]
+    for result in results:
+        lines += [f"## {result.panel}", "", *efficiency_table(result), ""]
+    statistics = _statistics(rs, metric, baseline)
+    lines += ["## Final scores: IQM and probability of improvement", "", *statistics, ""]
+    stops = convergence(runs)
+    lines += ["## Pre-training length", "",
               "The paper pre-trains until the supervised losses converge, \"10-50k updates\" "
               "(§6.1). The convergence rule here: the mean loss over the last `pretrain.window` "
-              "updates improved by less than `pretrain.tolerance` on the window before.", ""]
-    stops = convergence(runs)
-    lines += [to_markdown(stops) if not stops.empty else "no run pre-trained", "",
-              "## Where and how long", "", f"- Machine: {machine()}",
-              f"- Wall time: {_wall_time(runs)}", ""]
-    warnings = list(dict.fromkeys(rs.warnings + agg.warnings + table.warnings))
+              "updates improved by less than `pretrain.tolerance` on the window before.", "",
+              to_markdown(stops) if not stops.empty else "no run pre-trained", "",
+              "## Where and how long", ""]
+    if "machine" in runs:
+        lines += [f"- Machine: {runs['machine'].iloc[0]}"]
+    if "precision_used" in runs or "precision" in runs:
+        column = "precision_used" if "precision_used" in runs else "precision"
+        lines += [f"- Precision: {', '.join(sorted(map(str, runs[column].dropna().unique())))}"]
+    lines += [f"- Wall time: {_wall_time(runs, history)}", ""]
+    warnings = list(dict.fromkeys(rs.warnings + agg.warnings))
     if warnings:
         lines += ["## Warnings", "", *(f"- {w}" for w in warnings), ""]
     path = out / f"{name}.md"
     path.write_text("\n".join(lines))
-    return ResultsPage(path=path, figure=figure.path, verdicts=said, table=table,
+    return ResultsPage(path=path, figure=figure.path,
+                       verdicts={r.panel: r.verdict() for r in results}, table=results,
                        warnings=warnings)
+
+
+def _definitions() -> list[str]:
+    """The bullet points of analysis/efficiency.py's docstring, one string each."""
+    from analysis import efficiency
+
+    text = efficiency.__doc__.split("Definitions (stated on the page too):", 1)[1]
+    items = [" ".join(part.split()).replace("``", "`") for part in text.split("\n- ") if part.strip()]
+    return items
+
+
+def _statistics(rs: RunSet, metric: str, baseline: str | None) -> list[str]:
+    """IQM per variant over all datasets, and per dataset P(variant > baseline)."""
+    m = score_matrix(rs, metric)
+    lines = [aggregate_table(m).markdown()]
+    pairs, how = comparison_pairs(m, baseline=baseline)
+    lines.append(improvement_table(m, pairs, how=how).markdown())
+    for task in m.tasks:
+        single = score_matrix(rs.select(dataset_name=task), metric)
+        task_pairs, _ = comparison_pairs(single, baseline=baseline)
+        table = improvement_table(single, task_pairs, how=f"{task} only")
+        table.title = f"Probability of improvement on {task}"
+        lines.append(table.markdown())
+    return lines

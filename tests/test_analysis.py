@@ -528,40 +528,79 @@ def test_cli_commands_and_errors(store, tmp_path, capsys):
 def test_results_page_states_whether_the_claim_holds(clean, tmp_path):
     from analysis.results import results_page
 
-    page = results_page(clean, tmp_path, command="python launch.py +experiment=paper_check")
+    page = results_page(clean, tmp_path, command="python launch.py +experiment=efficiency")
     text = page.path.read_text()
     assert page.path == tmp_path / "results.md" and page.figure.exists()
     assert "![learning curves](results.png)" in text
-    assert "python launch.py +experiment=paper_check" in text
-    # hand-computed (test_efficiency_table): 4,000 updates with pre-training against 9,000
+    assert "python launch.py +experiment=efficiency" in text
+    # hand-computed: the baseline's seed-mean curve is 0, 10, ..., 100 at 0..10k; its last 10% of
+    # 11 evaluations (2) average 95, the 2 before 75: still rising (+20 > max(2, 4.75)). 90% of
+    # 95 = 85.5, reached at 9,000 by the baseline and at 4,000 by min(100, s/40) with pre-training:
+    # ratio 0.44, in every bootstrap resample (the seeds' offsets of +-2 move neither step)
     for panel in ("hopper-medium-local", "walker2d-medium-local"):
         verdict = page.verdicts[panel]
-        assert "4,000 updates against 9,000" in verdict and "ratio 0.44 < 0.5" in verdict
-        assert "the claim holds" in verdict
-    assert "| pretrain=ac" in text or "pretrain=ac |" in text
-    # pre-training length: the six pre-trained runs, 2,000 updates each, no convergence tag
+        assert "still rising at the end (+20.0" in verdict
+        assert "(85.5) at an updates ratio of 0.44 [0.44, 0.44]" in verdict and "**holds**" in verdict
+        section = text.split(f"## {panel}")[1].split("\n## ")[0]
+        assert "| pretrain=none | 3 | 95.0 | no, still rising (+20.0) | 9,000 |" in section
+        assert "| pretrain=ac | 3 | 100.0 | yes | 4,000 | 2,000 | 0.44 [0.44, 0.44] |" in section
+        # stability: every run's sample std of its evaluations (offsets are constant per run):
+        # 0, 10, ..., 100 -> 33.2; 0, 25, 50, 75 and seven 100s -> 36.1
+        none_row, ac_row = section.strip().splitlines()[-2:]
+        assert none_row.endswith("| 33.2 ± 0.0 |") and ac_row.endswith("| 36.1 ± 0.0 |")
+    assert "## Final scores: IQM and probability of improvement" in text
+    assert "Probability of improvement on hopper-medium-local" in text
     section = text.split("## Pre-training length")[1].split("## Where")[0]
     assert len(re.findall(r"\| 2,000 +\|", section)) == 6 and "no (ran to pretrain.steps)" in section
-    assert "## Where and how long" in text and "cores" in text and "torch" in text
+    assert "- Wall time:" in text
 
 
-def test_results_verdict_when_pretraining_is_slower():
-    from types import SimpleNamespace
+def test_compute_time_leaves_out_a_pause_and_the_convergence_rule():
+    from analysis.efficiency import compute_seconds, converged
 
-    from analysis.results import verdicts
+    # evaluations every 10 s, then a 1,000 s pause (SIGSTOP while tests ran), then 10 s again
+    history = pd.DataFrame({"step": [5000, 10000, 15000, 20000, 25000],
+                            "timestamp": [10_000, 20_000, 30_000, 1_030_000, 1_040_000]})
+    seconds = compute_seconds(history, start_ms=0)
+    assert seconds.tolist() == [10.0, 20.0, 30.0, 60.0, 70.0]  # the pause counts as 3 x 10 s
+    # last 10% of 20 evaluations = 2; 50, 50 after 49, 49: +1 < 2 points -> converged at 50
+    flat = np.r_[np.linspace(0, 49, 18), [50, 50]]
+    flat[-4:-2] = 49
+    assert converged(flat) == (True, 50.0, 1.0)
+    assert converged(np.r_[np.zeros(16), [40, 40, 50, 50]])[0] is False  # +10: still rising
 
-    frame = pd.DataFrame([
-        {"panel": "p", "variant": "pretrain=none", "baseline": True, "updates_to_threshold": 5000.0,
-         "ratio_to_baseline": 1.0, "threshold": 45.0},
-        {"panel": "p", "variant": "pretrain=ac", "baseline": False, "updates_to_threshold": 4000.0,
-         "ratio_to_baseline": 0.8, "threshold": 45.0},
-        {"panel": "q", "variant": "pretrain=none", "baseline": True, "updates_to_threshold": 5000.0,
-         "ratio_to_baseline": 1.0, "threshold": 45.0},
-        {"panel": "q", "variant": "pretrain=ac", "baseline": False,
-         "updates_to_threshold": np.nan, "ratio_to_baseline": np.nan, "threshold": 45.0}])
-    said = verdicts(SimpleNamespace(frame=frame))
-    assert "ratio 0.80 ≥ 0.5): the claim does not hold" in said["p"]
-    assert "never reached 45.0" in said["q"]
+
+def test_results_page_from_the_exported_file_needs_no_store(clean, tmp_path):
+    """--export writes the runs' evaluations; --from-csv builds the same page from them alone."""
+    from analysis.__main__ import main
+
+    data = tmp_path / "data" / "sweep.csv.gz"
+    uri = clean.tracking_uri
+    assert main(["results", "--tracking-uri", uri, "--parent-run-id", clean.parent_run_id,
+                 "--export", str(data), "--out", str(tmp_path / "a"), "--no-cache"]) == 0
+    first = (tmp_path / "a" / "results.md").read_text()
+    assert f"--from-csv {data}" in first
+    assert main(["results", "--from-csv", str(data), "--out", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "results.md").read_text() == first
+    frame = pd.read_csv(data)
+    assert set(frame["metric"]) == {"eval/normalized_score_mean"} and frame["run_id"].nunique() == 12
+    assert "machine" in frame and "pretrain.lambda" not in frame  # constant params left out
+
+
+def test_committed_results_page_is_regenerated_from_its_committed_data(tmp_path):
+    """docs/results.md is what `analysis results --from-csv docs/results/efficiency.csv.gz`
+    writes: the numbers on the page can be checked by anyone, without the MLflow store."""
+    from analysis.__main__ import main
+
+    data = ROOT / "docs" / "results" / "efficiency.csv.gz"
+    committed = (ROOT / "docs" / "results.md").read_text()
+    assert f"--from-csv docs/results/efficiency.csv.gz" in committed
+    assert main(["results", "--from-csv", str(data), "--out", str(tmp_path)]) == 0
+    regenerated = (tmp_path / "results.md").read_text()
+    assert regenerated.replace(str(data), "docs/results/efficiency.csv.gz").replace(
+        str(tmp_path), "docs") == committed
+
+
 # ------------------------------------------------------------- Agarwal et al. (2021) statistics
 
 def test_score_matrix_from_runs_last_and_window(clean):

@@ -1,0 +1,236 @@
+"""The paper's efficiency claim, measured per dataset (docs/results.md, ``python -m analysis results``).
+
+Definitions (stated on the page too):
+
+- **curve**: the seed mean of ``eval/normalized_score_mean`` against gradient updates, pre-training
+  included (``analysis.aggregate``'s common step grid);
+- **asymptote** of a curve: its mean over the last 10% of its evaluations (at least 2);
+- **converged**: the curve's asymptote is not above the mean of the 10% of evaluations before
+  them by more than max(2 points, 5% of the asymptote); otherwise it is *still rising* and its
+  end is not called an asymptote;
+- **updates to 90%**: the first evaluation step at which a curve reaches 90% of the *baseline's*
+  (no pre-training) asymptote; the **ratio** is a variant's updates over the baseline's own, with
+  a 95% percentile bootstrap interval over seeds (the runs of each variant resampled with
+  replacement, 2,000 times, the baseline's asymptote recomputed each time; a resample whose curve
+  never reaches the threshold counts as an infinite ratio). The paper's "< 1/2" **holds** when the
+  interval lies below 0.5, **does not hold** when it lies above, and **cannot be told** when it
+  contains 0.5;
+- **compute time** to a step: the run's evaluation timestamps from its start, every interval
+  between two evaluations capped at 3x the run's median interval, so that a run paused by
+  SIGSTOP (while tests ran beside it) or stopped and resumed does not count its pause; the same
+  ratio and interval as for updates;
+- **stability**: each run's standard deviation of its evaluations over its last 100k updates,
+  averaged over seeds (the paper: pre-training makes the final performance more stable).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analysis.aggregate import Aggregated
+
+TAIL = 0.1  # share of evaluations the asymptote averages
+RISE_POINTS, RISE_SHARE = 2.0, 0.05  # what counts as still rising
+FRACTION = 0.9
+CLAIM = 0.5
+RESAMPLES = 2000
+STABILITY_WINDOW = 100_000
+PAUSE_CAP = 3.0  # an interval between evaluations longer than this x the median is a pause
+
+
+def tail_mean(values: np.ndarray, share: float = TAIL) -> tuple[float, float]:
+    """(mean of the last ``share`` of ``values``, mean of the same number before them)."""
+    values = np.asarray(values, dtype=float)
+    k = max(2, int(round(share * len(values))))
+    last, before = values[-k:], values[-2 * k:-k]
+    return float(np.mean(last)), float(np.mean(before)) if len(before) else float("nan")
+
+
+def converged(values: np.ndarray) -> tuple[bool, float, float]:
+    """(converged?, asymptote, rise over the last two tail windows)."""
+    end, before = tail_mean(values)
+    rise = end - before
+    return (not rise > max(RISE_POINTS, RISE_SHARE * abs(end))), end, rise
+
+
+def first_reach(steps: np.ndarray, values: np.ndarray, threshold: float) -> float:
+    hit = np.flatnonzero(values >= threshold)
+    return float(steps[hit[0]]) if hit.size else float("inf")
+
+
+def compute_seconds(history: pd.DataFrame, start_ms: float) -> pd.Series:
+    """Seconds of compute at each evaluation step of one run (pauses capped away)."""
+    h = history.sort_values("step")
+    times = np.concatenate([[start_ms], h["timestamp"].to_numpy(dtype=float)]) / 1e3
+    gaps = np.clip(np.diff(times), 0.0, None)
+    cap = PAUSE_CAP * np.median(gaps) if len(gaps) else 0.0
+    return pd.Series(np.cumsum(np.minimum(gaps, cap)), index=h["step"].to_numpy())
+
+
+@dataclass
+class VariantResult:
+    variant: str
+    seeds: int
+    converged: bool
+    asymptote: float
+    rise: float
+    updates_to_90: float
+    seconds_to_90: float
+    update_ratio: float = float("nan")
+    update_ci: tuple[float, float] = (float("nan"), float("nan"))
+    time_ratio: float = float("nan")
+    time_ci: tuple[float, float] = (float("nan"), float("nan"))
+    pretrain_updates: float = float("nan")
+    stability: float = float("nan")
+    stability_sd: float = float("nan")
+
+
+@dataclass
+class DatasetResult:
+    panel: str
+    baseline: str
+    threshold: float
+    variants: list[VariantResult] = field(default_factory=list)
+
+    def verdict(self) -> str:
+        base = next(v for v in self.variants if v.variant == self.baseline)
+        parts = []
+        if not base.converged:
+            parts.append(f"the baseline is still rising at the end (+{base.rise:.1f} over its last "
+                         f"{2 * TAIL:.0%} of evaluations): its end is not an asymptote, so 90% of it "
+                         f"is a lower bar than the paper's")
+        for v in self.variants:
+            if v.variant == self.baseline:
+                continue
+            low, high = v.update_ci
+            if high < CLAIM:
+                said = "holds"
+            elif low > CLAIM:
+                said = "does not hold"
+            else:
+                said = "cannot be told"
+            ratio = "never reached" if not np.isfinite(v.update_ratio) else f"{v.update_ratio:.2f}"
+            parts.append(f"{v.variant} reaches 90% of the baseline's asymptote ({self.threshold:.1f}) "
+                         f"at an updates ratio of {ratio} [{_num(low)}, {_num(high)}]: the paper's "
+                         f"\"< 1/2\" **{said}**")
+        return f"**{self.panel}**: " + "; ".join(parts) + "."
+
+
+def _num(x: float) -> str:
+    return "∞" if x == float("inf") else ("—" if np.isnan(x) else f"{x:.2f}")
+
+
+def _matrix(aligned: pd.DataFrame, variant: str, grid: np.ndarray) -> np.ndarray:
+    rows = aligned[aligned["variant"] == variant].pivot_table(index="run_id", columns="step",
+                                                            values="value")
+    return rows.reindex(columns=grid).to_numpy(dtype=float)
+
+
+def _steps_to(matrix: np.ndarray, grid: np.ndarray, threshold: float) -> float:
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(matrix, axis=0)
+    return first_reach(grid, np.nan_to_num(mean, nan=-np.inf), threshold)
+
+
+def dataset_result(agg: Aggregated, rs_history: pd.DataFrame, runs: pd.DataFrame, panel: str,
+                   baseline: str, seed: int = 0) -> DatasetResult:
+    """Everything the page says about one dataset (``panel``) of an aggregate."""
+    curves = agg.curves[agg.curves["panel"] == panel]
+    aligned = agg.aligned[agg.aligned["panel"] == panel]
+    panel_runs = agg.grouping.runs[agg.grouping.runs["panel"] == panel]
+    grid = np.sort(aligned["step"].unique())
+    base_curve = curves[curves["variant"] == baseline].sort_values("step")
+    ok, asymptote, rise = converged(base_curve["mean"].to_numpy())
+    threshold = FRACTION * asymptote
+    seconds = {}  # run -> compute seconds by step
+    for run_id, h in rs_history[rs_history["run_id"].isin(panel_runs["run_id"])].groupby("run_id"):
+        start = float(runs.loc[runs["run_id"] == run_id, "start_time"].iloc[0])
+        seconds[run_id] = compute_seconds(h, start)
+    result = DatasetResult(panel, baseline, threshold)
+    matrices = {v: _matrix(aligned, v, grid) for v in panel_runs["variant"].unique()}
+    ids = {v: list(aligned[aligned["variant"] == v].pivot_table(index="run_id", columns="step",
+                                                             values="value").index)
+           for v in matrices}
+
+    def time_at(variant: str, rows: np.ndarray, step: float) -> float:
+        if not np.isfinite(step):
+            return float("inf")
+        values = [np.interp(step, s.index, s.to_numpy()) for s in
+                  (seconds[ids[variant][i]] for i in rows) if len(s)]
+        return float(np.mean(values)) if values else float("nan")
+
+    rng = np.random.default_rng(seed)
+    base_m = matrices[baseline]
+    draws = {v: [rng.integers(0, len(m), len(m)) for _ in range(RESAMPLES)] for v, m in matrices.items()}
+    for variant, matrix in matrices.items():
+        curve = curves[curves["variant"] == variant].sort_values("step")
+        v_ok, v_end, v_rise = converged(curve["mean"].to_numpy())
+        every = np.arange(len(matrix))
+        steps = _steps_to(matrix, grid, threshold)
+        group = panel_runs[panel_runs["variant"] == variant]
+        res = VariantResult(variant, len(matrix), v_ok, v_end, v_rise, steps,
+                            time_at(variant, every, steps))
+        if "pretrain_steps" in group:
+            res.pretrain_updates = float(pd.to_numeric(group["pretrain_steps"], errors="coerce").mean())
+        spreads = []
+        for run_id in group["run_id"]:
+            h = rs_history[rs_history["run_id"] == run_id].sort_values("step")
+            tail = h[h["step"] > h["step"].max() - STABILITY_WINDOW]["value"]
+            if len(tail) >= 2:
+                spreads.append(float(tail.std(ddof=1)))
+        if spreads:
+            res.stability = float(np.mean(spreads))
+            res.stability_sd = float(np.std(spreads, ddof=1)) if len(spreads) > 1 else float("nan")
+        result.variants.append(res)
+    base = next(v for v in result.variants if v.variant == baseline)
+    for res in result.variants:
+        res.update_ratio = res.updates_to_90 / base.updates_to_90
+        res.time_ratio = res.seconds_to_90 / base.seconds_to_90
+        if res.variant == baseline:
+            continue
+        update_ratios, time_ratios = [], []
+        for b_rows, v_rows in zip(draws[baseline], draws[res.variant]):
+            b_matrix = base_m[b_rows]
+            with np.errstate(all="ignore"):
+                b_curve = np.nanmean(b_matrix, axis=0)
+            b_curve = b_curve[~np.isnan(b_curve)]
+            t = FRACTION * tail_mean(b_curve)[0]
+            b_steps = _steps_to(b_matrix, grid, t)
+            v_steps = _steps_to(matrices[res.variant][v_rows], grid, t)
+            update_ratios.append(v_steps / b_steps)
+            time_ratios.append(time_at(res.variant, v_rows, v_steps) / time_at(baseline, b_rows, b_steps))
+        res.update_ci = _percentiles(update_ratios)
+        res.time_ci = _percentiles(time_ratios)
+    return result
+
+
+def _percentiles(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return float("nan"), float("nan")
+    alpha = (1 - level) / 2
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+
+
+def table(result: DatasetResult) -> list[str]:
+    rows = ["| variant | seeds | end of curve | converged | updates to 90% (pre-training incl.) | "
+            "of which pre-training | updates ratio [95% CI] | compute time to 90% | "
+            "time ratio [95% CI] | stability (std over last 100k) |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for v in result.variants:
+        conv = "yes" if v.converged else f"no, still rising (+{v.rise:.1f})"
+        updates = "not reached" if not np.isfinite(v.updates_to_90) else f"{int(v.updates_to_90):,}"
+        seconds = "—" if not np.isfinite(v.seconds_to_90) else f"{v.seconds_to_90 / 60:.1f} min"
+        base = v.variant == result.baseline
+        ratio = "1 (baseline)" if base else f"{_num(v.update_ratio)} [{_num(v.update_ci[0])}, {_num(v.update_ci[1])}]"
+        tratio = "1 (baseline)" if base else f"{_num(v.time_ratio)} [{_num(v.time_ci[0])}, {_num(v.time_ci[1])}]"
+        pre = "—" if np.isnan(v.pretrain_updates) or v.pretrain_updates == 0 else f"{int(v.pretrain_updates):,}"
+        stab = "—" if np.isnan(v.stability) else (f"{v.stability:.1f}" + (
+            f" ± {v.stability_sd:.1f}" if not np.isnan(v.stability_sd) else ""))
+        rows.append(f"| {v.variant} | {v.seeds} | {v.asymptote:.1f} | {conv} | {updates} | {pre} | "
+                    f"{ratio} | {seconds} | {tratio} | {stab} |")
+    return rows
