@@ -109,6 +109,7 @@ RULES: list[Rule] = [
     _rule("precision_change", ((lambda v: v in ("refuse", "allow")), "refuse or allow")),
     _rule("resume", ((lambda v: v in ("auto", "never")), "auto or never")),
     _rule("rerun", boolean()),
+    _rule("continue_from", (lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "null or the MLflow run id of a FINISHED run")),
     _rule("checkpoint.every", (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no periodic checkpoints)")),
     _rule("checkpoint.keep", int_at_least(1)),
     _rule("checkpoint.on_signal", boolean()),

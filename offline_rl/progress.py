@@ -123,7 +123,7 @@ def job_progress(client, run) -> JobProgress:
             recent = history[-RATE_WINDOW:]
             if run.info.status == "RUNNING" and len(recent) >= 2 and recent[-1].timestamp > recent[0].timestamp:
                 rate = (recent[-1].step - recent[0].step) / ((recent[-1].timestamp - recent[0].timestamp) / 1e3)
-    total = _planned(params, metrics)
+    total = _planned({**params, **({"updates": tags["updates"]} if "updates" in tags else {})}, metrics)
     if run.info.status == "FINISHED":
         step = total = max(step, total)
     return JobProgress(name, run.info.status, int(step), int(total), rate, metrics.get(SCORE),

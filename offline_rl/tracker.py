@@ -73,6 +73,8 @@ class NullTracker:
         return []
     def search(self, filter_string: str) -> list:
         return []
+    def run_params(self, run_id: str) -> dict[str, str]:
+        return {}
     def mark_killed(self, run_id: str, reason: str) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def download_artifact(self, run_id: str, name: str, dst: str | Path) -> Path:
@@ -246,6 +248,10 @@ class MlflowTracker:
         with self._answering():
             return self.client.search_runs([experiment_id], filter_string=filter_string,
                                            max_results=10000, order_by=["attributes.start_time DESC"])
+
+    def run_params(self, run_id: str) -> dict[str, str]:
+        with self._answering():
+            return dict(self.client.get_run(run_id).data.params)
 
     def mark_killed(self, run_id: str, reason: str) -> None:
         """End a run that no process runs any more (KILLED), saying why in its ``killed`` tag."""

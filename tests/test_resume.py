@@ -192,3 +192,41 @@ def test_kill_9_then_the_same_command_resumes_the_same_run(tmp_path, minari_root
     assert losses == sorted(set(losses))  # strictly increasing: no step logged twice
     assert losses == list(range(50, 1501, 50))  # and none missing
     assert metric_steps(tmp_path, run_id, "eval/return_mean") == [500, 1000, 1500]
+
+
+# ----- a finished run continued to a larger budget ------------------------------------------------
+
+
+def test_a_finished_run_continues_to_a_larger_budget_as_the_same_run(tmp_path, minari_root, new_store):
+    """updates=60, finished; then continue_from=<its run id> updates=120: the same MLflow run, its
+    metrics up to 60 unchanged, and the weights of a run that did 120 updates straight."""
+    from offline_rl.errors import ConfigError
+    from offline_rl.training.run import train
+
+    common = ["algo=td3_bc", "eval.episodes=1", "eval.every=30", "log_every=10",
+              "checkpoint.every=0", *SHARED_MACHINE]
+    train(composed(new_store(tmp_path / "straight"), *common, "updates=120"))
+    _, straight = final_state(tmp_path / "straight")
+
+    store = new_store(tmp_path / "continued")
+    train(composed(store, *common, "updates=60"))
+    run_id, _ = final_state(store)
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    before = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)]
+              for k in ("eval/normalized_score_mean", "offline_rl/critic_loss")}
+    with pytest.raises(ConfigError, match="only updates may differ.*seed=0 there, 1 here"):
+        train(composed(store, *common, "updates=120", "seed=1", f"continue_from={run_id}"))
+    with pytest.raises(ConfigError, match="already did updates=60"):
+        train(composed(store, *common, "updates=40", f"continue_from={run_id}"))
+    train(composed(store, *common, "updates=120", f"continue_from={run_id}"))
+    same_id, continued = final_state(store)  # one run in the store, FINISHED
+    assert same_id == run_id
+    run = client.get_run(run_id)
+    assert run.data.tags["updates"] == "120" and "continued to 120" in run.data.tags["continued"]
+    for key, points in before.items():
+        history = [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+        assert history[:len(points)] == points  # up to the old budget: unchanged
+        assert [s for s, _ in history] == sorted({s for s, _ in history})  # each step once
+        assert history[-1][0] == 120
+    assert continued["global_step"] == straight["global_step"] == 120
+    assert_same_tensors(straight["algo"], continued["algo"], "algo")

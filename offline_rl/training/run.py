@@ -80,6 +80,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if cfg.resume == "never":
                 checkpoints.clear()
             resumed = run.resume_point() if cfg.resume == "auto" else None
+            if resumed is None and cfg.continue_from:  # a finished run, to a larger budget
+                resumed = run.continuation(str(cfg.continue_from))
             run.start_tracking(name, choices)
             if resumed:
                 run.restore(*resumed)
@@ -138,6 +140,7 @@ class Run:
         self.run_id: str | None = None
         self.corrupt: list[str] = []
         self.precision_change: str | None = None
+        self.extension: tuple[int, int] | None = None  # (old, new) updates: continue_from
 
     def phases(self) -> list[Phase]:
         """Pre-training, offline RL, online fine-tuning: the phases the loop runs in order."""
@@ -161,6 +164,42 @@ class Run:
             self.precision_change = precision_change(found[0], found[1], self.precision, self.cfg)
         return found
 
+    def continuation(self, run_id: str) -> tuple[dict, Path]:
+        """The final checkpoint of the FINISHED run ``run_id``, to continue it -- as the same
+        MLflow run -- to this config's larger ``updates``. Everything else in the config must be
+        that run's (its params); the metrics it logged stay as they are."""
+        key = f"continue_from={run_id!r}"
+        status = self.tracker.run_status(run_id)
+        if status != "FINISHED":
+            raise ConfigError(f"{key}: " + (f"no MLflow run {run_id} in the store {self.store}"
+                              if status is None else f"the run is {status}, not FINISHED (an "
+                              f"unfinished run resumes by itself: run its own command again)"))
+        folder = Path(tempfile.mkdtemp(prefix="offline_rl-continue-"))
+        try:
+            path = self.tracker.download_artifact(run_id, "checkpoint.pt", folder)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        state = load_checkpoint(path, map_location=self.device)
+        if "trainer" not in state:
+            raise ConfigError(f"{key}: that run's checkpoint.pt holds its networks only (it "
+                              f"finished before runs kept their whole final state), so it cannot "
+                              f"be continued exactly; start a new run with the larger updates")
+        theirs = self.tracker.run_params(run_id)
+        ours = {k: str(v) for k, v in flatten(self.cfg).items()}
+        differ = sorted(k for k in set(theirs) | set(ours)
+                        if k.split(".", 1)[0] not in IDENTITY_EXCLUDED and k not in ("updates", "precision_used")
+                        and theirs.get(k) != ours.get(k))
+        if differ:
+            shown = ", ".join(f"{k}={theirs.get(k)!s} there, {ours.get(k)!s} here" for k in differ[:5])
+            raise ConfigError(f"{key}: only updates may differ from that run's config; also "
+                              f"different: {shown}{' ...' if len(differ) > 5 else ''}")
+        old = int(float(theirs.get("updates", 0)))
+        if int(self.cfg.updates) <= old:
+            raise ConfigError(f"{key}: that run already did updates={old}; give a larger updates=")
+        self.run_id, self.extension = run_id, (old, int(self.cfg.updates))
+        self.precision_change = precision_change(state, path, self.precision, self.cfg)
+        return state, path
+
     def _report_corrupt(self, message: str) -> None:
         self.corrupt.append(message)
         warn(message)
@@ -172,6 +211,10 @@ class Run:
                 "run_identity": self.checkpoints.identity, "checkpoint_dir": str(self.checkpoints.path)}
         if self.precision_change:  # a resume the user allowed to change precision
             tags["precision_changes"] = self.precision_change
+        if self.extension:  # continue_from: the run's budget grows (its param keeps the first)
+            tags["updates"] = self.extension[1]
+            tags["continued"] = (f"finished at {self.extension[0]:,} offline updates, continued to "
+                                 f"{self.extension[1]:,} (continue_from)")
         if self.source is not None:
             tags.update({"finetune.from_run": self.finetune.from_run,
                          "finetune.source": self.source["path"]})
@@ -209,6 +252,10 @@ class Run:
         replay.storage["returns_to_go"][: replay.size] = state["returns_to_go"].to(replay.device)
         self.finetune.load_state_dict(state.get("finetune") or {})
         self.trainer.load_state_dict(state["trainer"], self.device)
+        if self.extension:  # back into the offline phase, which now runs to the larger budget
+            loop = self.trainer.state
+            loop.phase_index = next(i for i, p in enumerate(self.trainer.phases) if p.name == "offline_rl")
+            loop.phase_step = self.extension[0]
         set_rng_state(state["rng"])
         step = int(state["global_step"])
         print(f"resuming from {path} (update step {step}, MLflow run {self.run_id})",
@@ -273,8 +320,9 @@ class Run:
             config_path = Path(tmp) / "config.yaml"
             config_path.write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
             tracker.log_artifact(config_path)
-            final = {"algo": self.algo.state_dict(), "replay": self.replay.state_dict(),
-                     "normalizer": self.replay.normalizer.state_dict(), "global_step": step}
+            # the whole checkpoint: a finished run can be continued to a larger budget from it
+            # (continue_from=<run id>), and finetune.from_run reads its networks
+            final = self.state_dict()
             if self.finetune.agent is not None:  # the fine-tuned networks
                 final["finetune_agent"] = self.finetune.agent.state_dict()
             tracker.log_artifact(save_checkpoint(Path(tmp) / "checkpoint.pt", final))
@@ -340,7 +388,7 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
 
 # config keys that do not change what a run computes: left out of its identity
 IDENTITY_EXCLUDED = ("tracker", "progress", "checkpoint", "resume", "threads", "precision_change",
-                     "rerun")
+                     "rerun", "continue_from")
 
 
 def run_identity(cfg: DictConfig) -> str:
