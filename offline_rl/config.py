@@ -18,6 +18,7 @@ report into one line. ``+key=value`` / ``++key=value`` would add a key the confi
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,8 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite number (inf and nan are no setting's value: they fail at the first update)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def int_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
@@ -74,12 +76,19 @@ def number_in(low: float, high: float, low_open: bool = False, high_open: bool =
             return False
         return (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
 
-    text = f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if math.isinf(high):
+        text = f"a finite number {'>' if low_open else '>='} {low}"
+    else:
+        text = f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     return check, text
 
 
 def positive_number():
-    return (lambda v: _is_num(v) and v > 0), "a number > 0"
+    return (lambda v: _is_num(v) and v > 0), "a finite number > 0"
+
+
+#: numpy's seeds are below 2**32 (seed_everything seeds random, numpy and torch with the same value)
+MAX_SEED = 2**32 - 1
 
 
 def boolean():
@@ -97,7 +106,7 @@ def _rule(key: str, spec) -> Rule:
 
 
 RULES: list[Rule] = [
-    _rule("seed", int_at_least(0)),
+    _rule("seed", ((lambda v: _is_int(v) and 0 <= v <= MAX_SEED), f"an integer in [0, {MAX_SEED}]")),
     _rule("device", device_name()),
     _rule("updates", int_at_least(0)),
     _rule("batch_size", int_at_least(1)),
@@ -246,7 +255,14 @@ def validate(cfg: DictConfig, rules: list[Rule] | None = None) -> None:
             continue
         rule = by_key.get(key)
         if rule is None:
-            problems.append(f"{key} has no validation rule (offline_rl/config.py RULES): add one")
+            inside = sorted(k for k in by_key if k.startswith(f"{key}."))
+            if inside:  # a group of settings given one value (eval=5)
+                value = OmegaConf.select(cfg, key, default=None)
+                problems.append(f"{key}={value!r} is not allowed: {key} is a group of settings "
+                                f"({', '.join(inside[:4])}{', ...' if len(inside) > 4 else ''}); "
+                                f"set one of them, e.g. {inside[0]}={value!r}")
+            else:
+                problems.append(f"{key} has no validation rule (offline_rl/config.py RULES): add one")
             continue
         if OmegaConf.is_missing(cfg, key) if "." not in key else _is_missing(cfg, key):
             problems.append(f"{key} is not set: expected {rule.allowed}")

@@ -57,6 +57,77 @@ def mark_model_training(client, experiment) -> None:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
 
 
+def _sqlite_tables(path: Path) -> set[str] | None:
+    """The tables of the sqlite file ``path``; None when it is not a readable sqlite database."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return {row[0] for row in db.execute("select name from sqlite_master where type='table'")}
+    except sqlite3.Error:
+        return None
+
+
+def _run_count(path: Path) -> int:
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return int(db.execute("select count(*) from runs").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def prepare_sqlite_store(path: Path) -> None:
+    """A sqlite store that is whole, or an error naming it. Called under the store's lock.
+
+    - No file: the store is built beside it (``<name>.creating-<pid>``, MLflow's migrations run
+      there) and renamed into place: a process killed while creating it leaves a stray temporary
+      file, never a half-migrated ``mlflow.db`` (before, every later command failed on it with
+      ``table _alembic_tmp_tags already exists``).
+    - A half-made store (a migration's ``_alembic_tmp_*`` table left behind, or no
+      ``alembic_version``) with no runs in it -- what such a kill leaves -- is moved aside to
+      ``<name>.broken-<time>`` and built again, with a warning.
+    - A half-made store that holds runs is not touched: one error saying so."""
+    if path.exists() and path.stat().st_size > 0:
+        tables = _sqlite_tables(path)
+        if tables is not None and "alembic_version" in tables and not any(
+                t.startswith("_alembic_tmp_") for t in tables):
+            return
+        runs = _run_count(path) if tables else 0
+        if tables is None or runs:
+            what = "is not a sqlite database" if tables is None else (
+                f"holds {runs} run(s) but its schema migration was interrupted")
+            raise TrackerUnreachableError(
+                f"the MLflow store {path} {what}; move it away (or repair it with `mlflow db "
+                f"upgrade sqlite:///{path}` on a copy) and run the command again")
+        aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, aside)
+        _warn(f"the MLflow store {path} was left half-made (its creation was interrupted) and held "
+              f"no runs: moved it to {aside} and created it again")
+    from mlflow.tracking import MlflowClient
+
+    building = path.with_name(f"{path.name}.creating-{os.getpid()}")
+    building.unlink(missing_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        MlflowClient(tracking_uri=f"sqlite:///{building}").search_experiments()
+    _dispose_engines(building)
+    os.replace(building, path)
+
+
+def _dispose_engines(path: Path) -> None:
+    """Close MLflow's cached database engine of the temporary store (its file is renamed)."""
+    try:
+        from mlflow.store.db import utils
+
+        for engine in list(getattr(utils, "_engine_cache", {}).values()):
+            if str(path) in str(engine.url):
+                engine.dispose()
+    except Exception:  # noqa: BLE001 -- best effort; the rename works with an engine open too
+        pass
+
+
 class NullTracker:
     """Tracks nothing (``tracker=none``): for quick debugging runs."""
 
@@ -156,6 +227,8 @@ class MlflowTracker:
         if self.artifact_location is not None:
             self._store_dir.mkdir(parents=True, exist_ok=True)
         with self._store_lock(), self._answering():
+            if self.tracking_uri.startswith("sqlite:///"):
+                prepare_sqlite_store(Path(self.tracking_uri[len("sqlite:///"):]))
             return self._ensure_experiment()
 
     def _ensure_experiment(self) -> str:

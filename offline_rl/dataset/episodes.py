@@ -8,6 +8,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
+from offline_rl.errors import warn
+
 
 @dataclass
 class OfflineData:
@@ -57,11 +59,22 @@ def flatten_episodes(episodes: Iterable[Mapping[str, np.ndarray]], dataset_id: s
     """Episodes with observations (T+1, d), actions (T, a), rewards, terminations, truncations (T,)
     -> one OfflineData. One concatenation per field; the loop is over episodes, never transitions."""
     obs, next_obs, actions, rewards, terminals, timeouts = [], [], [], [], [], []
-    for ep in episodes:
+    empty = 0
+    for index, ep in enumerate(episodes):
         o = np.asarray(ep["observations"], dtype=np.float32)
         steps = len(ep["rewards"])
-        if steps == 0:
+        if steps == 0:  # a reset with no step holds no transition: nothing to learn from
+            empty += 1
             continue
+        # a length-1 episode is one whole transition (s, a, r, s'): kept like any other
+        sizes = {"observations": (len(o), steps + 1), "actions": (len(ep["actions"]), steps),
+                 "terminations": (len(ep["terminations"]), steps),
+                 "truncations": (len(ep.get("truncations", ep["terminations"])), steps)}
+        for field, (have, want) in sizes.items():
+            if have != want:
+                raise ValueError(f"episode {index} has {have} {field} for its {steps} rewards; an "
+                                 f"episode of T steps holds T+1 observations (the first and one "
+                                 f"after each step) and T of everything else")
         obs.append(o[:-1])
         next_obs.append(o[1:])
         actions.append(np.asarray(ep["actions"], dtype=np.float32).reshape(steps, -1))
@@ -75,7 +88,11 @@ def flatten_episodes(episodes: Iterable[Mapping[str, np.ndarray]], dataset_id: s
         terminals.append(term)
         timeouts.append(timeout)
     if not rewards:
-        raise ValueError(f"dataset {dataset_id!r} contains no transitions")
+        raise ValueError(f"dataset {dataset_id!r} contains no transitions"
+                         + (f" ({empty} episode(s) of length 0)" if empty else ""))
+    if empty:
+        warn(f"dataset {dataset_id!r}: left out {empty} episode(s) of length 0 (a reset with no "
+             f"step: no transition to learn from)")
     return OfflineData(
         dataset_id=dataset_id,
         observations=np.concatenate(obs),

@@ -123,6 +123,8 @@ def read_minari_dataset(dataset_id: str) -> OfflineData:
     except FileNotFoundError:
         raise DatasetError(f"Minari dataset '{dataset_id}' not found at {data_path}") from None
     except Exception as exc:
+        if _recorded_steps(data_path) == 0:  # Minari itself fails on some empty datasets
+            raise _empty(dataset_id, data_path) from None
         raise DatasetError(f"Minari dataset '{dataset_id}' at {data_path} is unreadable "
                            f"({type(exc).__name__}: {exc}); delete {dataset_path(dataset_id)} and "
                            f"download or generate it again") from None
@@ -144,6 +146,8 @@ def read_minari_dataset(dataset_id: str) -> OfflineData:
                 extra[key] = json.loads(value)
             except ValueError:
                 pass
+    if not any(len(ep["rewards"]) for ep in episodes):
+        raise _empty(dataset_id, data_path, len(episodes))
     try:
         data = flatten_episodes(episodes, dataset_id=dataset_id, env_spec=ds.env_spec,
                                 ref_min_score=metadata.get("ref_min_score"),
@@ -154,6 +158,20 @@ def read_minari_dataset(dataset_id: str) -> OfflineData:
                            f"or generate it again") from None
     check_offline_data(data, files=str(data_path))
     return data
+
+
+def _recorded_steps(data_path: Path) -> int | None:
+    """total_steps from the dataset's metadata.json, None when unreadable."""
+    try:
+        return int(json.loads((data_path / "metadata.json").read_text()).get("total_steps"))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _empty(dataset_id: str, data_path: Path, episodes: int = 0) -> DatasetError:
+    return DatasetError(f"Minari dataset '{dataset_id}' at {data_path} is empty: it holds no "
+                        f"transitions ({episodes} episode(s)); nothing to train on. Download or "
+                        f"generate it again, or choose another dataset")
 
 
 def _read_hdf5_episodes(path: Path) -> list[dict[str, np.ndarray]]:

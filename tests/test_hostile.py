@@ -1,0 +1,191 @@
+"""A hostile user's probe (issue 24), one test per finding: a killed store creation, one failing
+job in a sweep, a batch size the kernel would have enforced, malformed datasets, values validation
+let through, the store's disk, a generation killed after publishing, signals in quick succession,
+runs left RUNNING. Real processes and real signals where the finding is about them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import (ROOT, SMALL_RUN, launch_command, launch_env, make_random_dataset, run_launch,
+                      run_sweep, search_runs)
+
+BASE = [*SMALL_RUN, "threads=1", "batch_size=32", "eval.episodes=1"]
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    return lines[0]
+
+
+# ----- 1. a killed store creation ---------------------------------------------------------------
+
+
+def _half_made_store(path: Path) -> None:
+    """What killing MLflow in the middle of creating a sqlite store leaves: the migration
+    started (some tables, a ``_alembic_tmp_`` copy) and never finished."""
+    with sqlite3.connect(path) as db:
+        db.execute("create table experiments (experiment_id integer primary key, name text)")
+        db.execute("create table runs (run_uuid text primary key)")
+        db.execute("create table _alembic_tmp_tags (key text, value text)")
+
+
+@pytest.mark.slow
+def test_a_store_killed_while_it_was_created_is_never_left_half_made(tmp_path, minari_root):
+    store = tmp_path / "st"
+    proc = subprocess.Popen(launch_command([*BASE, "updates=2000"], store), cwd=ROOT,
+                            env=launch_env(minari_root), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(store.glob("mlflow.db.creating-*")) and not (store / "mlflow.db").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)  # in the middle of building the store
+    proc.wait(timeout=30)
+    proc.stderr.close()
+    assert not (store / "mlflow.db").exists() or sqlite3.connect(store / "mlflow.db").execute(
+        "select count(*) from alembic_version").fetchone()
+    again = run_launch([*BASE, "updates=20"], store, minari_root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(search_runs(store)) == 1
+
+
+def test_a_half_made_store_without_runs_is_rebuilt_and_one_with_runs_is_refused(tmp_path, minari_root):
+    store = tmp_path / "st"
+    store.mkdir()
+    _half_made_store(store / "mlflow.db")
+    result = run_launch([*BASE, "updates=20"], store, minari_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "was left half-made" in result.stderr and list(store.glob("mlflow.db.broken-*"))
+    assert len(search_runs(store)) == 1
+
+    other = tmp_path / "other"
+    other.mkdir()
+    _half_made_store(other / "mlflow.db")
+    with sqlite3.connect(other / "mlflow.db") as db:
+        db.execute("insert into runs values ('r1')")
+    refused = run_launch([*BASE, "updates=20"], other, minari_root)
+    assert refused.returncode == 2
+    assert "holds 1 run(s) but its schema migration was interrupted" in one_line(refused.stderr)
+
+
+# ----- 3. batch sizes the memory check must see -------------------------------------------------
+
+
+def test_a_finetuning_batch_size_that_cannot_fit_is_refused_before_anything_is_allocated(tmp_path, minari_root):
+    result = run_launch([*BASE, "finetune=td3", "finetune.env_steps=50000000",
+                         "finetune.batch_size=100000000", "updates=50"], tmp_path, minari_root)
+    assert result.returncode == 2
+    line = one_line(result.stderr)
+    assert "update steps on batches of 100,000,000" in line and "finetune.batch_size" in line
+    # what an ordinary run needs passes the same check
+    from offline_rl.training.limits import update_bytes_per_sample
+    from test_resume import composed
+
+    cfg = composed(tmp_path, "algo=edac", "algo.num_critics=50")
+    assert 256 * update_bytes_per_sample(cfg) < 1e9  # EDAC N=50, 3x256: well under 1 GB
+
+
+# ----- 4. malformed datasets ------------------------------------------------------------------
+
+
+def _stderr():
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+
+    @contextlib.contextmanager
+    def capture():
+        with contextlib.redirect_stderr(buffer):
+            yield buffer
+    return capture()
+
+
+def _episodes_dataset(dataset_id: str, episodes: list[dict]):
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    buffers = [EpisodeBuffer(id=i, seed=i, observations=ep["observations"], actions=ep["actions"],
+                             rewards=ep["rewards"], terminations=ep["terminations"],
+                             truncations=ep["truncations"]) for i, ep in enumerate(episodes)]
+    return minari.create_dataset_from_buffers(dataset_id, buffers, env="Hopper-v5", eval_env="Hopper-v5",
+                                              algorithm_name="tests", author="tests",
+                                              author_email="tests@example.org", description="test",
+                                              ref_min_score=-20.0, ref_max_score=300.0)
+
+
+def _episode(steps: int, observations: int | None = None) -> dict:
+    rng = np.random.default_rng(steps)
+    n = steps + 1 if observations is None else observations
+    return {"observations": rng.normal(size=(n, 11)), "actions": rng.uniform(-1, 1, (steps, 3)).astype(np.float32),
+            "rewards": rng.normal(size=steps), "terminations": np.zeros(steps, bool),
+            "truncations": np.r_[np.zeros(max(steps - 1, 0), bool), [True]][:steps]}
+
+
+def test_malformed_datasets_are_named_and_short_episodes_handled(minari_root):
+    from offline_rl.dataset.minari_source import read_minari_dataset
+    from offline_rl.errors import DatasetError
+
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _episodes_dataset("tests/hopper/short-obs-v0", [_episode(20), _episode(348, observations=348)])
+        _episodes_dataset("tests/hopper/empty-v0", [])
+        _episodes_dataset("tests/hopper/tiny-v0", [_episode(1), _episode(5)])
+    with pytest.raises(DatasetError, match=r"episode 1 has 348 observations for its 348 rewards"):
+        read_minari_dataset("tests/hopper/short-obs-v0")
+    with pytest.raises(DatasetError, match=r"is empty: it holds no transitions"):
+        read_minari_dataset("tests/hopper/empty-v0")
+    # length 1: one whole transition (s, a, r, s'), kept like any other episode
+    data = read_minari_dataset("tests/hopper/tiny-v0")
+    assert len(data) == 1 + 5 and data.timeouts.sum() == 2
+    # length 0 (a reset, no step; Minari's writer refuses them, other sources may not): no
+    # transition to learn from, left out with a warning
+    from offline_rl.dataset.episodes import flatten_episodes
+
+    with _stderr() as err:
+        data = flatten_episodes([_episode(0), _episode(3)], dataset_id="d")
+    assert len(data) == 3 and "left out 1 episode(s) of length 0" in err.getvalue()
+
+
+def test_a_malformed_dataset_stops_launch_in_one_line(tmp_path, minari_root):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _episodes_dataset("tests/hopper/short-obs-launch-v0", [_episode(30, observations=30)])
+    result = run_launch([*[a for a in BASE if not a.startswith("dataset.dataset_id")],
+                         "dataset.dataset_id=tests/hopper/short-obs-launch-v0", "updates=10"],
+                        tmp_path, minari_root)
+    assert result.returncode == 2
+    assert "episode 0 has 30 observations for its 30 rewards" in one_line(result.stderr)
+
+
+# ----- 5. values that validation let through ------------------------------------------------
+
+
+@pytest.mark.parametrize("override, message", [
+    ("seed=99999999999", "seed=99999999999 is not allowed: expected an integer in [0, 4294967295]"),
+    ("algo.alpha=inf", "algo.alpha=inf is not allowed: expected a finite number >= 0.0"),
+    ("algo.actor_lr=inf", "algo.actor_lr=inf is not allowed: expected a finite number > 0"),
+    ("eval=5", "eval=5 is not allowed: eval is a group of settings (eval.episodes, eval.every, "
+               "eval.seed); set one of them, e.g. eval.episodes=5"),
+])
+def test_values_validation_let_through_are_refused_in_one_line(override, message):
+    from offline_rl.config import validate
+    from offline_rl.errors import ConfigError
+    from test_resume import composed
+
+    with pytest.raises(ConfigError) as error:
+        validate(composed(Path("/tmp"), override))
+    assert message in str(error.value) and "add one" not in str(error.value)
