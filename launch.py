@@ -27,11 +27,16 @@ CONF = Path(__file__).resolve().parent / "conf"
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    from offline_rl.job import JobFailed, job_context
     from offline_rl.training.run import train
 
     try:
         result = train(cfg)
     except OfflineRLError as exc:
+        job = job_context()
+        if job.sweep is not None:  # a sweep's job: its own line; the sweep goes on (JobFailed)
+            print(f"error: [{job.label()}] {exc}", file=sys.stderr, flush=True)
+            raise JobFailed(str(exc)) from None
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
     return result.get("eval/normalized_score_mean")

@@ -27,6 +27,12 @@ def split_override(text: str) -> tuple[str, str]:
 
 
 
+class JobFailed(Exception):
+    """A sweep job that ended with a user-facing error (its one line already printed): an
+    ordinary exception, so that the launcher records the job as failed and runs the others
+    (``sys.exit`` in a joblib worker took the worker, and the job beside it, down)."""
+
+
 @dataclass
 class JobContext:
     """What a job knows about the sweep it belongs to (all empty for a single run)."""
@@ -41,6 +47,10 @@ class JobContext:
     def axis_values(self) -> dict[str, str]:
         values = dict(split_override(o) for o in self.overrides)
         return {axis: values[axis] for axis in self.axes if axis in values}
+
+    def label(self) -> str:
+        """The job as the sweep names it: its swept values, else its overrides."""
+        return self.run_name() or " ".join(self.overrides) or "job"
 
     def run_name(self) -> str | None:
         """``algo=edac,pretrain=soft,seed=1``: the job's values of the swept axes."""

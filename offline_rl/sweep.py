@@ -120,6 +120,30 @@ def sweep_identity(name: str, grid: Grid, jobs: list[list[str]]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def first_line(exc: object) -> str:
+    """An exception as one line (a job's error for the sweep's summary)."""
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if isinstance(exc, OfflineRLError) or type(exc).__name__ == "JobFailed" else (
+        f"{type(exc).__name__}: {line}")
+
+
+def summarise(tracker, parent_run_id: str) -> None:
+    """The sweep's one-screen summary: each job's status and final score, the progress line, and
+    where the parent run is."""
+    from offline_rl.progress import sweep_progress
+
+    try:
+        experiment_id = tracker.ensure_store()
+        progress = sweep_progress(tracker.client, experiment_id, parent_run_id)
+    except Exception as exc:  # noqa: BLE001 -- a summary must never fail the sweep
+        log.info(f"(no summary: {type(exc).__name__}: {exc})")
+        return
+    print("\n".join(["", *progress.table(), "", progress.line(),
+                     f"MLflow parent run {parent_run_id} in {tracker.tracking_uri}"]),
+          flush=True)
+
+
 def make_tracker(config: DictConfig):
     return from_config(config.tracker)
 
@@ -198,16 +222,21 @@ class SweepLogic:
 
         status, error = "FAILED", None
         returns = []
+        failures: list[tuple[str, str]] = []  # (job, its one-line error): every job runs to its end
         try:
             initial_job_idx = 0
             while not self.is_done():
                 batch = self.get_job_batch()
                 results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
-                for r in results:
-                    _ = r.return_value  # raises the job's exception if it failed
+                for overrides_, result in zip(batch, results):
+                    if str(getattr(result, "status", "")).endswith("FAILED"):
+                        failures.append((grid.label(overrides_), first_line(result._return_value)))
                 initial_job_idx += len(batch)
                 returns.append(results)
-            status = "FINISHED"
+            status = "FAILED" if failures else "FINISHED"
+            if failures:
+                error = f"{len(failures)} of {len(jobs)} job(s) failed: " + "; ".join(
+                    f"[{job}] {why}" for job, why in failures)
         except KeyboardInterrupt:
             status, error = "KILLED", "interrupted (Ctrl-C)"
             raise
@@ -219,7 +248,15 @@ class SweepLogic:
                 failed = [s for s in tracker.child_statuses(parent_id) if s != "FINISHED"]
                 if failed:
                     status, error = "FAILED", f"{len(failed)} child run(s) not finished: {failed}"
+            if failures and parent_id:
+                tracker.set_tags({"failed_jobs": "\n".join(f"{job}: {why}" for job, why in failures)})
             tracker.finish(status, error=error)
+            if parent_id and status != "KILLED":
+                summarise(tracker, parent_id)
+        if failures:
+            fail(f"sweep '{name}': {len(failures)} of {len(jobs)} job(s) failed, the others ran to "
+                 f"their end; " + "; ".join(f"[{job}] {why}" for job, why in failures)
+                 + ". The same command runs again only what did not finish")
         return returns
 
     def check_jobs(self, jobs: list[list[str]], grid: Grid) -> tuple[list[list[str]], list[tuple[list[str], str]]]:

@@ -189,3 +189,48 @@ def test_values_validation_let_through_are_refused_in_one_line(override, message
     with pytest.raises(ConfigError) as error:
         validate(composed(Path("/tmp"), override))
     assert message in str(error.value) and "add one" not in str(error.value)
+
+
+# ----- 2. one failing job in a sweep ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_one_failing_job_does_not_bring_down_the_sweep(tmp_path, minari_root, new_store):
+    """Local launcher, two jobs at a time: jobs that fail at run time (non-finite losses) and at
+    dataset load end as FAILED child runs carrying their line; the healthy jobs beside them run
+    to their end; the parent lists the failures; exit status 2; the same command again runs only
+    what did not finish."""
+    new_store(tmp_path)
+    args = ["-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", "updates=300", "eval.every=0",
+            "algo.critic_lr=0.0003,1e30",
+            "dataset.dataset_id=tests/hopper/random-v0,tests/hopper/no-such-dataset-v0",
+            *[a for a in BASE if not a.startswith("dataset.dataset_id")]]
+    result = run_sweep(args, tmp_path, minari_root)
+    assert result.returncode == 2, result.stderr[-3000:]
+    runs = search_runs(tmp_path)
+    parent = runs[runs["tags.sweep.role"] == "parent"].iloc[0]
+    children = runs[runs["tags.sweep.role"] != "parent"]
+    status = {(r["tags.algo.critic_lr"], r["tags.dataset.dataset_id"]): r["status"]
+              for _, r in children.iterrows()}
+    assert status == {("0.0003", "tests/hopper/random-v0"): "FINISHED",
+                      ("1e+30", "tests/hopper/random-v0"): "FAILED",
+                      ("0.0003", "tests/hopper/no-such-dataset-v0"): "FAILED",
+                      ("1e+30", "tests/hopper/no-such-dataset-v0"): "FAILED"}
+    failed = children[children["status"] == "FAILED"]
+    assert all("non-finite" in e or "no-such-dataset" in e for e in failed["tags.error"])
+    assert parent["status"] == "FAILED" and parent["tags.failed_jobs"].count("\n") == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert any(line.startswith("error: [algo.critic_lr=1e+30,dataset.dataset_id=tests/hopper/random-v0]")
+               and "non-finite" in line for line in lines)
+    assert lines[-1].startswith("error: sweep ") and "3 of 4 job(s) failed, the others ran" in lines[-1]
+    assert "Traceback" not in result.stderr
+
+    again = run_sweep(args, tmp_path, minari_root)
+    assert again.returncode == 2
+    assert "already finished: algo.critic_lr=0.0003,dataset.dataset_id=tests/hopper/random-v0" in again.stderr
+    children = search_runs(tmp_path)
+    children = children[children["tags.sweep.role"] != "parent"]
+    # the finished job was not run again; the two that failed at dataset load updated their
+    # FAILED child; the one that failed at run time made a second attempt (a new run: an attempt's
+    # metrics are its own), also FAILED
+    assert (children["status"] == "FINISHED").sum() == 1 and len(children) == 5

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from offline_rl.config import check, from_config
 from offline_rl.dataset.record import describe as describe_dataset
 from offline_rl.dataset.replay import ReplayBuffer, StateNormalizer
-from offline_rl.errors import ConfigError, DiskFullError, NonFiniteLossError, warn
+from offline_rl.errors import ConfigError, DiskFullError, NonFiniteLossError, OfflineRLError, warn
 from offline_rl.job import job_context
 from offline_rl.precision import resolve as resolve_precision
 from offline_rl.tracker import NullTracker
@@ -75,7 +75,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if finished is not None:  # the same command (or sweep job) again: nothing to do
             return finished
         end_stale_runs(tracker, identity, parent, keep=(checkpoints.read_info() or {}).get("run_id"))
-        run = Run(cfg, device, precision, tracker, checkpoints)
+        try:
+            run = Run(cfg, device, precision, tracker, checkpoints)
+        except OfflineRLError as exc:  # e.g. the dataset: a sweep still gets its FAILED child run
+            record_failed_start(tracker, cfg, name, choices, identity, exc)
+            raise
         try:
             if cfg.resume == "never":
                 checkpoints.clear()
@@ -461,6 +465,27 @@ def finished_run(tracker, identity: str, parent_run_id: str | None) -> dict[str,
     print(f"already finished: {name} (MLflow run {run.info.run_id}{scored}); nothing to do. To "
           f"run it again as a new MLflow run, add rerun=true", file=sys.stderr, flush=True)
     return {k: v for k, v in metrics.items() if k.startswith("eval/")}
+
+
+def record_failed_start(tracker, cfg: DictConfig, name: str, choices: dict[str, str], identity: str,
+                        exc: BaseException) -> None:
+    """A sweep job that failed before its run started (its dataset, its limits): a FAILED child
+    run carrying the one-line error, so the sweep's parent lists it (one per job: a rerun that
+    fails the same way updates it)."""
+    job = job_context()
+    if job.parent_run_id is None:
+        return
+    try:
+        earlier = [r for r in tracker.search(f"tags.run_identity = '{identity}' and "
+                                             f"attributes.status = 'FAILED'")
+                   if r.data.tags.get("mlflow.parentRunId") == job.parent_run_id]
+        tags = {**choices, "seed": cfg.seed, **job.tags(), "run_identity": identity}
+        tracker.start(job.run_name() or name, flatten(cfg), tags,
+                      run_id=earlier[0].info.run_id if earlier else None,
+                      parent_run_id=job.parent_run_id)
+        tracker.finish("FAILED", error=str(exc))
+    except Exception as record_error:  # noqa: BLE001 -- never hide the job's own error
+        warn(f"could not record the failed job in MLflow ({type(record_error).__name__}: {record_error})")
 
 
 def end_stale_runs(tracker, identity: str, parent_run_id: str | None, keep: str | None) -> None:
