@@ -8,6 +8,7 @@ answers again, at the end of the run, or when the same command runs again.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -16,18 +17,33 @@ from pathlib import Path
 from typing import Any
 
 
+#: what a sqlite store says when it cannot take a write (its disk, its file system, its file)
+STORE_WRITE_ERRORS = ("database or disk is full", "readonly database", "read-only file system",
+                      "unable to open database file", "disk i/o error", "no space left on device")
+STORE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES)
+
+
+def _store_write_error(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in STORE_ERRNOS:
+        return True
+    text = str(exc).lower()
+    return type(exc).__name__ in ("OperationalError", "MlflowException") and any(
+        marker in text for marker in STORE_WRITE_ERRORS)
+
+
 def is_unreachable(exc: BaseException) -> bool:
-    """Did this tracking call fail because the server did not answer (connection refused or
-    reset, DNS, a timeout, retries used up on 5xx answers), rather than because the call itself
-    was wrong? MLflow wraps the ``requests`` exception in an MlflowException, so the chain of
-    causes / contexts is searched."""
+    """Did this tracking call fail because the store could not be reached or written -- the
+    server did not answer (connection refused or reset, DNS, a timeout, retries used up on 5xx
+    answers), or a sqlite store's disk is full, read-only, or its file cannot be opened -- rather
+    than because the call itself was wrong? MLflow wraps the underlying exception, so the chain
+    of causes / contexts is searched."""
     import requests
 
     seen: BaseException | None = exc
     for _ in range(10):
         if seen is None:
             return False
-        if isinstance(seen, requests.exceptions.RequestException):
+        if isinstance(seen, requests.exceptions.RequestException) or _store_write_error(seen):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -41,7 +57,7 @@ def reason(exc: BaseException) -> str:
     for _ in range(10):
         if seen is None:
             break
-        if isinstance(seen, requests.exceptions.RequestException):
+        if isinstance(seen, requests.exceptions.RequestException) or _store_write_error(seen):
             found = seen
         seen = seen.__cause__ or seen.__context__
     text = " ".join(str(found).split())

@@ -186,6 +186,10 @@ class MlflowTracker:
                 os.environ.setdefault(key, value)
             # urllib3 logs each retry; a server that does not answer is reported by us, once
             logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+        if self.tracking_uri.startswith("sqlite:"):
+            # MLflow logs a sqlite error (a full disk) with its whole traceback before raising it;
+            # we report it ourselves, in one line (and spool what could not be written)
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self.spool: Spool | None = None
         self.retry_every_s, self.wait_for_server_s = float(retry_every_s), float(wait_for_server_s)
         self._offline = False  # the server stopped answering; records go to the spool
@@ -208,10 +212,26 @@ class MlflowTracker:
         except Exception as exc:
             if not is_unreachable(exc):
                 raise
+            if self.is_file_store:
+                raise TrackerUnreachableError(
+                    f"the MLflow store {self.tracking_uri} does not take writes ({reason(exc)}); "
+                    f"free space on its disk or make it writable, or point tracker.store_dir (or "
+                    f"MLFLOW_TRACKING_URI) at another store (tracker=none records nothing)") from None
             raise TrackerUnreachableError(
                 f"the MLflow tracking server {self.tracking_uri} does not answer ({reason(exc)}); "
                 f"start it, or point MLFLOW_TRACKING_URI (or tracker.tracking_uri) at a server that "
                 f"runs (tracker=none records nothing)") from None
+
+    @property
+    def is_file_store(self) -> bool:
+        return self.tracking_uri.startswith("sqlite:")
+
+    @property
+    def _down(self) -> str:
+        """How the store is unavailable, for messages: a server does not answer, a file does
+        not take writes (a full disk, a read-only file system)."""
+        return (f"the MLflow store {self.tracking_uri} does not take writes" if self.is_file_store
+                else f"the MLflow server {self.tracking_uri} does not answer")
 
     def _store_lock(self):
         """A sqlite store is created under a lock beside its file: its migrations break when
@@ -224,9 +244,10 @@ class MlflowTracker:
     def ensure_store(self) -> str:
         """Create the store and the experiment (once, before any job starts), or check that the
         server answers; one message naming the URI when it does not."""
-        if self.artifact_location is not None:
-            self._store_dir.mkdir(parents=True, exist_ok=True)
-        with self._store_lock(), self._answering():
+        with self._answering():  # a read-only or full disk: one message, here
+            if self.artifact_location is not None:
+                self._store_dir.mkdir(parents=True, exist_ok=True)
+        with self._answering(), self._store_lock():
             if self.tracking_uri.startswith("sqlite:///"):
                 prepare_sqlite_store(Path(self.tracking_uri[len("sqlite:///"):]))
             return self._ensure_experiment()
@@ -420,9 +441,8 @@ class MlflowTracker:
         if not self.pending():
             return
         if status != "FINISHED":
-            _warn(f"the MLflow server {self.tracking_uri} does not answer: the run's last records "
-                  f"(status {status}) are kept in {self.spool.path}; the same command delivers "
-                  f"them when it runs again")
+            _warn(f"{self._down}: the run's last records (status {status}) are kept in "
+                  f"{self.spool.path}; the same command delivers them when it runs again")
             return
         self._wait_for_server()
 
@@ -457,7 +477,7 @@ class MlflowTracker:
             self._deliver(record)
             return
         if self._offline and time.monotonic() < self._retry_at:
-            self.spool.append(record)
+            self._keep(record)
             return
         try:
             self._deliver_spooled()  # what waits goes first, in order
@@ -466,7 +486,18 @@ class MlflowTracker:
             if not is_unreachable(exc):
                 raise
             self._went_offline(exc)
+            self._keep(record)
+
+    def _keep(self, record: dict[str, Any]) -> None:
+        """Into the spool; when the spool cannot be written either (its disk is full too), one
+        error: the run stops, its last checkpoint is what it keeps."""
+        try:
             self.spool.append(record)
+        except OSError as exc:
+            raise TrackerUnreachableError(
+                f"{self._down}, and its spool {self.spool.path} cannot be written either "
+                f"({type(exc).__name__}: {exc}); the run stops here with the records it could "
+                f"keep and its last checkpoint: free space, then run the same command again") from None
 
     def _deliver_spooled(self) -> int:
         """Deliver the spool's records in order; on failure keep the undelivered ones and raise."""
@@ -480,8 +511,8 @@ class MlflowTracker:
         if records:
             self.spool.clear()
         if self._offline:
-            _warn(f"the MLflow server {self.tracking_uri} answers again: delivered {len(records)} "
-                  f"record(s) kept while it did not")
+            _warn(f"{self._down.replace('does not answer', 'answers again').replace('does not take writes', 'takes writes again')}: "
+                  f"delivered {len(records)} record(s) kept while it did not")
         self._offline, self._retry_delay = False, self.retry_every_s
         return len(records)
 
@@ -496,19 +527,19 @@ class MlflowTracker:
             with self._answering():
                 count = self._deliver_spooled()
             print(f"delivered {count} record(s) that an earlier run of this command kept in "
-                  f"{self.spool.path} while the MLflow server did not answer", file=sys.stderr,
+                  f"{self.spool.path} while the MLflow store could not take them", file=sys.stderr,
                   flush=True)
 
     def _went_offline(self, exc: BaseException) -> None:
         if not self._offline:
-            _warn(f"the MLflow server {self.tracking_uri} does not answer ({reason(exc)}); training "
-                  f"continues and what the run logs is kept in {self.spool.path} until it answers")
+            _warn(f"{self._down} ({reason(exc)}); training continues and what the run logs is "
+                  f"kept in {self.spool.path} until it can be delivered")
         self._offline = True
         self._retry_at = time.monotonic() + self._retry_delay
         self._retry_delay = min(2 * self._retry_delay, MAX_RETRY_EVERY_S)
 
     def _wait_for_server(self) -> None:
-        _warn(f"training is over; waiting up to {self.wait_for_server_s:.0f} s for the MLflow server "
+        _warn(f"training is over; waiting up to {self.wait_for_server_s:.0f} s for the MLflow store "
               f"{self.tracking_uri} to take the {self.pending()} record(s) kept in "
               f"{self.spool.path}, the run's final status among them")
         deadline = time.monotonic() + self.wait_for_server_s
@@ -521,11 +552,10 @@ class MlflowTracker:
                     raise
                 if time.monotonic() >= deadline:
                     raise TrackerUnreachableError(
-                        f"the MLflow server {self.tracking_uri} did not answer for "
-                        f"{self.wait_for_server_s:.0f} s after training ended ({reason(exc)}); the "
-                        f"run's metrics, artifacts and final status are kept in {self.spool.path}: "
-                        f"run the same command again once the server answers, it delivers them "
-                        f"and completes the run") from None
+                        f"{self._down} ({reason(exc)}), {self.wait_for_server_s:.0f} s after "
+                        f"training ended; the run's metrics, artifacts and final status are kept in "
+                        f"{self.spool.path}: run the same command again once it does, it delivers "
+                        f"them and completes the run") from None
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
 
 

@@ -234,3 +234,68 @@ def test_one_failing_job_does_not_bring_down_the_sweep(tmp_path, minari_root, ne
     # FAILED child; the one that failed at run time made a second attempt (a new run: an attempt's
     # metrics are its own), also FAILED
     assert (children["status"] == "FINISHED").sum() == 1 and len(children) == 5
+
+
+# ----- 6. the store's disk ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(name, size)``: a folder on a tmpfs of that size (root only: skipped elsewhere)."""
+    import shutil
+
+    mounted = []
+
+    def mount(name: str, size: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        if os.geteuid() != 0 or not shutil.which("mount") or subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                capture_output=True).returncode:
+            pytest.skip("needs root to mount a tmpfs (a real full / read-only disk)")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_store_disk_spools_and_the_same_command_delivers_once_there_is_room(tmp_path, minari_root, tmpfs):
+    from mlflow.tracking import MlflowClient
+
+    store = tmpfs("store", "1200k")  # a fresh store takes ~950 kB: the run's metrics fill it
+    args = [*BASE, "updates=2000", "log_every=2", "eval.every=500", f"checkpoint.dir={tmp_path / 'ck'}",
+            "tracker.wait_for_server_s=1", "tracker.retry_every_s=1"]
+    result = run_launch(args, store, minari_root)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "does not take writes" in result.stderr and "training continues" in result.stderr
+    line = one_line(result.stderr)
+    assert "kept in" in line and "tracking-spool.jsonl" in line and "run the same command again" in line
+    spool = list((tmp_path / "ck").glob("*/tracking-spool.jsonl"))
+    assert len(spool) == 1 and spool[0].stat().st_size > 0
+    subprocess.run(["mount", "-o", "remount,size=64m", str(store)], check=True)  # room again
+    again = run_launch(args, store, minari_root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    # the spool (the final status among its records) is delivered first; then the run has finished
+    assert "delivered" in again.stderr and "already finished" in again.stderr
+    run = search_runs(store).iloc[0]
+    assert run["status"] == "FINISHED"
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    steps = [m.step for m in client.get_metric_history(run["run_id"], "offline_rl/critic_loss")]
+    assert steps == list(range(2, 2001, 2))  # every logged step, once: nothing lost
+    assert client.list_artifacts(run["run_id"])  # the final checkpoint and config too
+
+
+def test_a_read_only_store_stops_before_training_in_one_line(tmp_path, minari_root, tmpfs, new_store):
+    store = tmpfs("ro", "20m")
+    new_store(store)
+    subprocess.run(["mount", "-o", "remount,ro", str(store)], check=True)
+    command = [sys.executable, str(ROOT / "launch.py"), f"tracker.store_dir={store}",
+               f"hydra.run.dir={tmp_path / 'hydra'}", *BASE, "updates=20", f"checkpoint.dir={tmp_path / 'ck'}"]
+    result = subprocess.run(command, cwd=ROOT, env=launch_env(minari_root), capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = one_line(result.stderr)
+    assert "does not take writes" in line and "read" in line.lower()

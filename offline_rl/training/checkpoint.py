@@ -113,8 +113,15 @@ class CheckpointDir:
         self._lock = FileLock(self.path / self.LOCK)
 
     def lock(self, what: str) -> None:
-        """Hold this run, or raise RunInUseError naming the process that holds it."""
-        if not self._lock.acquire(blocking=False):
+        """Hold this run, or raise RunInUseError naming the process that holds it (and a
+        CheckpointError when its folder cannot be written: a read-only or full disk)."""
+        try:
+            acquired = self._lock.acquire(blocking=False)
+        except OSError as exc:
+            raise CheckpointError(f"cannot write in the checkpoint folder {self.path} "
+                                  f"({type(exc).__name__}: {exc}); free space or make it writable, "
+                                  f"or set checkpoint.dir to another folder") from None
+        if not acquired:
             raise RunInUseError(f"{what} is already running: {self._lock.holder()} holds it "
                                 f"({self._lock.path}). Wait for that process to end (the same "
                                 f"command then continues or starts afresh), or change the config "
