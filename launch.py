@@ -10,11 +10,24 @@ traceback. ``HYDRA_FULL_ERROR=1`` shows Hydra's full report of a command-line mi
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
+NOTHING_RECORDED = ("interrupted (Ctrl-C) before the run started: nothing was trained or recorded "
+                    "for it; the same command starts it")
+
+
+def _interrupted_while_importing(signum, frame):
+    print(NOTHING_RECORDED, file=sys.stderr, flush=True)
+    raise SystemExit(130)
+
+
+if __name__ == "__main__":  # Ctrl-C while the imports below load torch (seconds): one line too
+    signal.signal(signal.SIGINT, _interrupted_while_importing)
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 # the checkout's root: where the default MLflow store lives, whatever the working directory
 os.environ.setdefault("OFFLINE_RL_ROOT", str(Path(__file__).resolve().parent))
@@ -49,6 +62,7 @@ def run() -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here: KeyboardInterrupt below
     full_report = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
@@ -61,9 +75,8 @@ def run() -> None:
                    else offline_rl.config.hydra_error_message(exc))
         print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(2)
-    except KeyboardInterrupt:  # Ctrl-C: a run that had begun wrote its checkpoint first
-        print("interrupted (Ctrl-C): a run that had started kept its checkpoint; the same command "
-              "continues it", file=sys.stderr, flush=True)
+    except KeyboardInterrupt as exc:  # Ctrl-C: what was kept (offline_rl.errors.Stopped)
+        print(getattr(exc, "message", None) or NOTHING_RECORDED, file=sys.stderr, flush=True)
         sys.exit(130)
 
 

@@ -55,6 +55,8 @@ _NOT_VARIANT = {"seed", "run_id", "run_name", "status", "start_time", "end_time"
                 # per-run bookkeeping tags written by the training loop, never plot variants
                 "run_identity", "checkpoint_dir", "resumed_from", "resumed_from_step", "interrupted",
                 "checkpoint_corrupt", "slurm_job_id", "sweep.axes", "sweep.role", "error"}
+# tags a run writes about how it went (``<phase>.converged_at``): outcomes, never plot variants
+_OUTCOME_SUFFIXES = (".converged_at",)
 
 
 def describe_ci(ci: str = "t", level: float = 0.95, n_boot: int = 10000, short: bool = False) -> str:
@@ -120,7 +122,8 @@ def default_variant(runs: pd.DataFrame, panel: Sequence[str],
     pool = params if params is not None else [c for c in runs.columns if "." in c]
     candidates = [c for c in pool
                   if c in runs and c not in _NOT_VARIANT and c not in cells
-                  and not c.startswith(("phase_start/", "phase_end/", "_"))]
+                  and not c.startswith(("phase_start/", "phase_end/", "_"))
+                  and not c.endswith(_OUTCOME_SUFFIXES)]
     if not candidates or not cells:
         return variant
     keyed = runs[cells].astype(str).agg("|".join, axis=1)

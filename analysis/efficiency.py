@@ -25,6 +25,7 @@ Definitions (stated on the page too):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -112,10 +113,14 @@ class DatasetResult:
                 said = "does not hold"
             else:
                 said = "cannot be told"
-            ratio = "never reached" if not np.isfinite(v.update_ratio) else f"{v.update_ratio:.2f}"
-            parts.append(f"{v.variant} reaches 90% of the baseline's asymptote ({self.threshold:.1f}) "
-                         f"at an updates ratio of {ratio} [{_num(low)}, {_num(high)}]: the paper's "
-                         f"\"< 1/2\" **{said}**")
+            interval = f"[{_num(low)}, {_num(high)}]"
+            if np.isfinite(v.update_ratio):
+                reach = (f"reaches 90% of the baseline's asymptote ({self.threshold:.1f}) at an "
+                         f"updates ratio of {v.update_ratio:.2f} {interval}")
+            else:
+                reach = (f"never reaches 90% of the baseline's asymptote ({self.threshold:.1f}) on "
+                         f"its seed-mean curve (updates ratio ∞, 95% CI {interval})")
+            parts.append(f"{v.variant} {reach}: the paper's \"< 1/2\" **{said}**")
         return f"**{self.panel}**: " + "; ".join(parts) + "."
 
 
@@ -130,7 +135,8 @@ def _matrix(aligned: pd.DataFrame, variant: str, grid: np.ndarray) -> np.ndarray
 
 
 def _steps_to(matrix: np.ndarray, grid: np.ndarray, threshold: float) -> float:
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():  # a step no run reached: NaN, no warning
+        warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(matrix, axis=0)
     return first_reach(grid, np.nan_to_num(mean, nan=-np.inf), threshold)
 
@@ -194,7 +200,8 @@ def dataset_result(agg: Aggregated, rs_history: pd.DataFrame, runs: pd.DataFrame
         update_ratios, time_ratios = [], []
         for b_rows, v_rows in zip(draws[baseline], draws[res.variant]):
             b_matrix = base_m[b_rows]
-            with np.errstate(all="ignore"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
                 b_curve = np.nanmean(b_matrix, axis=0)
             b_curve = b_curve[~np.isnan(b_curve)]
             t = FRACTION * tail_mean(b_curve)[0]
@@ -213,7 +220,9 @@ def _percentiles(values: list[float], level: float = 0.95) -> tuple[float, float
     if not len(values):
         return float("nan"), float("nan")
     alpha = (1 - level) / 2
-    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+    # 'inverted_cdf' picks observed values (no interpolation), so an end made of resamples that
+    # never reach the threshold is infinite instead of inf - inf = NaN
+    return tuple(float(np.quantile(values, q, method="inverted_cdf")) for q in (alpha, 1 - alpha))
 
 
 def table(result: DatasetResult) -> list[str]:

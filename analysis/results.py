@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,7 +114,8 @@ def results_page(rs: RunSet, out: str | Path = "docs", *, name: str = "results",
              + (f" (MLflow parent run {rs.parent_run_id})" if rs.parent_run_id else "")
              + f", the last of which ended {ended:%Y-%m-%d %H:%M} UTC."
              + (f" Their evaluations: [{Path(data).name}]({Path(data).relative_to(out) if Path(data).is_relative_to(out) else data}); "
-                f"`python -m analysis results --from-csv {data} --out {out}` writes this page again "
+                f"`python -m analysis results --from-csv {data} --out {out}"
+                + (f" --command {shlex.quote(command)}" if command else "") + "` writes this page again "
                 f"from them, without the MLflow store." if data else ""), ""]
     if command:
         lines += ["Reproduce the runs:", "", "```bash", command, "```", ""]

@@ -38,3 +38,12 @@ class DiskFullError(CheckpointError):
 def warn(message: str) -> None:
     """A warning for the researcher: one line on stderr."""
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C that stopped a run, with the one line saying what was kept (launch.py prints it);
+    a plain KeyboardInterrupt came before the run started."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message

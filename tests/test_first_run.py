@@ -80,7 +80,7 @@ def test_ctrl_c_stops_make_run_in_one_line_and_the_run_continues_later(tmp_path,
     out, err = child.communicate(timeout=240)
     assert child.returncode == 130, err
     assert "Traceback" not in err, err
-    assert "interrupted (Ctrl-C): a run that had started kept its checkpoint" in err  # launch.py
+    assert "interrupted (Ctrl-C): the run kept its checkpoint" in err  # launch.py
     assert err.strip().splitlines()[-1] == ("make run: interrupted; its checkpoint is kept, and the "
                                             "same command continues the run")
     assert list(checkpoints.rglob("step-*.pt"))  # kept for the same command to continue

@@ -299,3 +299,172 @@ def test_a_read_only_store_stops_before_training_in_one_line(tmp_path, minari_ro
     assert result.returncode == 2, result.stderr[-3000:]
     line = one_line(result.stderr)
     assert "does not take writes" in line and "read" in line.lower()
+
+
+# ----- 7. a generation killed right after publishing ---------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_generation_killed_after_publishing_finishes_its_bookkeeping_on_the_same_command(tmp_path, monkeypatch):
+    """The process dies between the rename of the datasets into place and its bookkeeping
+    (simulated: its final status call raises SystemExit, as a kill at that point leaves it). The
+    same command then marks the behaviour run FINISHED, removes the checkpoints and succeeds."""
+    from mlflow.tracking import MlflowClient
+
+    from offline_rl.generate.__main__ import main
+    from offline_rl.tracker import MlflowTracker
+    from test_generate import TINY_ARGS
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    real_finish = MlflowTracker.finish
+
+    def die_at_the_end(self, status="FINISHED", error=None):
+        if status == "FINISHED":
+            raise SystemExit(137)
+        return real_finish(self, status, error)
+
+    monkeypatch.setattr(MlflowTracker, "finish", die_at_the_end)
+    with pytest.raises(SystemExit):
+        main(TINY_ARGS)
+    monkeypatch.setattr(MlflowTracker, "finish", real_finish)
+    assert list((tmp_path / "minari").glob(".generate/*/step-*.pt"))  # left behind
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("datasets").experiment_id])
+    assert [r.info.status for r in runs] == ["RUNNING"]
+
+    assert main(TINY_ARGS) == 0  # the same command: no "already exist"
+    runs = client.search_runs([client.get_experiment_by_name("datasets").experiment_id])
+    assert [r.info.status for r in runs] == ["FINISHED"] and "local/hopper/medium-v0" in runs[0].data.tags["datasets"]
+    assert not list((tmp_path / "minari").glob(".generate/*/*.pt"))
+
+
+# ----- 8. signals, the small cases --------------------------------------------------------------
+
+
+def _launch_and_wait_for_the_loop(args, tmp_path, minari_root):
+    checkpoints = tmp_path / "ck"
+    command = [sys.executable, str(ROOT / "launch.py"), f"tracker.store_dir={tmp_path}",
+               f"hydra.run.dir={tmp_path}/hydra", f"checkpoint.dir={checkpoints}", *args]
+    child = subprocess.Popen(command, cwd=ROOT, env=launch_env(minari_root), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 240
+    while not list(checkpoints.rglob("step-*.pt")):  # the update loop runs once this exists
+        assert child.poll() is None and time.monotonic() < deadline, child.stderr.read()[-2000:]
+        time.sleep(0.05)
+    return child, checkpoints
+
+
+@pytest.mark.slow
+def test_two_ctrl_c_within_10_ms_still_checkpoint_and_end_the_run(tmp_path, minari_root, new_store):
+    new_store(tmp_path)
+    child, checkpoints = _launch_and_wait_for_the_loop(
+        [*BASE, "updates=1000000", "checkpoint.every=50", "eval.every=100000"], tmp_path, minari_root)
+    os.kill(child.pid, signal.SIGINT)
+    time.sleep(0.005)
+    os.kill(child.pid, signal.SIGINT)  # the same press, twice
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert "interrupted (Ctrl-C): the run kept its checkpoint" in err
+    steps = sorted(int(p.stem.split("-")[1]) for p in checkpoints.rglob("step-*.pt"))
+    assert steps[-1] % 50 != 0  # the signal's own checkpoint, between two periodic ones
+    run = search_runs(tmp_path).iloc[0]
+    assert run["status"] == "KILLED"  # not left RUNNING
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_start_up_says_nothing_was_trained(tmp_path, minari_root):
+    command = [sys.executable, str(ROOT / "launch.py"), f"tracker.store_dir={tmp_path}",
+               f"hydra.run.dir={tmp_path}/hydra", *BASE, "updates=100"]
+    child = subprocess.Popen(command, cwd=ROOT, env=launch_env(minari_root), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(1.5)  # importing torch, composing the config: before any run exists
+    os.kill(child.pid, signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == ("interrupted (Ctrl-C) before the run started: nothing "
+                                            "was trained or recorded for it; the same command starts it")
+
+
+def test_sigterm_on_a_full_checkpoint_disk_does_not_claim_a_checkpoint(tmp_path, minari_root, new_store,
+                                                                      monkeypatch, capfd):
+    from conftest import interrupt_at_sample
+    from offline_rl.errors import DiskFullError
+    from offline_rl.training.checkpoint import CheckpointDir
+    from offline_rl.training.run import train
+    from test_resume import composed
+
+    real_save, calls = CheckpointDir.save, {"n": 0}
+
+    def save(self, state, step):
+        calls["n"] += 1
+        if calls["n"] > 1:  # the first periodic checkpoint fits, then the disk is full
+            raise DiskFullError(f"no space left for checkpoints in {self.path}")
+        return real_save(self, state, step)
+
+    monkeypatch.setattr(CheckpointDir, "save", save)
+    interrupt_at_sample(monkeypatch, 35)
+    with pytest.raises(SystemExit) as stopped:
+        train(composed(new_store(tmp_path), "updates=100", "checkpoint.every=20", "eval.episodes=1",
+                       "threads=1", "batch_size=32"))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    err = capfd.readouterr().err
+    assert "checkpoint written" not in err
+    assert ("no checkpoint could be written for it (see the warning above): the same command "
+            "continues from its checkpoint of update step 20") in err
+
+
+# ----- 9. runs left RUNNING ---------------------------------------------------------------------
+
+
+def _kill_once_the_run_exists(command, tmp_path, minari_root) -> str:
+    """Start ``command``, kill -9 it once its MLflow run exists and its checkpoint folder names it
+    in run.json (it compiles its steps next, for seconds: no checkpoint yet); the run id left
+    RUNNING."""
+    from mlflow.tracking import MlflowClient
+
+    child = subprocess.Popen(command, cwd=ROOT, env=launch_env(minari_root), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    deadline = time.monotonic() + 240
+    known = set(search_runs(tmp_path)["run_id"]) if client.get_experiment_by_name("offline_rl") else set()
+    named = {p.read_text() for p in (tmp_path / "ck").glob("*/run.json")}
+    while not (client.get_experiment_by_name("offline_rl")
+               and set(search_runs(tmp_path)["run_id"]) - known
+               and {p.read_text() for p in (tmp_path / "ck").glob("*/run.json")} - named):
+        assert child.poll() is None and time.monotonic() < deadline, child.stderr.read()[-2000:]
+        time.sleep(0.1)
+    child.kill()
+    child.communicate(timeout=60)
+    runs = search_runs(tmp_path).set_index("run_id")
+    (ghost,) = set(runs.index) - known
+    assert runs.loc[ghost, "status"] == "RUNNING"
+    return ghost
+
+
+@pytest.mark.slow
+def test_runs_killed_before_their_first_checkpoint_are_continued_or_marked_killed(
+        tmp_path, minari_root, new_store):
+    """kill -9 leaves its MLflow run RUNNING (nothing runs to end it). The same command continues
+    that run (its checkpoint folder names it); one that starts afresh (resume=never) marks the
+    ghost KILLED, saying why, instead of leaving it RUNNING forever beside the new run."""
+    new_store(tmp_path)
+    args = [*BASE, "updates=300", "checkpoint.every=1000000", f"checkpoint.dir={tmp_path / 'ck'}"]
+    command = [sys.executable, str(ROOT / "launch.py"), f"tracker.store_dir={tmp_path}",
+               f"hydra.run.dir={tmp_path}/hydra", *args]
+    ghost = _kill_once_the_run_exists(command, tmp_path, minari_root)
+    again = run_launch(args, tmp_path, minari_root)
+    assert again.returncode == 0, again.stderr[-2000:]
+    runs = search_runs(tmp_path)
+    assert runs[["run_id", "status"]].values.tolist() == [[ghost, "FINISHED"]]  # the same run
+
+    ghost = _kill_once_the_run_exists([*command, "rerun=true"], tmp_path, minari_root)
+    fresh = run_launch([*args, "rerun=true", "resume=never"], tmp_path, minari_root)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert f"marked the MLflow run {ghost} KILLED" in fresh.stderr
+    runs = search_runs(tmp_path).set_index("run_id")
+    assert runs.loc[ghost, "status"] == "KILLED" and "kill -9" in runs.loc[ghost, "tags.killed"]
+    assert sorted(runs["status"]) == ["FINISHED", "FINISHED", "KILLED"]

@@ -412,8 +412,9 @@ def test_a_replay_that_does_not_fit_in_memory_fails_before_it_is_allocated(minar
     with pytest.raises(ConfigError) as info:
         check_data_limits(composed("finetune=td3", f"finetune.env_steps={steps}",
                                    f"finetune.max_replay_size={steps}"), data, cpu)
-    assert f"the replay (348 transitions of 'tests/hopper/random-v0' and {steps:,} for fine-tuning)" \
-           in str(info.value) and "is free" in str(info.value)
+    replay_gb = (348 + steps) * 113 / 1e9  # rows of 113 bytes (above)
+    assert (f"the replay (348 transitions of 'tests/hopper/random-v0' and {steps:,} for fine-tuning: "
+            f"{replay_gb:.1f} GB)") in str(info.value) and "is free" in str(info.value)
 
 
 # ----- 7. a full disk ----------------------------------------------------------------------------

@@ -311,7 +311,7 @@ def train_behaviour(config: BehaviourConfig, checkpoint_dir: Path, identity: str
             try:
                 trainer.run()
             except Interrupted as exc:
-                report_interruption(exc, tracker, checkpoints.path, killed=True)
+                report_interruption(exc, tracker, checkpoints.path, killed=True, kept=exc.global_step)
                 signals.finish()
                 raise
         if not found or trainer.state.global_step != found[0]["global_step"]:

@@ -52,7 +52,7 @@ from offline_rl.dataset.minari_source import dataset_path, datasets_root, is_loc
 from offline_rl.dataset.replay import ReplayBuffer
 from offline_rl.errors import ConfigError, DatasetError
 from offline_rl.generate.behaviour import (BehaviourConfig, BehaviourRun, data_settings_hash,
-                                           train_behaviour)
+                                           make_tracker, train_behaviour)
 from offline_rl.dataset.levels import LEVELS
 from offline_rl.generate.rollouts import actor_policy, collect_episodes, select_snapshot
 from offline_rl.training.checkpoint import CheckpointDir
@@ -173,6 +173,8 @@ def generate_local_datasets(config: GeneratorConfig, levels: Sequence[str] = LEV
         return {}
     with _generation_lock(config.env_id):
         existing = [dataset_path(i) for i in ids.values() if dataset_path(i).exists()]
+        if existing and not overwrite and _finish_bookkeeping(config, ids):
+            return ids
         if existing and not overwrite:
             raise DatasetError(f"dataset folder(s) {', '.join(map(str, existing))} already exist; "
                                f"delete them or pass --overwrite (overwrite=True) to replace them")
@@ -183,6 +185,36 @@ def generate_local_datasets(config: GeneratorConfig, levels: Sequence[str] = LEV
             return _generate(config, levels, ids, overwrite)
         finally:
             torch.set_num_threads(threads)
+
+
+def _finish_bookkeeping(config: GeneratorConfig, ids: dict[str, str]) -> bool:
+    """A generation killed after it published every requested dataset but before its
+    bookkeeping: the datasets are whole (published by rename), its behaviour run is still
+    RUNNING and its checkpoints are still there. Finish that -- the run FINISHED, the checkpoints
+    removed -- and say so; True when that was the case (the same command then succeeds)."""
+    folder, identity = checkpoint_folder(config)
+    if not all(dataset_path(i).exists() for i in ids.values()) or not folder.exists():
+        return False
+    try:
+        for dataset_id in ids.values():
+            check_generator_settings(dataset_id, config)
+        run_ids = {json.loads((dataset_path(i) / "data" / "metadata.json").read_text()).get(
+            "behaviour_run_id") for i in ids.values()}
+    except (DatasetError, OSError, ValueError):
+        return False
+    if len(run_ids) != 1:
+        return False
+    run_id = run_ids.pop()
+    tracker = make_tracker(config)
+    if run_id and run_id != "None" and tracker.run_status(run_id) == "RUNNING":
+        tracker.run_id = run_id
+        tracker.set_tags({"datasets": ", ".join(ids.values())})
+        tracker.finish("FINISHED")
+    CheckpointDir(folder, identity).clear()
+    print(f"the {config.env_id} datasets ({', '.join(ids.values())}) were published by a generation "
+          f"that stopped before its bookkeeping: marked its behaviour run {run_id} FINISHED and "
+          f"removed its checkpoints ({folder}); the datasets are ready", file=sys.stderr, flush=True)
+    return True
 
 
 def announce(config: GeneratorConfig, levels: Sequence[str]) -> None:

@@ -57,15 +57,19 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    if is_plain_pickle(Path(path)):  # pickle.dump's file, not torch's container: never unpickled
+        raise CheckpointError(f"{path} is not a checkpoint this project wrote (a plain pickle; "
+                              f"refused to unpickle)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except pickle.UnpicklingError as exc:
         if "weights only" not in str(exc).lower() or not is_intact(Path(path)):
-            # not even torch's zip container: a half-written or foreign file
-            raise CheckpointError(f"checkpoint {path} is truncated or corrupt "
-                                  f"(UnpicklingError: {_first_line(exc)})") from None
+            # not even torch's zip container: a half-written or foreign file (torch's own advice,
+            # to load it with weights_only=False, is exactly what must not be done)
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt (not a whole "
+                                  f"checkpoint file)") from None
         # it holds objects beyond tensors and plain containers: code would run on loading it
         raise CheckpointError(f"{path} is not a checkpoint this project wrote (refused to "
                               f"unpickle)") from None
@@ -77,6 +81,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:160] if text else ""
+
+
+def is_plain_pickle(path: Path) -> bool:
+    """A file written by ``pickle.dump`` (protocol 2 or later: it starts with the PROTO opcode)
+    rather than torch's zip container."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def is_intact(path: Path) -> bool:

@@ -32,7 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 from offline_rl.config import check, from_config
 from offline_rl.dataset.record import describe as describe_dataset
 from offline_rl.dataset.replay import ReplayBuffer, StateNormalizer
-from offline_rl.errors import ConfigError, DiskFullError, NonFiniteLossError, OfflineRLError, warn
+from offline_rl.errors import (ConfigError, DiskFullError, NonFiniteLossError, OfflineRLError, Stopped,
+                               warn)
 from offline_rl.job import job_context
 from offline_rl.precision import resolve as resolve_precision
 from offline_rl.tracker import NullTracker
@@ -74,7 +75,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         finished = None if cfg.rerun else finished_run(tracker, identity, parent)
         if finished is not None:  # the same command (or sweep job) again: nothing to do
             return finished
-        end_stale_runs(tracker, identity, parent, keep=(checkpoints.read_info() or {}).get("run_id"))
+        continued = None if cfg.resume == "never" else (checkpoints.read_info() or {}).get("run_id")
+        end_stale_runs(tracker, identity, parent, keep=continued)
         try:
             run = Run(cfg, device, precision, tracker, checkpoints)
         except OfflineRLError as exc:  # e.g. the dataset: a sweep still gets its FAILED child run
@@ -145,6 +147,7 @@ class Run:
         self.corrupt: list[str] = []
         self.precision_change: str | None = None
         self.extension: tuple[int, int] | None = None  # (old, new) updates: continue_from
+        self.kept_step: int | None = None  # the newest checkpoint written (or resumed from)
 
     def phases(self) -> list[Phase]:
         """Pre-training, offline RL, online fine-tuning: the phases the loop runs in order."""
@@ -262,6 +265,7 @@ class Run:
             loop.phase_step = self.extension[0]
         set_rng_state(state["rng"])
         step = int(state["global_step"])
+        self.kept_step = step if not self.extension else None
         print(f"resuming from {path} (update step {step}, MLflow run {self.run_id})",
               file=sys.stderr, flush=True)
         self.tracker.set_tags({"resumed_from_step": step, "resumed_from": str(path)})
@@ -273,6 +277,7 @@ class Run:
         step = trainer.state.global_step
         try:
             self.checkpoints.save(self.state_dict(), step)
+            self.kept_step = step
         except DiskFullError as exc:  # keep training; the next interval tries again
             files = self.checkpoints.files()
             kept = (f"the checkpoint of update step {int(files[0].stem.split('-')[1])} is kept"
@@ -292,16 +297,20 @@ class Run:
                     trainer.run()
                 except Interrupted as exc:  # SLURM requeues a job stopped by SIGTERM / SIGUSR2
                     requeued = exc.reason == "SIGUSR2" or (exc.reason == "SIGTERM" and self.job.slurm_job_id)
-                    report_interruption(exc, tracker, checkpoints.path, killed=not requeued)
+                    report_interruption(exc, tracker, checkpoints.path, killed=not requeued,
+                                        kept=self.kept_step)
                     signals.finish()
                     raise
             self.record()
-        except (Interrupted, SystemExit):
+        except (Interrupted, SystemExit, Stopped):
             raise  # stopped after a checkpoint (or by submitit's requeue): continued later
-        except KeyboardInterrupt:
-            if trainer.interrupt_requested is None:  # not through the checkpoint path
-                tracker.finish("KILLED", error="KeyboardInterrupt")
-            raise
+        except KeyboardInterrupt:  # Ctrl-C again, or outside the checkpoint path: at once
+            kept = (f"the same command continues from its checkpoint of update step {self.kept_step}"
+                    if self.kept_step is not None else "the same command starts it again")
+            tracker.finish("KILLED", error=f"stopped at once by Ctrl-C at update step "
+                                           f"{trainer.state.global_step}; {kept}")
+            raise Stopped(f"interrupted (Ctrl-C) at once at update step {trainer.state.global_step}, "
+                          f"before a checkpoint for it could be written: {kept}") from None
         except BaseException as exc:
             tracker.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
             if isinstance(exc, NonFiniteLossError) and checkpoints.files():
@@ -491,15 +500,14 @@ def record_failed_start(tracker, cfg: DictConfig, name: str, choices: dict[str, 
 def end_stale_runs(tracker, identity: str, parent_run_id: str | None, keep: str | None) -> None:
     """MLflow runs of this identity still RUNNING, though no process holds its lock (this one
     does now), are ghosts of killed processes: marked KILLED, saying why -- except ``keep``, the
-    run the checkpoints continue."""
+    run the checkpoints continue (none with resume=never: its run is left behind too)."""
     for run in tracker.search(f"tags.run_identity = '{identity}' and attributes.status = 'RUNNING'"):
         if run.info.run_id == keep or run.data.tags.get("mlflow.parentRunId") != parent_run_id:
             continue
         tracker.mark_killed(run.info.run_id, "its process ended without a word (kill -9, a lost "
-                            "node, out of memory) before its first checkpoint; the same command "
-                            "started again as a new run")
+                            "node, out of memory); the same command started again as a new run")
         warn(f"marked the MLflow run {run.info.run_id} KILLED: it was left RUNNING by a process "
-             f"that no longer runs, with no checkpoint to continue")
+             f"that no longer runs, and this run does not continue it")
 
 
 def precision_change(state: dict[str, Any], path: Path, precision: str, cfg: DictConfig) -> str | None:
