@@ -45,8 +45,8 @@ datasets: $(INSTALLED)  ## generate the local D4RL-style datasets (all five leve
 clean-datasets: $(INSTALLED)  ## delete the locally generated datasets (namespace local/ in the Minari folder)
 	$(PYTHON) -c "import shutil; from offline_rl.dataset.minari_source import dataset_path; shutil.rmtree(dataset_path('local'), ignore_errors=True)"
 
-mlflow-ui: $(INSTALLED)  ## browse runs of this checkout's store at http://127.0.0.1:5000 (prints the runs-table link)
-	$(PYTHON) -m offline_rl.tracking_ui 5000
+mlflow-ui: $(INSTALLED)  ## browse the runs of the store launch.py uses (MLFLOW_TRACKING_URI / OFFLINE_RL_ROOT, else this checkout's) at http://127.0.0.1:5000 (prints the runs-table link; ARGS="tracker.store_dir=..." for another)
+	$(PYTHON) -m offline_rl.tracking_ui 5000 $(ARGS)
 
 analysis: $(INSTALLED)  ## the paper's figures and tables for a sweep: make analysis PARENT=<parent run id> OUT=results
 	$(PYTHON) -m analysis paper --parent-run-id $(PARENT) --out $(OUT)

@@ -113,6 +113,7 @@ RULES: list[Rule] = [
     _rule("log_every", int_at_least(1)),
     _rule("threads", int_at_least(0)),
     _rule("progress", boolean()),
+    _rule("summary", boolean()),
     _rule("compile", ((lambda v: v in COMPILE_MODES), ", ".join(COMPILE_MODES))),
     _rule("precision", ((lambda v: v in PRECISIONS), ", ".join(PRECISIONS))),
     _rule("precision_change", ((lambda v: v in ("refuse", "allow")), "refuse or allow")),

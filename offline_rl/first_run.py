@@ -17,32 +17,47 @@ import sys
 import time
 from pathlib import Path
 
+from offline_rl.report import summary_lines
+from offline_rl.tracking_ui import tracker_uri
+
 ROOT = Path(__file__).resolve().parents[1]
 SCORE = "eval/normalized_score_mean"
 BEHAVIOUR = "dataset/behaviour_score"
 # ~10 minutes on this 2-core CPU once the datasets exist (README "Two commands"): pre-training
 # stops at its plateau (well under its 50k cap), then UPDATES compiled TD3+BC updates
 UPDATES = 100_000
+EVAL_EVERY, EPISODES = 10_000, 10
+# summary=false: launch.py's own end-of-run lines; this prints them (offline_rl.report) and more
 OVERRIDES = ["algo=td3_bc", "pretrain=ac", "dataset=hopper-medium-local", f"updates={UPDATES}",
-             "eval.every=10000"]
+             f"eval.every={EVAL_EVERY}", f"eval.episodes={EPISODES}", "summary=false"]
 
 
 def plan(extra: list[str]) -> str:
-    return ("make run: TD3+BC with Algorithm 1 pre-training (pretrain=ac: BC actor + Monte-Carlo "
-            "critic until their losses plateau, at most 50k updates), then "
-            f"{UPDATES:,} offline RL updates on hopper-medium-local, evaluated every 10k updates "
-            "(10 episodes). About 10 minutes on a 2-core CPU once the dataset exists."
-            + (f"\n  overrides: {' '.join(extra)}" if extra else ""))
+    """What will run, with the user's overrides applied (``ARGS="updates=300"`` says 300)."""
+    overrides = merged(extra)
+    cfg = composed(overrides)
+    algo, pretrain = choice(overrides, "algo"), choice(overrides, "pretrain")
+    what = ("TD3+BC with Algorithm 1 pre-training (pretrain=ac: BC actor + Monte-Carlo critic until "
+            "their losses plateau, at most 50k updates)" if (algo, pretrain) == ("td3_bc", "ac") else
+            f"{cfg.algo._target_.rsplit('.', 1)[-1]} with pretrain={pretrain}")
+    evaluated = (f"evaluated every {int(cfg.eval.every):,} updates ({int(cfg.eval.episodes)} episodes)"
+                 if cfg.eval.episodes and cfg.eval.every else "evaluated at the end")
+    dataset = cfg.dataset.get("dataset_id") or choice(overrides, "dataset")
+    return (f"make run: {what}, then {int(cfg.updates):,} offline RL updates on {dataset}, "
+            f"{evaluated}."
+            + (" About 10 minutes on a 2-core CPU once the dataset exists." if not extra else
+               f"\n  overrides: {' '.join(extra)}"))
 
 
-def tracker_uri(overrides: list[str]) -> str:
-    """The tracking URI launch.py uses with these overrides (the same tracker config)."""
+def choice(overrides: list[str], group: str) -> str:
+    return next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == group), "?")
+
+
+def composed(overrides: list[str]):
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    return instantiate(cfg.tracker).tracking_uri
+        return compose("config", overrides=overrides)
 
 
 def latest_run(uri: str, since_ms: int):
@@ -58,32 +73,22 @@ def latest_run(uri: str, since_ms: int):
     return client, (runs[0] if runs else None)
 
 
-def summary(client, run, uri: str) -> str:
-    score = run.data.metrics.get(SCORE)
-    behaviour = run.data.metrics.get(BEHAVIOUR)
+def summary(client, run, uri: str, episodes: int) -> str:
+    """The run's end-of-run lines (offline_rl.report, as launch.py prints them), read back from
+    the store, then what to look at next."""
     history = client.get_metric_history(run.info.run_id, SCORE)
-    step = max((m.step for m in history), default=None)
     datasets = [d.dataset for d in run.inputs.dataset_inputs]
-    dataset = f"{datasets[0].name} (digest {datasets[0].digest})" if datasets else "?"
-    url = (f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/"
-           f"{run.info.run_id}?workflowType=machine_learning")
-    fmt = lambda v: "—" if v is None else f"{v:.1f}"  # noqa: E731
-    lines = [
-        "",
-        f"Finished: {run.info.run_name} ({run.info.status}), dataset {dataset}",
-        f"  final normalised score   {fmt(score):>6}   (10 evaluation episodes at update "
-        f"{step:,})" if step is not None else f"  final normalised score   {fmt(score):>6}",
-        f"  behaviour policy         {fmt(behaviour):>6}   (the dataset's own episodes, same scale: "
-        f"0 = random, 100 = the expert)",
-        f"  MLflow run {run.info.run_id} in {uri}",
-        "",
-        "Look at it:",
-        f"  make mlflow-ui     then open {url}",
+    lines = summary_lines(
+        name=run.info.run_name, status=run.info.status,
+        dataset=f"{datasets[0].name} (digest {datasets[0].digest})" if datasets else "?",
+        score=run.data.metrics.get(SCORE), step=max((m.step for m in history), default=None),
+        episodes=episodes, behaviour=run.data.metrics.get(BEHAVIOUR), run_id=run.info.run_id,
+        tracking_uri=uri, experiment_id=run.info.experiment_id)
+    return "\n".join([
+        *lines, "", "Look at it:",
         f"  .venv/bin/python -m analysis curves --filter \"attributes.run_id = "
         f"'{run.info.run_id}'\" --out results/first_run",
-        "  make test          the test suite; README.md for sweeps and the paper's statistics",
-    ]
-    return "\n".join(lines)
+        "  make test          the test suite; README.md for sweeps and the paper's statistics"])
 
 
 def merged(extra: list[str]) -> list[str]:
@@ -129,12 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         return INTERRUPTED[code]
     if code != 0:
         return code
-    uri = tracker_uri(overrides)
+    cfg = composed(overrides)
+    uri = tracker_uri(cfg)
     client, run = latest_run(uri, since_ms)
     if run is None:
         print(f"no MLflow run started in {uri} (tracker=none?)", file=sys.stderr)
         return 0
-    print(summary(client, run, uri))
+    print(summary(client, run, uri, int(cfg.eval.episodes)))
     return 0
 
 

@@ -33,6 +33,10 @@ class JobFailed(Exception):
     (``sys.exit`` in a joblib worker took the worker, and the job beside it, down)."""
 
 
+# config groups whose option names say what they are (``pretrain=ac`` -> ``ac``)
+NAMED_BY_VALUE = ("algo", "pretrain", "dataset", "network", "finetune")
+
+
 @dataclass
 class JobContext:
     """What a job knows about the sweep it belongs to (all empty for a single run)."""
@@ -49,13 +53,25 @@ class JobContext:
         return {axis: values[axis] for axis in self.axes if axis in values}
 
     def label(self) -> str:
-        """The job as the sweep names it: its swept values, else its overrides."""
-        return self.run_name() or " ".join(self.overrides) or "job"
+        """The job in messages: ``algo=edac,pretrain=soft,seed=1`` (its swept values), else its
+        overrides."""
+        values = self.axis_values
+        return (",".join(f"{k}={v}" for k, v in values.items()) if values else
+                " ".join(self.overrides) or "job")
 
     def run_name(self) -> str | None:
-        """``algo=edac,pretrain=soft,seed=1``: the job's values of the swept axes."""
+        """The child run's name, scannable in the UI's runs table, which cuts names at about 20
+        characters: ``edac soft s1`` -- a config group's swept option by its value alone, any
+        other axis as ``name=value`` (its last key), the seed as ``s<N>``, the dataset last (the
+        long one; its tag and param say it in full)."""
         values = self.axis_values
-        return ",".join(f"{k}={v}" for k, v in values.items()) if values else None
+        if not values:
+            return None
+        parts = [v if k in NAMED_BY_VALUE else f"{k.rsplit('.', 1)[-1]}={v}"
+                 for k, v in values.items() if k not in ("seed", "dataset")]
+        parts += [f"s{values['seed']}"] if "seed" in values else []
+        parts += [values["dataset"]] if "dataset" in values else []
+        return " ".join(parts)
 
     def tags(self) -> dict[str, str]:
         tags: dict[str, str] = {}

@@ -170,14 +170,17 @@ class MlflowTracker:
                  store_dir: str | None = None, retry_every_s: float = 30.0,
                  wait_for_server_s: float = 900.0):
         self.experiment = experiment
-        if tracking_uri:
-            self.tracking_uri, self.artifact_location = tracking_uri, None
-        else:
-            store = Path(store_dir or "mlflow").resolve()
-            self.tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
+        if tracking_uri and not tracking_uri.startswith("sqlite:///"):
+            self.tracking_uri, self.artifact_location = tracking_uri, None  # the server's
+        else:  # a sqlite store keeps its artifacts beside it (MLflow's default: ./mlruns of the cwd)
+            database = (Path(tracking_uri[len("sqlite:///"):]) if tracking_uri
+                        else Path(store_dir or "mlflow") / "mlflow.db").resolve()
+            store = database.parent
+            self.tracking_uri = f"sqlite:///{database}"
             self.artifact_location = (store / "artifacts").as_uri()
             self._store_dir = store
         self.run_id: str | None = None
+        self.experiment_id: str | None = None  # set by start()
         self._buffer: list = []
         self._logged_steps: dict[str, int] = {}  # resumed run: last step stored per metric
         self._client = None
@@ -273,7 +276,7 @@ class MlflowTracker:
               run_id: str | None = None, parent_run_id: str | None = None) -> str:
         """Start a new run, or continue ``run_id`` (a resumed job keeps its run: status back to
         RUNNING, params it lacks added, metrics already stored not logged again)."""
-        experiment_id = self.ensure_store()
+        experiment_id = self.experiment_id = self.ensure_store()
         with self._answering():
             return self._start(experiment_id, run_name, params, tags, run_id, parent_run_id)
 

@@ -84,3 +84,39 @@ def test_ctrl_c_stops_make_run_in_one_line_and_the_run_continues_later(tmp_path,
     assert err.strip().splitlines()[-1] == ("make run: interrupted; its checkpoint is kept, and the "
                                             "same command continues the run")
     assert list(checkpoints.rglob("step-*.pt"))  # kept for the same command to continue
+
+
+def test_the_plan_says_what_the_overrides_make_of_it(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    default = first_run.plan([])
+    assert "100,000 offline RL updates on hopper-medium-local, evaluated every 10,000 updates " \
+           "(10 episodes). About 10 minutes" in default
+    small = first_run.plan(["updates=300", "eval.episodes=2"])
+    assert "then 300 offline RL updates" in small and "(2 episodes)" in small
+    assert "10 minutes" not in small and small.endswith("overrides: updates=300 eval.episodes=2")
+    assert "EDAC with pretrain=soft" in first_run.plan(["algo=edac", "pretrain=soft"])
+
+
+def test_the_ui_serves_the_store_the_runs_use_and_artifacts_live_beside_it(tmp_path, monkeypatch,
+                                                                          capsys):
+    from offline_rl import tracking_ui
+    from offline_rl.tracker import MlflowTracker
+
+    served = []
+    monkeypatch.setattr(tracking_ui.os, "execv", lambda exe, argv: served.append(argv))
+    store = tmp_path / "elsewhere" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")  # as the README tells users
+    assert tracking_ui.main([]) == 0
+    argv = served[-1]
+    assert argv[argv.index("--backend-store-uri") + 1] == f"sqlite:///{store}"
+    assert MlflowTracker(tracking_uri=f"sqlite:///{store}").artifact_location == \
+        (tmp_path / "elsewhere" / "artifacts").as_uri()  # not ./mlruns of the working directory
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking_ui.main(["5001", f"tracker.store_dir={tmp_path / 'st'}"]) == 0
+    argv = served[-1]
+    assert argv[argv.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path / 'st' / 'mlflow.db'}"
+    assert argv[argv.index("--port") + 1] == "5001"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert tracking_ui.main([]) == 0 and len(served) == 2  # a server is its own UI: nothing started
+    assert "the runs are on the MLflow server http://tracking.example:5000: open " \
+           "http://tracking.example:5000/#/experiments" in capsys.readouterr().out

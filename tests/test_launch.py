@@ -29,6 +29,7 @@ def test_short_run_is_tracked_in_mlflow(algo, tmp_path, minari_root):
     assert run["tags.mlflow.runName"] == f"{algo}-none-tests-hopper-random-v0-s0"
     assert run["tags.algo"] == algo and run["tags.pretrain"] == "none"
     assert run["tags.network"] == "small" and run["tags.seed"] == "0"
+    assert run["params.algo"] == algo and run["params.pretrain"] == "none"  # choices as params too
     assert run["params.batch_size"] == "256" and run["params.network.width"] == "64"
     assert run["params.algo._target_"].startswith("offline_rl.algo.")
     score = run["metrics.eval/normalized_score_mean"]
@@ -58,6 +59,17 @@ def test_short_run_is_tracked_in_mlflow(algo, tmp_path, minari_root):
     assert profile["transitions"] == len(data) and profile["episodes"] == 12
     assert profile["behaviour_normalized_score"] == pytest.approx(behaviour, abs=1e-3)
     assert inputs[0].tags[0].key == "mlflow.data.context" and inputs[0].tags[0].value == "training"
+    # the run ends by saying how it went, where it is recorded, and the link that opens it
+    summary = result.stdout.splitlines()
+    assert f"Finished: {algo}-none-tests-hopper-random-v0-s0 (FINISHED), dataset tests/hopper/" \
+           f"random-v0 (digest {dataset.digest})" in summary
+    assert f"  final normalised score   {score:>6.1f}   (2 evaluation episodes at update 300)" in summary
+    assert f"  behaviour policy         {behaviour:>6.1f}   (the dataset's own episodes, same " \
+           f"scale: 0 = random, 100 = the expert)" in summary
+    assert f"  MLflow run {run['run_id']} in sqlite:///{tmp_path / 'mlflow.db'}" in summary
+    assert any(line.endswith(f"open http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}"
+                             f"/runs/{run['run_id']}?workflowType=machine_learning")
+               for line in summary)
     assert run["metrics.dataset/behaviour_score"] == pytest.approx(behaviour)
     found = client.search_runs([experiment.experiment_id],
                                "dataset.name = 'tests/hopper/random-v0'")

@@ -130,15 +130,14 @@ def test_named_sweep_without_dash_m_runs_every_job_under_one_parent(tmp_path, mi
     assert parent["params.grid.pretrain"] == "none,ac" and parent["params.grid.seed"] == "0,1"
     assert json.loads(parent["tags.sweep.grid"]) == {"pretrain": ["none", "ac"], "seed": ["0", "1"]}
     assert parent["tags.launcher"] == "local"
-    assert sorted(children["tags.mlflow.runName"]) == [
-        "pretrain=ac,seed=0", "pretrain=ac,seed=1", "pretrain=none,seed=0", "pretrain=none,seed=1"]
+    assert sorted(children["tags.mlflow.runName"]) == ["ac s0", "ac s1", "none s0", "none s1"]
     assert set(children["status"]) == {"FINISHED"}
     assert set(children["tags.sweep"]) == {"pretrain_ablation"}
     assert set(children["tags.sweep.axes"]) == {"pretrain,seed"}
     for _, child in children.iterrows():
-        name = dict(kv.split("=") for kv in child["tags.mlflow.runName"].split(","))
-        assert child["tags.pretrain"] == name["pretrain"] and child["tags.seed"] == name["seed"]
-        assert f"pretrain={name['pretrain']}" in child["tags.overrides"]
+        assert child["tags.mlflow.runName"] == f"{child['tags.pretrain']} s{child['tags.seed']}"
+        assert child["params.pretrain"] == child["tags.pretrain"]  # group choices are params too
+        assert f"pretrain={child['tags.pretrain']}" in child["tags.overrides"]
         assert "+experiment=pretrain_ablation" in child["tags.overrides"]
     # the local preset's cap: at most 2 jobs at once
     spans = [(r["start_time"], r["end_time"]) for _, r in children.iterrows()]
@@ -205,13 +204,13 @@ def test_a_killed_sweep_started_again_continues_under_the_same_parent(tmp_path, 
     assert again.returncode == 0, again.stderr[-3000:]
     parent, children = children_and_parent(tmp_path)  # still one parent ...
     assert parent["run_id"] == first_parent and parent["status"] == "FINISHED"
-    assert sorted(children["tags.mlflow.runName"]) == ["seed=0", "seed=1"]  # ... and no new child
+    assert sorted(children["tags.mlflow.runName"]) == ["s0", "s1"]  # ... and no new child
     assert set(children["status"]) == {"FINISHED"}
     assert "continuing the sweep of MLflow parent run " + first_parent in again.stdout + again.stderr
     finished_line = [line for line in again.stderr.splitlines() if line.startswith("already finished: seed=0")]
     assert len(finished_line) == 1 and "rerun=true" in finished_line[0]
     assert "resuming from" in again.stderr
-    resumed = children[children["tags.mlflow.runName"] == "seed=1"].iloc[0]
+    resumed = children[children["tags.mlflow.runName"] == "s1"].iloc[0]
     steps = metric_steps(tmp_path, resumed["run_id"], "offline_rl/critic_loss")
     assert steps == sorted(set(steps)) and steps[-1] == 600  # each step once, to the end
 

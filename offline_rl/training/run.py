@@ -36,6 +36,7 @@ from offline_rl.errors import (ConfigError, DiskFullError, NonFiniteLossError, O
                                warn)
 from offline_rl.job import job_context
 from offline_rl.precision import resolve as resolve_precision
+from offline_rl.report import summary_lines
 from offline_rl.tracker import NullTracker
 from offline_rl.training.checkpoint import (CheckpointDir, is_intact, load_checkpoint, rng_state,
                                             save_checkpoint, set_rng_state)
@@ -94,6 +95,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             run.execute()
         finally:
             run.close()
+        if cfg.summary and run.job.sweep is None:  # a sweep prints its table of jobs instead
+            print(run.summary(), flush=True)
         return run.trainer.state.last_eval
     finally:
         checkpoints.unlock()
@@ -226,7 +229,9 @@ class Run:
             tags.update({"finetune.from_run": self.finetune.from_run,
                          "finetune.source": self.source["path"]})
         self.continued = self.run_id is not None
-        params = {**flatten(self.cfg), "precision_used": self.precision}
+        # the group choices (algo=td3_bc, pretrain=ac, ...) as params too: MLflow's compare-runs
+        # page and its params columns tell runs apart by params, not tags
+        params = {**flatten(self.cfg), **choices, "precision_used": self.precision}
         self.run_id = self.tracker.start(self.job.run_name() or name, params, tags,
                                          run_id=self.run_id, parent_run_id=self.job.parent_run_id)
         self.info = {"run_id": self.run_id, "identity": self.checkpoints.identity,
@@ -234,7 +239,8 @@ class Run:
         self.checkpoints.write_info(self.info)
         if self.corrupt:
             self.tracker.set_tags({"checkpoint_corrupt": " | ".join(self.corrupt)})
-        self.tracker.log_dataset(describe_dataset(self.data))  # the MLflow dataset input
+        self.dataset_record = describe_dataset(self.data)
+        self.tracker.log_dataset(self.dataset_record)  # the MLflow dataset input
 
     @property
     def store(self) -> str | None:
@@ -340,6 +346,18 @@ class Run:
                 final["finetune_agent"] = self.finetune.agent.state_dict()
             tracker.log_artifact(save_checkpoint(Path(tmp) / "checkpoint.pt", final))
 
+    def summary(self) -> str:
+        """The lines a finished single run ends with (offline_rl.report)."""
+        state, record = self.trainer.state, self.dataset_record
+        return "\n".join(summary_lines(
+            name=self.info["name"], status="FINISHED",
+            dataset=f"{record.dataset_id} (digest {record.digest})",
+            score=state.last_eval.get("eval/normalized_score_mean"),
+            step=state.evaluated_at[0] if state.evaluated_at else None,
+            episodes=int(self.cfg.eval.episodes), behaviour=record.behaviour_score,
+            run_id=self.run_id, tracking_uri=self.store,
+            experiment_id=getattr(self.tracker, "experiment_id", None)))
+
     def close(self) -> None:
         if self.evaluator is not None:
             self.evaluator.close()
@@ -400,7 +418,7 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
 
 
 # config keys that do not change what a run computes: left out of its identity
-IDENTITY_EXCLUDED = ("tracker", "progress", "checkpoint", "resume", "threads", "precision_change",
+IDENTITY_EXCLUDED = ("tracker", "progress", "summary", "checkpoint", "resume", "threads", "precision_change",
                      "rerun", "continue_from")
 
 
@@ -470,7 +488,8 @@ def finished_run(tracker, identity: str, parent_run_id: str | None) -> dict[str,
     metrics = run.data.metrics
     score = metrics.get("eval/normalized_score_mean")
     scored = f", final normalised score {score:.1f}" if score is not None else ""
-    name = run.data.tags.get("mlflow.runName", run.info.run_id)
+    job = job_context()  # a sweep's job by its swept values, as in its other messages
+    name = job.label() if job.sweep else run.data.tags.get("mlflow.runName", run.info.run_id)
     print(f"already finished: {name} (MLflow run {run.info.run_id}{scored}); nothing to do. To "
           f"run it again as a new MLflow run, add rerun=true", file=sys.stderr, flush=True)
     return {k: v for k, v in metrics.items() if k.startswith("eval/")}
