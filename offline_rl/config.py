@@ -314,17 +314,30 @@ def check(cfg: DictConfig) -> None:
 KEYS_HINT = "`python launch.py --cfg job` lists the keys, `--help` the groups and their options"
 
 
+# mappings whose keys are not listed in the config but checked where they are used: a local
+# dataset's generator settings (offline_rl.generate.datasets.GeneratorConfig.for_env), which the
+# config leaves empty so that a run records only what it changes (and its identity stays the same)
+OPEN_MAPPINGS = ("dataset.generator",)
+
+
+def open_mapping(key: str) -> str | None:
+    return next((m for m in OPEN_MAPPINGS if key == m or key.startswith(m + ".")), None)
+
+
 def check_overrides(overrides: Sequence[str], conf_dir: str | Path) -> None:
     """Reject ``+key=value`` and ``++key=value`` for config keys: they add keys the config does
     not define, which would be taken silently (and recorded as params). Adding a config group
-    (``+experiment=...``, a folder of ``conf_dir``) and Hydra's own ``hydra.*`` keys stay allowed."""
+    (``+experiment=...``, a folder of ``conf_dir``), a setting to an open mapping
+    (``+dataset.generator.env_steps=300000``, OPEN_MAPPINGS) and Hydra's own ``hydra.*`` keys stay
+    allowed."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     for override in OverridesParser.create().parse_overrides(list(overrides)):
         if not (override.is_add() or override.is_force_add()):
             continue
         key = override.key_or_group
-        if key.split(".")[0].split("/")[0] == "hydra" or (Path(conf_dir) / key).is_dir():
+        if (key.split(".")[0].split("/")[0] == "hydra" or (Path(conf_dir) / key).is_dir()
+                or open_mapping(key)):
             continue
         plus = "++" if override.is_force_add() else "+"
         raise ConfigError(f"{override.input_line}: '{plus}' adds keys the config does not define, "
@@ -345,6 +358,11 @@ def hydra_error_message(exc: BaseException) -> str:
             return (f"{group}={option}: '{group}' has no option '{option}'; available: "
                     f"{', '.join(exc.options)}")
     unknown = re.match(r"Could not override '([^']+)'", text)
+    if unknown and open_mapping(unknown.group(1)):  # a setting the mapping does not list yet
+        mapping = open_mapping(unknown.group(1))
+        return (f"'{unknown.group(1)}': {mapping} starts empty, so its settings are added with '+': "
+                f"write +{mapping}.<setting>=<value>, e.g. +{mapping}.env_steps=300000 (one per "
+                f"setting; unknown settings are named when the dataset is built)")
     if unknown:
         return f"unknown config key '{unknown.group(1)}': the config has no such key ({KEYS_HINT})"
     lines = [line.strip() for line in text.splitlines() if line.strip()]

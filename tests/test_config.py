@@ -109,6 +109,29 @@ def test_help_lists_groups_and_cfg_job_prints_config():
     assert OmegaConf.create(job).algo._target_ == "offline_rl.algo.edac.EDAC"
 
 
+
+def test_generator_settings_are_added_with_plus_and_the_plain_form_says_so():
+    """A local dataset's `generator` mapping starts empty: `+dataset.generator.<setting>=v` adds a
+    setting; the plain form (what Hydra refuses) and an unknown setting each get one line."""
+    def launch(*args):
+        return subprocess.run([sys.executable, "launch.py", "dataset=hopper-medium-local", *args],
+                              cwd=ROOT, capture_output=True, text=True)
+
+    job = launch("+dataset.generator.env_steps=300000", "--cfg", "job")
+    assert job.returncode == 0, job.stderr
+    assert OmegaConf.create(job.stdout).dataset.generator == {"env_steps": 300000}
+    plain = launch("dataset.generator.env_steps=300000", "--cfg", "job")
+    assert plain.returncode == 2 and plain.stderr.strip().splitlines() == [
+        "error: 'dataset.generator.env_steps': dataset.generator starts empty, so its settings are "
+        "added with '+': write +dataset.generator.<setting>=<value>, e.g. "
+        "+dataset.generator.env_steps=300000 (one per setting; unknown settings are named when the "
+        "dataset is built)"]
+    unknown = launch("+dataset.generator.env_stpes=10", "tracker=none")
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().splitlines()[-1].startswith(
+        "error: unknown dataset generator setting(s) env_stpes; the settings are: ")
+
+
 # ----- the paper's reference-code settings per dataset (conf/reference/) -------------------------
 MUJOCO = {"hopper": (10.0, 500_000, 50, 3_000_000, 0.0),
           "halfcheetah": (20.0, 100_000, 10, 1_000_000, 0.1),

@@ -478,7 +478,7 @@ def check_generator_settings(dataset_id: str, config: GeneratorConfig) -> None:
         return
     listing = "; ".join(f"{k} = {'(not recorded)' if s is missing else repr(s)} in the dataset, "
                         f"{v!r} requested" for k, s, v in diffs)
-    matching = " ".join(f"dataset.generator.{k}={s}" for k, s, _ in diffs
+    matching = " ".join(f"+dataset.generator.{k}={s}" for k, s, _ in diffs
                         if s is not missing and k != "generator_version")
     raise DatasetError(
         f"local dataset '{dataset_id}' at {path} was generated with different settings than "
