@@ -13,6 +13,8 @@ Examples:
   python -m analysis profiles --parent-run-id ID
   python -m analysis improvement --parent-run-id ID --x pretrain=ac --y pretrain=none
   python -m analysis progress --sweep efficiency --jobs
+  python -m analysis runs --filter "tags.pretrain = 'ac'" --status FINISHED
+  python -m analysis curves --from-csv docs/results/efficiency.csv.gz --out results/
 """
 
 from __future__ import annotations
@@ -146,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "marked.", epilog=EPILOG, formatter_class=fmt)
     _common(p, figure=True)
     p.add_argument("--name", default="curves", help="PNG file stem (default curves)")
+    p.add_argument("--from-csv", default=None, metavar="FILE",
+                   help="plot the evaluations in FILE (written by `results --export`), without "
+                        "the store")
 
     p = sub.add_parser("ablation", help="learning curves along one ablation axis (PNG)",
                        description="Learning curves with --axis as the line variable. Axes: "
@@ -244,7 +249,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", help="the sweep's name (its newest parent run)")
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
     p.add_argument("--jobs", action="store_true", help="also one row per job")
+
+    p = sub.add_parser("runs", help="list runs: id, name, status, method, dataset, seed, score",
+                       description="The selected runs, newest first (sweep parents left out): "
+                       "id, name, status, algorithm, pre-training, dataset, seed, final "
+                       "normalised score, planned updates, start time.", epilog=EPILOG,
+                       formatter_class=fmt)
+    p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the checkout's)")
+    p.add_argument("--parent-run-id", help="only this sweep's children")
+    p.add_argument("--experiment", default=None, help=f"experiment name (default {DEFAULT_EXPERIMENT})")
+    p.add_argument("--sweep", help="only runs with this 'sweep' tag")
+    p.add_argument("--filter", default="", help="MLflow search filter string")
+    p.add_argument("--status", type=_csv, default=None,
+                   help="comma-separated statuses to keep, e.g. FINISHED,RUNNING (default: all)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many (the newest)")
+    p.add_argument("--csv", default=None, help="also write the table to this CSV file")
     return parser
+
+
+def _runs(args) -> int:
+    from analysis.listing import list_runs, markdown
+
+    frame = list_runs(args.tracking_uri, parent_run_id=args.parent_run_id,
+                      experiment=args.experiment, filter_string=args.filter, sweep=args.sweep,
+                      statuses=[s.upper() for s in args.status] if args.status else None,
+                      limit=args.limit)
+    print(markdown(frame))
+    print(f"{len(frame)} run(s)", file=sys.stderr)
+    if args.csv:
+        frame.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    return 0
 
 
 def _progress(args) -> int:
@@ -312,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     if args.command == "progress":
         return _progress(args)
+    if args.command == "runs":
+        return _runs(args)
     out = Path(args.out)
     if args.command == "paper":
         from analysis.report import paper
@@ -339,7 +376,13 @@ def _run(args) -> int:
     if args.command in ("curves", "ablation"):
         from analysis.figures import plot_ablation, plot_learning_curves
 
-        rs = _load(args)
+        if getattr(args, "from_csv", None):
+            from analysis.load import from_csv
+
+            rs = from_csv(args.from_csv)
+            args.no_artifacts = True  # no store to log them to
+        else:
+            rs = _load(args)
         kwargs = dict(ci=args.ci, level=args.level, band=args.band, min_seeds=args.min_seeds,
                       title=args.title)
         if args.command == "curves":

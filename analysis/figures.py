@@ -116,7 +116,6 @@ def plot_learning_curves(rs: RunSet, metric: str = SCORE, variant=None, panel=No
         for col in range(ncols):
             if (r, col) not in used:
                 grid[r, col].set_visible(False)
-    first = axes[panels[0]]
     handles, names = [], []
     for ax in axes.values():
         for h, n in zip(*ax.get_legend_handles_labels()):
@@ -127,7 +126,10 @@ def plot_learning_curves(rs: RunSet, metric: str = SCORE, variant=None, panel=No
         i = names.index(PRETRAIN_END)
         handles.append(handles.pop(i))
         names.append(names.pop(i))
-    first.legend(handles, names, fontsize=8, loc="best")
+    # one legend for the figure, below the panels: never over the data, one colour per variant
+    # in every panel
+    fig.legend(handles, names, fontsize=8, loc="outside lower center", ncols=min(len(names), 4),
+               frameon=False)
     shade = agg.method_short if band == "ci" else "± std over seeds"
     n_seeds = sorted(runs.groupby(["panel", "variant"])["run_id"].nunique().unique().tolist())
     seeds = f"{n_seeds[0]}" if len(n_seeds) == 1 else f"{n_seeds[0]}-{n_seeds[-1]}"

@@ -323,6 +323,29 @@ def load_runs(tracking_uri: str | None = None, *, parent_run_id: str | None = No
     in ``warnings``. ``cache``: True for the default folder (``$OFFLINE_RL_ANALYSIS_CACHE`` or
     ``~/.cache/offline_rl/analysis``), a folder, or False.
     """
+    found, warnings, parent_run_id, uri, client = select_runs(
+        tracking_uri, parent_run_id=parent_run_id, experiment=experiment,
+        filter_string=filter_string, sweep=sweep, statuses=statuses)
+    runs = runs_frame(found)
+    cache_dir = None if cache is False else (DEFAULT_CACHE if cache is True else Path(cache))
+    long, notes = _fetch_histories(client, uri, dict(zip(runs["run_id"], runs["_signature"])),
+                                   list(metrics), cache_dir, max_workers)
+    warnings += notes
+    have = set(long["run_id"][long["metric"] == metrics[0]]) if len(metrics) else set()
+    for run_id, name in zip(runs["run_id"], runs["run_name"]):
+        if metrics and run_id not in have:
+            warnings.append(f"run {name} ({run_id}) has no {metrics[0]} history")
+    frame = long.merge(runs, on="run_id", how="left")
+    params = sorted({k for r in found for k in r.data.params})
+    return RunSet(runs, frame, warnings, parent_run_id, uri, cache_dir, params)
+
+
+def select_runs(tracking_uri: str | None = None, *, parent_run_id: str | None = None,
+                experiment: str | Sequence[str] | None = None, filter_string: str = "",
+                sweep: str | None = None, statuses: Sequence[str] | None = ("FINISHED",)):
+    """The MLflow runs ``load_runs`` selects (sweep parents left out), with the warnings about
+    runs left out by status, the sweep's parent run id (given, or the one all runs share), the
+    store's URI and a client on it."""
     uri = tracking_uri or default_tracking_uri()
     client = make_client(uri)
     filters = [f for f in [filter_string] if f]
@@ -364,18 +387,7 @@ def load_runs(tracking_uri: str | None = None, *, parent_run_id: str | None = No
         parent_ids = {r.data.tags.get("mlflow.parentRunId") for r in found}
         if len(parent_ids) == 1 and None not in parent_ids:
             parent_run_id = parent_ids.pop()
-    runs = runs_frame(found)
-    cache_dir = None if cache is False else (DEFAULT_CACHE if cache is True else Path(cache))
-    long, notes = _fetch_histories(client, uri, dict(zip(runs["run_id"], runs["_signature"])),
-                                   list(metrics), cache_dir, max_workers)
-    warnings += notes
-    have = set(long["run_id"][long["metric"] == metrics[0]]) if len(metrics) else set()
-    for run_id, name in zip(runs["run_id"], runs["run_name"]):
-        if metrics and run_id not in have:
-            warnings.append(f"run {name} ({run_id}) has no {metrics[0]} history")
-    frame = long.merge(runs, on="run_id", how="left")
-    params = sorted({k for r in found for k in r.data.params})
-    return RunSet(runs, frame, warnings, parent_run_id, uri, cache_dir, params)
+    return found, warnings, parent_run_id, uri, client
 
 
 def parse_overrides(text: str | None) -> dict[str, str]:

@@ -413,7 +413,10 @@ def test_finetune_table_skips_runs_without_finetuning(clean):
 # ------------------------------------------------------------------------------------ figures
 
 def _legend(ax):
-    return [t.get_text() for t in ax.get_legend().get_texts()]
+    """The figure's legend (below the panels, outside every axes)."""
+    (legend,) = ax.figure.legends
+    assert ax.get_legend() is None
+    return [t.get_text() for t in legend.get_texts()]
 
 
 def test_learning_curve_figure(clean, tmp_path):
@@ -586,6 +589,30 @@ def test_results_page_from_the_exported_file_needs_no_store(clean, tmp_path):
     frame = pd.read_csv(data)
     assert set(frame["metric"]) == {"eval/normalized_score_mean"} and frame["run_id"].nunique() == 12
     assert "machine" in frame and "pretrain.lambda" not in frame  # constant params left out
+    # and the curves of those evaluations, still without the store
+    assert main(["curves", "--from-csv", str(data), "--out", str(tmp_path / "c")]) == 0
+    assert (tmp_path / "c" / "curves.png").stat().st_size > 10_000
+
+
+def test_cli_lists_runs_newest_first_filtered_by_status_and_tag(clean, tmp_path, capsys):
+    from analysis.__main__ import main
+
+    base = ["runs", "--tracking-uri", clean.tracking_uri, "--parent-run-id", clean.parent_run_id]
+    assert main([*base, "--filter", "tags.pretrain = 'ac'", "--csv", str(tmp_path / "runs.csv")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == ("| run_id | name | status | algo | pretrain | dataset | seed | score | "
+                        "updates | started |")
+    listed = pd.read_csv(tmp_path / "runs.csv")
+    assert len(listed) == len(table) - 3 == 6  # header, rule, rows, "wrote ..."
+    assert set(listed["pretrain"]) == {"ac"} and set(listed["status"]) == {"FINISHED"}
+    runs = clean.runs.set_index("run_id")
+    for row in listed.itertuples():  # each run's last evaluation, as the curves end
+        final = clean.metrics[(clean.metrics["run_id"] == row.run_id)].sort_values("step")["value"]
+        assert row.score == pytest.approx(final.iloc[-1])
+        assert row.seed == int(runs.loc[row.run_id, "seed"])
+    assert list(listed["started"]) == sorted(listed["started"], reverse=True)
+    assert main([*base, "--status", "running"]) == 0
+    assert capsys.readouterr().out.count("\n") == 2  # the header only: every run FINISHED
 
 
 def test_committed_results_page_is_regenerated_from_its_committed_data(tmp_path):
