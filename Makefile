@@ -21,7 +21,7 @@ $(INSTALLED): pyproject.toml
 	@test -x $(PYTHON) || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
 	$(PYTHON) -m pip install -q torch==2.13.0
 	$(PYTHON) -m pip install -q uv
-	$(VENV)/bin/uv pip install -q --python $(PYTHON) -e '.[dev,adroit]'
+	$(VENV)/bin/uv pip install -q --python $(PYTHON) -e '.[dev,adroit,video]'
 	@touch $(INSTALLED)
 
 venv: $(INSTALLED)  ## only set up .venv (what run and test do first)

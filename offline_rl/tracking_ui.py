@@ -40,15 +40,21 @@ def tracker_uri(cfg) -> str:
     return instantiate(cfg.tracker).tracking_uri
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m offline_rl.tracking_ui [PORT] [OVERRIDES...]``, e.g. ``tracker.store_dir=st``."""
+def default_store_uri(overrides: list[str] | tuple = ()) -> str:
+    """The store launch.py would use with ``overrides`` (MLFLOW_TRACKING_URI, OFFLINE_RL_ROOT,
+    else this checkout's)."""
     from hydra import compose, initialize_config_dir
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    port = int(args.pop(0)) if args and args[0].isdigit() else UI_PORT
     os.environ.setdefault("OFFLINE_RL_ROOT", str(ROOT))  # as launch.py: the checkout's store
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        uri = tracker_uri(compose("config", overrides=args))
+        return tracker_uri(compose("config", overrides=list(overrides)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m offline_rl.tracking_ui [PORT] [OVERRIDES...]``, e.g. ``tracker.store_dir=st``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    port = int(args.pop(0)) if args and args[0].isdigit() else UI_PORT
+    uri = default_store_uri(args)
     if is_server(uri):  # a tracking server is already a UI
         print(f"the runs are on the MLflow server {uri}: open {runs_link(uri, UI_HOST, port)}",
               flush=True)

@@ -34,7 +34,9 @@ class Evaluator:
         self.normalizer, self.device = normalizer, torch.device(device)
         self.ref_min_score, self.ref_max_score = ref_min_score, ref_max_score
 
-    def returns(self, policy: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+    def returns(self, policy: Callable[[torch.Tensor], torch.Tensor],
+                on_episode_end: Callable[[int], Any] | None = None) -> np.ndarray:
+        """Each episode's return; ``on_episode_end(n)``: n more episodes ended (a progress bar)."""
         obs, _ = self.envs.reset(seed=[self.seed + i for i in range(self.episodes)])
         totals = np.zeros(self.episodes)
         running = np.ones(self.episodes, dtype=bool)
@@ -44,11 +46,15 @@ class Evaluator:
                 action = policy(obs_t).cpu().numpy()
             obs, reward, terminated, truncated, _ = self.envs.step(action)
             totals += reward * running
-            running &= ~(terminated | truncated)
+            ended = running & (terminated | truncated)
+            running &= ~ended
+            if on_episode_end is not None and ended.any():
+                on_episode_end(int(ended.sum()))
         return totals
 
-    def __call__(self, policy: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
-        totals = self.returns(policy)
+    def __call__(self, policy: Callable[[torch.Tensor], torch.Tensor],
+                 on_episode_end: Callable[[int], Any] | None = None) -> dict[str, float]:
+        totals = self.returns(policy, on_episode_end)
         metrics = {"eval/return_mean": float(totals.mean()), "eval/return_std": float(totals.std())}
         score = normalized_score(totals, self.ref_min_score, self.ref_max_score)
         if score is not None:

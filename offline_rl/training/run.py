@@ -196,8 +196,10 @@ class Run:
                               f"be continued exactly; start a new run with the larger updates")
         theirs = self.tracker.run_params(run_id)
         ours = {k: str(v) for k, v in flatten(self.cfg).items()}
+        # the group choices (params too) are left out: their options' values are compared
         differ = sorted(k for k in set(theirs) | set(ours)
-                        if k.split(".", 1)[0] not in IDENTITY_EXCLUDED and k not in ("updates", "precision_used")
+                        if k.split(".", 1)[0] not in IDENTITY_EXCLUDED
+                        and k not in ("updates", "precision_used", *GROUPS)
                         and theirs.get(k) != ours.get(k))
         if differ:
             shown = ", ".join(f"{k}={theirs.get(k)!s} there, {ours.get(k)!s} here" for k in differ[:5])
