@@ -428,3 +428,59 @@ def test_a_replay_generator_state_from_another_device_reseeds_with_a_warning():
         warnings.simplefilter("error")
         same.load_state_dict(source.state_dict())
     assert torch.equal(source.sample(8).observations, same.sample(8).observations)
+
+
+# ----- bf16 on the GPU (precision=bf16 / auto; offline_rl/precision.py) ---------------------------
+
+BF16_GPU = CUDA and torch.cuda.get_device_capability()[0] >= 8
+
+
+@needs_cuda
+def test_auto_resolves_to_bf16_exactly_where_the_gpu_has_bf16_tensor_cores():
+    from offline_rl.errors import ConfigError
+    from offline_rl.precision import resolve
+
+    cuda = torch.device("cuda")
+    assert resolve("auto", cuda) == ("bf16" if BF16_GPU else "fp32")
+    assert resolve("fp32", cuda) == "fp32"
+    if BF16_GPU:
+        assert resolve("bf16", cuda) == "bf16"
+    else:
+        with pytest.raises(ConfigError, match="compute capability"):
+            resolve("bf16", cuda)
+
+
+@needs_cuda
+@pytest.mark.skipif(not BF16_GPU, reason="bf16 needs compute capability >= 8.0")
+@pytest.mark.parametrize("name", ["td3_bc", "edac"])
+@pytest.mark.usefixtures("strict_cudagraphs")
+def test_compiled_bf16_cuda_steps_stay_float32_and_follow_the_float32_ones(name):
+    """The CPU test's promises (tests/test_precision.py) on the GPU, in CUDA graphs: every
+    parameter, optimiser state and logged value float32; 4 updates' losses within 5% of the
+    float32 step's and the weights moved in the same direction."""
+    from test_precision import _state_tensors
+
+    def make_on_cuda():
+        torch.manual_seed(0)
+        return paper_td3_bc("cuda") if name == "td3_bc" else paper_edac("cuda")
+
+    fp32, bf16, start = make_on_cuda(), make_on_cuda(), make_on_cuda()
+    attach_compiler(fp32, "compile", precision="fp32")
+    report = attach_compiler(bf16, "compile", precision="bf16")
+    for b in batches(6, "cuda"):
+        torch.manual_seed(1)
+        m32 = fp32.update(b)
+        torch.manual_seed(1)
+        m16 = bf16.update(b)
+    assert "in bf16" in report.summary()
+    for key, tensor in _state_tensors(bf16):
+        assert tensor.dtype == torch.float32, key
+    for key in m16:
+        assert m16[key].dtype == torch.float32, key
+        assert abs(float(m16[key]) - float(m32[key])) <= 0.05 * abs(float(m32[key])) + 0.05, key
+    for net in ("actor", "critic"):
+        def flat(algo):
+            return torch.cat([w.flatten().float().cpu() for w in getattr(algo, net).state_dict().values()])
+
+        cosine = torch.nn.functional.cosine_similarity(flat(bf16) - flat(start), flat(fp32) - flat(start), 0)
+        assert cosine > 0.95, (net, float(cosine))
