@@ -144,6 +144,47 @@ def summarise(tracker, parent_run_id: str) -> None:
           flush=True)
 
 
+class ProgressReporter:
+    """While the launcher blocks (local jobs, or submitit waiting for the SLURM array), the sweep's
+    progress line (offline_rl.progress: finished / running / waiting / failed, updates done, ETA,
+    best score) on stderr every ``every_s`` seconds, read from the store on a thread of its own.
+    A line that cannot be read (the store busy or down) is skipped, never fatal."""
+
+    def __init__(self, tracking_uri: str, parent_run_id: str, every_s: float):
+        import threading
+
+        self.uri, self.parent, self.every_s = tracking_uri, parent_run_id, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sweep-progress", daemon=True)
+        self._last = None
+
+    def __enter__(self) -> "ProgressReporter":
+        if self.every_s > 0 and self.parent:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from offline_rl.progress import sweep_progress
+
+        client = MlflowClient(tracking_uri=self.uri)
+        while not self._stop.wait(self.every_s):
+            try:
+                experiment_id = client.get_run(self.parent).info.experiment_id
+                line = sweep_progress(client, experiment_id, self.parent).line()
+            except Exception:  # noqa: BLE001 -- progress is a courtesy: the sweep goes on
+                continue
+            if line != self._last:  # a line only when something moved
+                print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+                self._last = line
+
+
 def make_tracker(config: DictConfig):
     return from_config(config.tracker)
 
@@ -223,8 +264,11 @@ class SweepLogic:
         status, error = "FAILED", None
         returns = []
         failures: list[tuple[str, str]] = []  # (job, its one-line error): every job runs to its end
+        reporter = ProgressReporter(str(tracker.tracking_uri), parent_id,
+                                    float(getattr(self, "progress_every_s", 0.0)))
         try:
             initial_job_idx = 0
+            reporter.__enter__()
             while not self.is_done():
                 batch = self.get_job_batch()
                 results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
@@ -244,6 +288,7 @@ class SweepLogic:
             error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
+            reporter.__exit__(None, None, None)
             if status == "FINISHED" and parent_id:
                 failed = [s for s in tracker.child_statuses(parent_id) if s != "FINISHED"]
                 if failed:

@@ -123,8 +123,14 @@ def test_sweep_name_from_the_swept_axes():
 @pytest.mark.slow
 def test_named_sweep_without_dash_m_runs_every_job_under_one_parent(tmp_path, minari_root):
     result = run_sweep(["+experiment=pretrain_ablation", "algo=td3_bc", "pretrain=none,ac", "seed=0,1",
-                        "hydra/launcher=local", *TINY], tmp_path, minari_root)
+                        "hydra/launcher=local", "hydra.sweeper.progress_every_s=1", *TINY],
+                       tmp_path, minari_root)
     assert result.returncode == 0, result.stderr[-3000:]
+    # while the jobs ran, the launching terminal got the sweep's progress (only when it moved)
+    progress = [l for l in result.stderr.splitlines() if "] sweep 'pretrain_ablation': " in l]
+    assert progress and all(re.search(r"\d/4 finished, \d running, \d waiting, \d failed", l)
+                            for l in progress), result.stderr[-3000:]
+    assert len(progress) == len(set(l.split("] ", 1)[1] for l in progress))
     parent, children = children_and_parent(tmp_path)
     assert parent["tags.mlflow.runName"] == "pretrain_ablation" and parent["status"] == "FINISHED"
     assert parent["params.grid.pretrain"] == "none,ac" and parent["params.grid.seed"] == "0,1"

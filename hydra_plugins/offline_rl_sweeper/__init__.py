@@ -15,7 +15,8 @@ from offline_rl.sweep import SweepLogic
 class OfflineRLSweeper(SweepLogic, BasicSweeper):
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
                  name: Optional[str] = None, skip_incompatible: bool = False,
-                 dry_run: bool = False) -> None:
+                 dry_run: bool = False, progress_every_s: float = 60.0) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.name, self.skip_incompatible, self.dry_run = name, bool(skip_incompatible), bool(dry_run)
+        self.progress_every_s = float(progress_every_s)
 
