@@ -14,7 +14,7 @@ Definitions (stated on the page too):
   replacement, 2,000 times, the baseline's asymptote recomputed each time; a resample whose curve
   never reaches the threshold counts as an infinite ratio). The paper's "< 1/2" **holds** when the
   interval lies below 0.5, **does not hold** when it lies above, and **cannot be told** when it
-  contains 0.5;
+  contains 0.5, or when a variant or the baseline has fewer than 3 runs (no interval is given);
 - **compute time** to a step: the run's evaluation timestamps from its start, every interval
   between two evaluations capped at 3x the run's median interval, so that a run paused by
   SIGSTOP (while tests ran beside it) or stopped and resumed does not count its pause; the same
@@ -38,6 +38,9 @@ RISE_POINTS, RISE_SHARE = 2.0, 0.05  # what counts as still rising
 FRACTION = 0.9
 CLAIM = 0.5
 RESAMPLES = 2000
+# runs per variant below which no interval (and so no verdict) is given: a bootstrap over one run
+# has no spread, and one over two has three distinct resamples (the paper used 3 seeds)
+MIN_SEEDS = 3
 STABILITY_WINDOW = 100_000
 PAUSE_CAP = 3.0  # an interval between evaluations longer than this x the median is a pause
 
@@ -107,6 +110,12 @@ class DatasetResult:
             if v.variant == self.baseline:
                 continue
             low, high = v.update_ci
+            if min(v.seeds, base.seeds) < MIN_SEEDS:
+                parts.append(f"{v.variant}: {v.seeds} run(s) against the baseline's {base.seeds}, "
+                             f"fewer than the {MIN_SEEDS} per variant an interval needs: the "
+                             f"paper's \"< 1/2\" **cannot be told** yet (updates ratio of the "
+                             f"seed means {_num(v.update_ratio)})")
+                continue
             if high < CLAIM:
                 said = "holds"
             elif low > CLAIM:
@@ -195,8 +204,8 @@ def dataset_result(agg: Aggregated, rs_history: pd.DataFrame, runs: pd.DataFrame
     for res in result.variants:
         res.update_ratio = res.updates_to_90 / base.updates_to_90
         res.time_ratio = res.seconds_to_90 / base.seconds_to_90
-        if res.variant == baseline:
-            continue
+        if res.variant == baseline or min(res.seeds, base.seeds) < MIN_SEEDS:
+            continue  # no interval from fewer runs (MIN_SEEDS): the table shows "—"
         update_ratios, time_ratios = [], []
         for b_rows, v_rows in zip(draws[baseline], draws[res.variant]):
             b_matrix = base_m[b_rows]

@@ -107,12 +107,16 @@ def results_page(rs: RunSet, out: str | Path = "docs", *, name: str = "results",
     base_variant = str(base_rows["variant"].iloc[0]) if len(base_rows) else None
     results = [dataset_result(agg, history, runs, panel, base_variant)
                for panel in dict.fromkeys(agg.grouping.runs["panel"])] if base_variant else []
-    ended = pd.to_datetime(pd.to_numeric(runs["end_time"]).max(), unit="ms")
+    ends = pd.to_numeric(runs["end_time"], errors="coerce")
+    running = int(ends.isna().sum())  # --all-statuses: runs still going, their evaluations so far
+    ended = (f", the last of which ended {pd.to_datetime(ends.max(), unit='ms'):%Y-%m-%d %H:%M} UTC"
+             if ends.notna().any() else "") + (
+        f" ({running} of them not ended: their evaluations up to the export)" if running else "")
     lines = [f"# {title}", "",
              f"Written by `python -m analysis results` from {len(runs)} runs"
              + (f" of the sweep '{runs['sweep'].iloc[0]}'" if "sweep" in runs and runs['sweep'].notna().any() else "")
              + (f" (MLflow parent run {rs.parent_run_id})" if rs.parent_run_id else "")
-             + f", the last of which ended {ended:%Y-%m-%d %H:%M} UTC."
+             + f"{ended}."
              + (f" Their evaluations: [{Path(data).name}]({Path(data).relative_to(out) if Path(data).is_relative_to(out) else data}); "
                 f"`python -m analysis results --from-csv {data} --out {out}"
                 + (f" --command {shlex.quote(command)}" if command else "") + "` writes this page again "

@@ -699,3 +699,18 @@ def test_cli_results_quotes_the_reproducing_command(store, tmp_path, capsys):
     assert "python launch.py +experiment=paper_check" in text
     printed = capsys.readouterr().out  # the verdict per dataset: the baseline climbs to its last step
     assert "**hopper-medium-local**: the baseline is still rising at the end" in printed
+
+
+def test_no_verdict_from_fewer_than_three_runs_per_variant(clean, tmp_path, capsys):
+    """One seed per variant: a bootstrap over one run has no spread, so no interval and no verdict
+    (the 3-seed page of the same runs gives both)."""
+    from analysis.__main__ import main
+
+    assert main(["results", "--tracking-uri", clean.tracking_uri, "--parent-run-id",
+                 clean.parent_run_id, "--filter", "params.seed = '0'", "--out", str(tmp_path),
+                 "--no-cache"]) == 0
+    printed = capsys.readouterr().out
+    assert "pretrain=ac: 1 run(s) against the baseline's 1, fewer than the 3 per variant an " \
+           "interval needs: the paper's \"< 1/2\" **cannot be told** yet" in printed
+    rows = [l for l in (tmp_path / "results.md").read_text().splitlines() if l.startswith("| pretrain=ac | 1 |")]
+    assert rows and all("[—, —]" in row for row in rows)
