@@ -23,7 +23,9 @@ def _interrupted_while_importing(signum, frame):
     raise SystemExit(130)
 
 
-if __name__ == "__main__":  # Ctrl-C while the imports below load torch (seconds): one line too
+if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+    # Ctrl-C while the imports below load torch (seconds): one line too (a background job that
+    # ignores SIGINT keeps ignoring it)
     signal.signal(signal.SIGINT, _interrupted_while_importing)
 
 import hydra  # noqa: E402
@@ -62,7 +64,8 @@ def run() -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here: KeyboardInterrupt below
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # from here: KeyboardInterrupt below
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     full_report = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
@@ -76,7 +79,12 @@ def run() -> None:
         print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt as exc:  # Ctrl-C: what was kept (offline_rl.errors.Stopped)
-        print(getattr(exc, "message", None) or NOTHING_RECORDED, file=sys.stderr, flush=True)
+        from offline_rl.tracker import runs_started
+
+        print(getattr(exc, "message", None) or (NOTHING_RECORDED if not runs_started() else
+              "interrupted (Ctrl-C) outside a run's update loop: what finished is kept; the same "
+              "command continues (finished runs are skipped, the others resume from their "
+              "checkpoints)"), file=sys.stderr, flush=True)
         sys.exit(130)
 
 

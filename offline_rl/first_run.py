@@ -33,15 +33,21 @@ OVERRIDES = ["algo=td3_bc", "pretrain=ac", "dataset=hopper-medium-local", f"upda
 
 
 def plan(extra: list[str]) -> str:
-    """What will run, with the user's overrides applied (``ARGS="updates=300"`` says 300)."""
+    """What will run, with the user's overrides applied (``ARGS="updates=300"`` says 300). A
+    mistake in them is launch.py's to report (one line): the plan then only lists them."""
     overrides = merged(extra)
-    cfg = composed(overrides)
+    try:
+        cfg = composed(overrides)
+        int(cfg.updates), int(cfg.eval.every), int(cfg.eval.episodes)
+    except Exception:  # noqa: BLE001 -- launch.py reports it next, in one line
+        return f"make run: the paper's method with your overrides: {' '.join(extra)}"
     algo, pretrain = choice(overrides, "algo"), choice(overrides, "pretrain")
     what = ("TD3+BC with Algorithm 1 pre-training (pretrain=ac: BC actor + Monte-Carlo critic until "
             "their losses plateau, at most 50k updates)" if (algo, pretrain) == ("td3_bc", "ac") else
             f"{cfg.algo._target_.rsplit('.', 1)[-1]} with pretrain={pretrain}")
-    evaluated = (f"evaluated every {int(cfg.eval.every):,} updates ({int(cfg.eval.episodes)} episodes)"
-                 if cfg.eval.episodes and cfg.eval.every else "evaluated at the end")
+    evaluated = ("not evaluated" if not cfg.eval.episodes else
+                 f"evaluated every {int(cfg.eval.every):,} updates ({int(cfg.eval.episodes)} episodes)"
+                 if cfg.eval.every else f"evaluated at the end ({int(cfg.eval.episodes)} episodes)")
     dataset = cfg.dataset.get("dataset_id") or choice(overrides, "dataset")
     return (f"make run: {what}, then {int(cfg.updates):,} offline RL updates on {dataset}, "
             f"{evaluated}."
@@ -129,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         code = stopped(child)
     if code in INTERRUPTED:  # also when only launch.py saw the signal, or saw it first
-        print("make run: interrupted; its checkpoint is kept, and the same command continues the run",
-              file=sys.stderr, flush=True)
+        print("make run: interrupted; the same command continues the run (from its checkpoint, when "
+              "it had written one)", file=sys.stderr, flush=True)
         return INTERRUPTED[code]
     if code != 0:
         return code

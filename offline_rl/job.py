@@ -34,7 +34,8 @@ class JobFailed(Exception):
 
 
 # config groups whose option names say what they are (``pretrain=ac`` -> ``ac``)
-NAMED_BY_VALUE = ("algo", "pretrain", "dataset", "network", "finetune")
+# (network and finetune share option names such as `none`: they keep their key)
+NAMED_BY_VALUE = ("algo", "pretrain", "dataset")
 
 
 @dataclass

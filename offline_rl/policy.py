@@ -11,7 +11,8 @@ The policy is the run's final one: the fine-tuned agent for a run with online fi
 else the offline policy (deterministic: TD3's actor, the mean action of a Gaussian one). The
 store is the one runs use (``MLFLOW_TRACKING_URI`` / ``OFFLINE_RL_ROOT``, else this checkout's),
 or ``--tracking-uri``. A user's mistake (an unknown run id, a run without the artifacts, a
-dataset that is not here) ends with one line, exit status 2.
+dataset that is not here: it is never generated or downloaded for this) ends with one line, exit
+status 2.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch import nn
 
 from offline_rl.config import from_config
 from offline_rl.dataset.replay import StateNormalizer
-from offline_rl.errors import ConfigError, OfflineRLError
+from offline_rl.errors import ConfigError, DatasetError, OfflineRLError
 from offline_rl.tracker import MlflowTracker
 from offline_rl.tracking_ui import default_store_uri
 from offline_rl.training.checkpoint import load_checkpoint
@@ -69,7 +70,7 @@ def load_policy(run_id: str, tracking_uri: str | None = None) -> TrainedPolicy:
                               f"(--tracking-uri for another)") from None
         cfg = OmegaConf.load(config)
         state = load_checkpoint(checkpoint, map_location="cpu")
-    data = from_config(cfg.dataset)  # the env spec, dimensions and reference scores
+    data = _existing_dataset(cfg)  # the env spec, dimensions and reference scores
     pretrain = from_config(cfg.pretrain)
     algo = from_config(cfg.algo)(data.obs_dim, data.act_dim, device=torch.device("cpu"),
                                  target_transform=pretrain.target_transform)
@@ -84,6 +85,25 @@ def load_policy(run_id: str, tracking_uri: str | None = None) -> TrainedPolicy:
     agent.actor.eval()
     return TrainedPolicy(run_id, agent, StateNormalizer.from_state_dict(state["normalizer"]), data,
                          which, int(cfg.eval.seed) + int(cfg.seed))
+
+
+def _existing_dataset(cfg):
+    """The run's dataset, read where it is already: loading a policy never generates a local
+    dataset (hours) or downloads one."""
+    from offline_rl.dataset.minari_source import is_local
+    from offline_rl.generate.datasets import local_dataset_id
+
+    node = cfg.dataset
+    if str(node.get("_target_", "")).endswith("load_local"):
+        dataset_id = local_dataset_id(str(node.env_id), str(node.level))
+        if not is_local(dataset_id):
+            raise DatasetError(f"the run's dataset {dataset_id} is not on this machine (its "
+                               f"environment and reference scores come from it); generate it with "
+                               f"`python -m offline_rl.generate --env {node.env_id}`, or load the "
+                               f"policy where the run trained")
+    if "download_if_missing" in node:
+        node.download_if_missing = False
+    return from_config(node)
 
 
 class ExportedPolicy(nn.Module):

@@ -173,14 +173,15 @@ class ProgressReporter:
 
         from offline_rl.progress import sweep_progress
 
-        client = MlflowClient(tracking_uri=self.uri)
+        client = None
         while not self._stop.wait(self.every_s):
             try:
+                client = client or MlflowClient(tracking_uri=self.uri)
                 experiment_id = client.get_run(self.parent).info.experiment_id
                 line = sweep_progress(client, experiment_id, self.parent).line()
             except Exception:  # noqa: BLE001 -- progress is a courtesy: the sweep goes on
                 continue
-            if line != self._last:  # a line only when something moved
+            if line != self._last and not self._stop.is_set():  # never after the summary  # a line only when something moved
                 print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
                 self._last = line
 

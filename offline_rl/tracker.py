@@ -128,6 +128,15 @@ def _dispose_engines(path: Path) -> None:
         pass
 
 
+_STARTED: list[str] = []  # stores this process started (or continued) a run in
+
+
+def runs_started() -> bool:
+    """Whether this process has started or continued an MLflow run (a run or a sweep's parent):
+    what launch.py's Ctrl-C line may claim was not recorded."""
+    return bool(_STARTED)
+
+
 class NullTracker:
     """Tracks nothing (``tracker=none``): for quick debugging runs."""
 
@@ -176,7 +185,8 @@ class MlflowTracker:
             database = (Path(tracking_uri[len("sqlite:///"):]) if tracking_uri
                         else Path(store_dir or "mlflow") / "mlflow.db").resolve()
             store = database.parent
-            self.tracking_uri = f"sqlite:///{database}"
+            # a given URI is kept as written: it keys the runs' checkpoint folders (store_key)
+            self.tracking_uri = tracking_uri or f"sqlite:///{database}"
             self.artifact_location = (store / "artifacts").as_uri()
             self._store_dir = store
         self.run_id: str | None = None
@@ -277,6 +287,7 @@ class MlflowTracker:
         """Start a new run, or continue ``run_id`` (a resumed job keeps its run: status back to
         RUNNING, params it lacks added, metrics already stored not logged again)."""
         experiment_id = self.experiment_id = self.ensure_store()
+        _STARTED.append(self.tracking_uri)
         with self._answering():
             return self._start(experiment_id, run_name, params, tags, run_id, parent_run_id)
 

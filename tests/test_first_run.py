@@ -81,8 +81,8 @@ def test_ctrl_c_stops_make_run_in_one_line_and_the_run_continues_later(tmp_path,
     assert child.returncode == 130, err
     assert "Traceback" not in err, err
     assert "interrupted (Ctrl-C): the run kept its checkpoint" in err  # launch.py
-    assert err.strip().splitlines()[-1] == ("make run: interrupted; its checkpoint is kept, and the "
-                                            "same command continues the run")
+    assert err.strip().splitlines()[-1] == ("make run: interrupted; the same command continues the "
+                                            "run (from its checkpoint, when it had written one)")
     assert list(checkpoints.rglob("step-*.pt"))  # kept for the same command to continue
 
 
@@ -104,6 +104,7 @@ def test_the_ui_serves_the_store_the_runs_use_and_artifacts_live_beside_it(tmp_p
 
     served = []
     monkeypatch.setattr(tracking_ui.os, "execv", lambda exe, argv: served.append(argv))
+    monkeypatch.setenv("OFFLINE_RL_ROOT", str(tmp_path))  # what main() would default, kept to the test
     store = tmp_path / "elsewhere" / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")  # as the README tells users
     assert tracking_ui.main([]) == 0

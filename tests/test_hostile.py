@@ -6,6 +6,7 @@ runs left RUNNING. Real processes and real signals where the finding is about th
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -368,8 +369,9 @@ def test_two_ctrl_c_within_10_ms_still_checkpoint_and_end_the_run(tmp_path, mina
     assert child.returncode == 130, err[-2000:]
     assert "Traceback" not in err
     assert "interrupted (Ctrl-C): the run kept its checkpoint" in err
+    kept = int(re.search(r"interrupted at update step (\d+): \w+; checkpoint written to ", err).group(1))
     steps = sorted(int(p.stem.split("-")[1]) for p in checkpoints.rglob("step-*.pt"))
-    assert steps[-1] % 50 != 0  # the signal's own checkpoint, between two periodic ones
+    assert steps[-1] == kept  # the signal's own checkpoint, the newest one
     run = search_runs(tmp_path).iloc[0]
     assert run["status"] == "KILLED"  # not left RUNNING
 
@@ -422,8 +424,8 @@ def test_sigterm_on_a_full_checkpoint_disk_does_not_claim_a_checkpoint(tmp_path,
 
 def _kill_once_the_run_exists(command, tmp_path, minari_root) -> str:
     """Start ``command``, kill -9 it once its MLflow run exists and its checkpoint folder names it
-    in run.json (it compiles its steps next, for seconds: no checkpoint yet); the run id left
-    RUNNING."""
+    in run.json (the dataset is described and logged next, then 300 updates with evaluations:
+    seconds, no checkpoint yet); the run id left RUNNING."""
     from mlflow.tracking import MlflowClient
 
     child = subprocess.Popen(command, cwd=ROOT, env=launch_env(minari_root), stdout=subprocess.PIPE,

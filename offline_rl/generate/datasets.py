@@ -205,12 +205,15 @@ def _finish_bookkeeping(config: GeneratorConfig, ids: dict[str, str]) -> bool:
     if len(run_ids) != 1:
         return False
     run_id = run_ids.pop()
+    checkpoints = CheckpointDir(folder, identity)
+    if (checkpoints.read_info() or {}).get("run_id") != run_id:
+        return False  # these checkpoints are another behaviour run's (an interrupted --overwrite)
     tracker = make_tracker(config)
     if run_id and run_id != "None" and tracker.run_status(run_id) == "RUNNING":
         tracker.run_id = run_id
         tracker.set_tags({"datasets": ", ".join(ids.values())})
         tracker.finish("FINISHED")
-    CheckpointDir(folder, identity).clear()
+    checkpoints.clear()
     print(f"the {config.env_id} datasets ({', '.join(ids.values())}) were published by a generation "
           f"that stopped before its bookkeeping: marked its behaviour run {run_id} FINISHED and "
           f"removed its checkpoints ({folder}); the datasets are ready", file=sys.stderr, flush=True)
