@@ -119,6 +119,7 @@ def results_page(rs: RunSet, out: str | Path = "docs", *, name: str = "results",
              + f"{ended}."
              + (f" Their evaluations: [{Path(data).name}]({Path(data).relative_to(out) if Path(data).is_relative_to(out) else data}); "
                 f"`python -m analysis results --from-csv {data} --out {out}"
+                + (f" --name {name}" if name != "results" else "")
                 + (f" --command {shlex.quote(command)}" if command else "") + "` writes this page again "
                 f"from them, without the MLflow store." if data else ""), ""]
     if command:
