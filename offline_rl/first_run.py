@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from offline_rl.report import summary_lines
-from offline_rl.tracking_ui import tracker_uri
+from offline_rl.job import split_override
+from offline_rl.tracking_ui import compose_config, tracker_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORE = "eval/normalized_score_mean"
@@ -37,7 +38,7 @@ def plan(extra: list[str]) -> str:
     mistake in them is launch.py's to report (one line): the plan then only lists them."""
     overrides = merged(extra)
     try:
-        cfg = composed(overrides)
+        cfg = compose_config(overrides)
         int(cfg.updates), int(cfg.eval.every), int(cfg.eval.episodes)
     except Exception:  # noqa: BLE001 -- launch.py reports it next, in one line
         return f"make run: the paper's method with your overrides: {' '.join(extra)}"
@@ -56,14 +57,7 @@ def plan(extra: list[str]) -> str:
 
 
 def choice(overrides: list[str], group: str) -> str:
-    return next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == group), "?")
-
-
-def composed(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=overrides)
+    return dict(split_override(o) for o in overrides).get(group, "?")
 
 
 def latest_run(uri: str, since_ms: int):
@@ -140,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return INTERRUPTED[code]
     if code != 0:
         return code
-    cfg = composed(overrides)
+    cfg = compose_config(overrides)
     uri = tracker_uri(cfg)
     client, run = latest_run(uri, since_ms)
     if run is None:

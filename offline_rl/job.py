@@ -24,9 +24,6 @@ def split_override(text: str) -> tuple[str, str]:
     return override_key(key), value
 
 
-
-
-
 class JobFailed(Exception):
     """A sweep job that ended with a user-facing error (its one line already printed): an
     ordinary exception, so that the launcher records the job as failed and runs the others

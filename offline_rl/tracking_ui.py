@@ -40,14 +40,19 @@ def tracker_uri(cfg) -> str:
     return instantiate(cfg.tracker).tracking_uri
 
 
+def compose_config(overrides: list[str] | tuple = ()):
+    """The config launch.py composes from ``overrides`` (outside a Hydra run)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
 def default_store_uri(overrides: list[str] | tuple = ()) -> str:
     """The store launch.py would use with ``overrides`` (MLFLOW_TRACKING_URI, OFFLINE_RL_ROOT,
     else this checkout's)."""
-    from hydra import compose, initialize_config_dir
-
     os.environ.setdefault("OFFLINE_RL_ROOT", str(ROOT))  # as launch.py: the checkout's store
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return tracker_uri(compose("config", overrides=list(overrides)))
+    return tracker_uri(compose_config(overrides))
 
 
 def main(argv: list[str] | None = None) -> int:
