@@ -83,7 +83,9 @@ def _common(p: argparse.ArgumentParser, figure: bool = False, outputs: bool = Tr
         o.add_argument("--log-to", help="log outputs as artifacts of this run "
                        "(default: the sweep's parent run)")
         o.add_argument("--no-artifacts", action="store_true", help="do not log artifacts")
-        o.add_argument("--artifact-path", default="analysis", help="artifact folder on the run")
+        o.add_argument("--artifact-path", default=None,
+                       help="artifact folder on the run (default analysis/<command>-<UTC time>, "
+                            "so that analyses run one after another keep each other's files)")
 
 
 def _statistics(p: argparse.ArgumentParser, improvement: bool = False) -> None:
@@ -337,6 +339,8 @@ def _finish(args, rs, files: list[Path], warnings: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "artifact_path", "") is None:
+        args.artifact_path = f"analysis/{args.command}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     try:
         return _run(args)
     except AnalysisError as exc:

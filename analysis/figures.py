@@ -132,8 +132,14 @@ def plot_learning_curves(rs: RunSet, metric: str = SCORE, variant=None, panel=No
                frameon=False)
     shade = agg.method_short if band == "ci" else "± std over seeds"
     n_seeds = sorted(runs.groupby(["panel", "variant"])["run_id"].nunique().unique().tolist())
-    seeds = f"{n_seeds[0]}" if len(n_seeds) == 1 else f"{n_seeds[0]}-{n_seeds[-1]}"
-    what = f"{YLABELS.get(metric, metric)}: mean of {seeds} seeds, shaded {shade}"
+    label = YLABELS.get(metric, metric)
+    if n_seeds == [1]:  # one run per line: no mean, no interval to shade
+        what = f"{label}: one run per line (no seeds to average, no interval)"
+    else:
+        seeds = f"{n_seeds[0]}" if len(n_seeds) == 1 else f"{n_seeds[0]}-{n_seeds[-1]}"
+        what = f"{label}: mean of {seeds} seeds, shaded {shade}"
+        if n_seeds[0] == 1:
+            what += " (lines with one seed have no band)"
     what = textwrap.fill(what, width=int(width * 12))
     fig.suptitle(f"{title}\n{what}" if title else what, fontsize=9)
     path = None

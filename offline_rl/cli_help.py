@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-AUTOMATIC = {"tuning": "applied automatically: conf/tuning/<algo>_<dataset>.yaml (paper Table 3)"}
+AUTOMATIC = {"tuning": "applied automatically: conf/tuning/<algo>_<dataset>.yaml (paper Table 3)",
+             "reference": "applied automatically: conf/reference/<algo>_<dataset family>.yaml "
+                          "(the paper's reference code)"}
 PREFIX = {"experiment": "+experiment"}  # sweep files are added to the defaults, not chosen
 LAUNCHERS = "hydra/launcher"            # the project's own launcher presets, for sweeps
 

@@ -28,6 +28,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from offline_rl.automatic import help_text as applied_help
 from offline_rl.cli_help import config_groups
 from offline_rl.dataset.levels import LEVELS
 from offline_rl.errors import ConfigError, OfflineRLError
@@ -44,6 +45,9 @@ if not OmegaConf.has_resolver("or_else"):
 # ${config_groups:}: the groups --help lists (conf/config.yaml's hydra.help.template)
 if not OmegaConf.has_resolver("config_groups"):
     OmegaConf.register_new_resolver("config_groups", config_groups)
+# ${applied_settings:...}: what conf/reference and conf/tuning set for the chosen algo and dataset
+if not OmegaConf.has_resolver("applied_settings"):
+    OmegaConf.register_new_resolver("applied_settings", applied_help)
 
 
 #: how update steps run (offline_rl.training.compiled)

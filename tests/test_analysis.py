@@ -438,6 +438,11 @@ def test_learning_curve_figure(clean, tmp_path):
     assert _legend(res.axes["hopper-medium-local"]) == ["pretrain=none", "pretrain=ac", PRETRAIN_END]
     assert res.fig._suptitle.get_text() == ("normalised score: mean of 3 seeds, shaded 95% "
                                             "Student-t CI over seeds")
+    # one run per line: said so, and nothing shaded
+    single = plot_learning_curves(clean.select(seed=0))
+    assert single.fig._suptitle.get_text() == ("normalised score: one run per line (no seeds to "
+                                               "average, no interval)")
+    assert all(len(ax.collections) == 0 for ax in single.axes.values())
 
 
 def test_algo_by_dataset_grid(store, clean):
@@ -487,6 +492,15 @@ def test_cli_help_for_every_command(capsys):
     assert result.returncode == 0 and "paper" in result.stdout and "efficiency" in result.stdout
 
 
+def _artifacts(store, command: str) -> set[str]:
+    """The files one analysis command logged on the sweep's parent (its newest folder)."""
+    client = store["client"]
+    folders = sorted(a.path for a in client.list_artifacts(store["parent"], "analysis")
+                     if a.is_dir and Path(a.path).name.startswith(f"{command}-"))
+    assert folders, f"no analysis/{command}-<time> folder on the parent"
+    return {Path(a.path).name for a in client.list_artifacts(store["parent"], folders[-1])}
+
+
 def test_cli_paper_logs_artifacts_on_parent(store, tmp_path, capsys):
     from analysis.__main__ import main
 
@@ -505,7 +519,7 @@ def test_cli_paper_logs_artifacts_on_parent(store, tmp_path, capsys):
     assert "![aggregate](aggregate.png)" in (out / "summary.md").read_text()
     eff = pd.read_csv(out / "efficiency.csv")
     assert sorted(eff["updates_to_threshold"]) == [4000, 4000, 9000, 9000]
-    arts = {Path(a.path).name for a in store["client"].list_artifacts(store["parent"], "analysis")}
+    arts = _artifacts(store, "paper")
     assert {"curves.png", "efficiency.md", "window.md", "summary.md", "aggregate.png",
             "profiles.png", "improvement.md"} <= arts
     assert "finetune.md" not in arts
@@ -683,8 +697,10 @@ def test_cli_statistics_commands(store, tmp_path, capsys):
     improvement = pd.read_csv(tmp_path / "improvement.csv")
     assert improvement[["x", "y", "probability"]].values.tolist() == [
         ["pretrain=none", "pretrain=ac", 0.0]]
-    arts = {Path(a.path).name for a in store["client"].list_artifacts(store["parent"], "analysis")}
-    assert {"aggregate.md", "aggregate.png", "profiles.png", "improvement.csv"} <= arts
+    # each analysis keeps its files in its own folder: the later ones overwrote nothing
+    assert {"aggregate.md", "aggregate.png"} <= _artifacts(store, "aggregate")
+    assert {"profiles.png", "profiles.csv"} <= _artifacts(store, "profiles")
+    assert {"improvement.csv", "improvement.md"} <= _artifacts(store, "improvement")
     assert main(["improvement", *base, "--x", "pretrain=soft", "--y", "ac"]) == 2
     assert "matches 0 variants" in capsys.readouterr().err
 

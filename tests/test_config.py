@@ -171,6 +171,51 @@ def test_reference_settings_lose_to_the_command_line_and_skip_other_datasets():
     assert composed("algo=sac_n", "dataset=hopper-medium-local").algo.num_critics == 10
 
 
+def test_help_says_which_values_the_automatic_files_set():
+    """`--help` with a run's choices names the files conf/config.yaml applied and what each set;
+    a value the command line overrides is marked."""
+    def help_for(*args):
+        out = subprocess.run([sys.executable, "launch.py", *args, "--help"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+        section = out.split("== Settings applied automatically")[1].split("== Config ==")[0]
+        return section.strip().splitlines()[1:]
+
+    assert help_for("dataset=walker2d-medium-local", "algo.alpha=2.5") == [
+        "conf/reference/td3_bc_walker2d.yaml: algo.alpha=5.0 (overridden on the command line), "
+        "updates=500000"]
+    assert help_for("algo=edac_bc", "dataset=pen-human") == [
+        "conf/tuning/edac_bc_pen-human.yaml: algo.num_critics=20, algo.eta=1000.0"]
+    assert help_for("dataset=minari", "dataset.dataset_id=x/y-v0") == [
+        "none for this algo and dataset"]
+
+
+def test_a_minari_id_of_a_known_family_is_told_what_it_goes_without():
+    """`dataset=minari dataset.dataset_id=local/hopper/...` applies no family: one warning naming
+    the reference values it goes without and the override that applies them (which does)."""
+    from offline_rl.automatic import missing_reference
+
+    def choices_and_config(*overrides):
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+        return OmegaConf.to_container(cfg.hydra.runtime.choices), cfg
+
+    bare = choices_and_config("dataset=minari", "dataset.dataset_id=local/hopper/medium-v0")
+    assert missing_reference(*bare) == (
+        "dataset=minari applies no dataset family, so local/hopper/medium-v0 runs without "
+        "conf/reference/td3_bc_hopper.yaml's reference values (algo.alpha=10.0, updates=500000); "
+        "add dataset/family=hopper to apply them")
+    assert (bare[1].algo.alpha, bare[1].updates) == (2.5, 1_000_000)
+    applied = choices_and_config("dataset=minari", "dataset.dataset_id=local/hopper/medium-v0",
+                                 "dataset/family=hopper")
+    assert missing_reference(*applied) is None
+    assert (applied[1].algo.alpha, applied[1].updates) == (10.0, 500_000)
+    # nothing to say: a named dataset, an id of no known family, an algorithm without reference values
+    assert missing_reference(*choices_and_config("dataset=hopper-medium-local")) is None
+    assert missing_reference(*choices_and_config("dataset=minari", "dataset.dataset_id=x/y/z-v0")) is None
+    assert missing_reference(*choices_and_config("algo=sac_n", "dataset=minari",
+                                                 "dataset.dataset_id=mujoco/hopper/medium-v0")) is None
+
+
 def test_hard_pretraining_completes_timeouts_as_the_reference_code(tmp_path):
     """Every pre-training scheme's default: a time-limited episode's return-to-go is completed with
     r_T / (1 - gamma), the reference code's hard and soft choice, computed by hand here."""

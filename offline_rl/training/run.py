@@ -23,12 +23,13 @@ import random
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from offline_rl.automatic import FAMILY, missing_reference
 from offline_rl.config import check, from_config
 from offline_rl.dataset.record import describe as describe_dataset
 from offline_rl.dataset.replay import ReplayBuffer, StateNormalizer
@@ -63,6 +64,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     tracker = from_config(cfg.tracker)
     tracker.ensure_store()  # a server that does not answer fails here, in seconds
     choices = group_choices(cfg)
+    unapplied = missing_reference(group_choices(cfg, (*GROUPS, FAMILY)), cfg)
+    if unapplied:
+        warn(unapplied)
     name = run_name(choices, cfg.seed, str(OmegaConf.select(cfg, "dataset.dataset_id", default="") or ""))
     # one folder per run identity and tracking store, held by one process at a time
     identity = run_identity(cfg)
@@ -384,15 +388,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def group_choices(cfg: DictConfig) -> dict[str, str]:
+def group_choices(cfg: DictConfig, groups: Sequence[str] = GROUPS) -> dict[str, str]:
     """Which option of each config group this run uses (from Hydra, else from the config)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
         choices = HydraConfig.get().runtime.choices
-        return {g: str(choices.get(g)) for g in GROUPS}
+        return {g: str(choices.get(g)) for g in groups}
     except ValueError:  # composed outside @hydra.main (tests, notebooks)
-        return {g: str(cfg.get("choices", {}).get(g, "?")) for g in GROUPS}
+        return {g: str(cfg.get("choices", {}).get(g, "?")) for g in groups}
 
 
 def run_name(choices: dict[str, str], seed: int, dataset_id: str) -> str:
