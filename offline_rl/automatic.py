@@ -67,7 +67,9 @@ def missing_reference(choices: Mapping[str, object], cfg: DictConfig) -> str | N
         return None
     dataset_id = str(OmegaConf.select(cfg, "dataset.dataset_id", default="") or "")
     parts = dataset_id.split("/")
-    family = parts[1] if len(parts) == 3 else None
+    # the namespaces whose datasets the reference values were written for: this project's local
+    # D4RL-grade datasets and Minari's official MuJoCo ones
+    family = parts[1] if len(parts) == 3 and parts[0] in ("local", "mujoco") else None
     if family not in families():
         return None
     path = conf_dir() / "reference" / f"{choices.get('algo')}_{family}.yaml"

@@ -33,6 +33,8 @@ class JobFailed(Exception):
 # config groups whose option names say what they are (``pretrain=ac`` -> ``ac``)
 # (network and finetune share option names such as `none`: they keep their key)
 NAMED_BY_VALUE = ("algo", "pretrain", "dataset")
+# the axes that name a dataset: last in a child's name, by value (a dataset chosen by Minari id too)
+DATASET_AXES = ("dataset", "dataset.dataset_id")
 
 
 @dataclass
@@ -65,10 +67,11 @@ class JobContext:
         values = self.axis_values
         if not values:
             return None
+        last = [k for k in DATASET_AXES if k in values]
         parts = [v if k in NAMED_BY_VALUE else f"{k.rsplit('.', 1)[-1]}={v}"
-                 for k, v in values.items() if k not in ("seed", "dataset")]
+                 for k, v in values.items() if k != "seed" and k not in last]
         parts += [f"s{values['seed']}"] if "seed" in values else []
-        parts += [values["dataset"]] if "dataset" in values else []
+        parts += [values[k] for k in last]
         return " ".join(parts)
 
     def tags(self) -> dict[str, str]:

@@ -212,6 +212,8 @@ def test_a_minari_id_of_a_known_family_is_told_what_it_goes_without():
     # nothing to say: a named dataset, an id of no known family, an algorithm without reference values
     assert missing_reference(*choices_and_config("dataset=hopper-medium-local")) is None
     assert missing_reference(*choices_and_config("dataset=minari", "dataset.dataset_id=x/y/z-v0")) is None
+    assert missing_reference(*choices_and_config("dataset=minari",
+                                                 "dataset.dataset_id=tests/hopper/random-v0")) is None
     assert missing_reference(*choices_and_config("algo=sac_n", "dataset=minari",
                                                  "dataset.dataset_id=mujoco/hopper/medium-v0")) is None
 

@@ -25,6 +25,21 @@ TINY = ["dataset=minari", "dataset.dataset_id=tests/hopper/random-v0", "network=
         "pretrain.until=null", "threads=1", "batch_size=32"]  # a shared 2-core machine
 
 
+@pytest.mark.parametrize("axes, overrides, name", [
+    (["algo", "pretrain", "seed"], ["algo=edac", "pretrain=soft", "seed=1"], "edac soft s1"),
+    (["pretrain.lambda", "seed"], ["pretrain.lambda=0.5", "seed=2"], "lambda=0.5 s2"),
+    (["dataset", "pretrain", "seed"], ["dataset=hopper-medium-local", "pretrain=ac", "seed=0"],
+     "ac s0 hopper-medium-local"),
+    (["dataset.dataset_id", "pretrain"], ["dataset.dataset_id=ui/hopper/random-v0", "pretrain=ac"],
+     "ac ui/hopper/random-v0"),
+])
+def test_child_run_names_can_be_told_apart_in_20_characters(axes, overrides, name):
+    """The UI cuts run names at about 20 characters: swept values first, the dataset last."""
+    from offline_rl.job import JobContext
+
+    assert JobContext(sweep="s", axes=axes, overrides=overrides).run_name() == name
+
+
 def children_and_parent(store):
     runs = search_runs(store)
     parents = runs[runs["tags.sweep.role"] == "parent"]
