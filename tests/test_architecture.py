@@ -29,7 +29,8 @@ FORBIDDEN = {
 
 def test_the_graph_is_read_from_the_source():
     # a few edges everyone can check by reading the files
-    assert "offline_rl.algo.common" in MODULES["offline_rl.algo.td3_bc"]
+    assert "offline_rl.algo.base" in MODULES["offline_rl.algo.td3"]
+    assert "offline_rl.algo.td3" in MODULES["offline_rl.algo.td3_bc"]
     assert "offline_rl.training.loop" in MODULES["offline_rl.pretrain.common"]
     assert "offline_rl.config" in MODULES["offline_rl.training.run"]
 

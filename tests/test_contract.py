@@ -1,6 +1,7 @@
-"""Every algorithm meets the contract of offline_rl/algo/common.py: Algorithm -- losses as
+"""Every algorithm meets the contract of offline_rl/algo/base.py: Algorithm -- losses as
 ``(batch) -> (loss, metrics)``, the steps and target updates pre-training uses, the options
-fine-tuning continues with -- and every algorithm a config can select is one."""
+fine-tuning continues with, and the members its capability flags promise -- and every algorithm a
+config can select is one. The compatibility checks read those flags and nothing else."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from offline_rl.algo.bc import BC
-from offline_rl.algo.common import Algorithm
+from offline_rl.algo.base import Algorithm, MissingCapability
 from offline_rl.algo.cql import CQL
 from offline_rl.algo.crossq import CrossQ
 from offline_rl.algo.edac import EDAC
@@ -33,7 +34,7 @@ def tiny(cls) -> Algorithm:
     torch.manual_seed(0)
     if cls is CrossQ:
         return CrossQ(OBS, ACT, actor_width=16, critic_width=32)
-    actor = TanhGaussianActor if cls.stochastic_actor else DeterministicActor
+    actor = TanhGaussianActor if cls.actor_kind == "stochastic" else DeterministicActor
     options = {"num_critics": 3} if issubclass(cls, EDAC) else {}
     return cls(OBS, ACT, partial(actor, width=16), partial(EnsembleCritic, width=16), **options)
 
@@ -57,7 +58,7 @@ def test_every_configured_algorithm_is_one():
 def test_losses_are_batch_to_loss_and_metrics(cls):
     algo, batch = tiny(cls), fixed_batch()
     names = ["actor_loss"] + (["critic_loss"] if cls.has_critic else []) + (
-        ["alpha_loss"] if cls.stochastic_actor else [])
+        ["alpha_loss"] if cls.entropy_regularised else [])
     for name in names:
         loss, metrics = getattr(algo, name)(batch)
         assert isinstance(loss, torch.Tensor) and loss.shape == () and loss.requires_grad, name
@@ -97,3 +98,64 @@ def test_fine_tuning_continues_the_offline_networks(offline, online):
         ours, theirs = getattr(agent, name), getattr(source, name)
         if ours is not None and theirs is not None:
             ours.load_state_dict(theirs.state_dict())  # same architectures
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_the_capability_flags_say_what_the_algorithm_has(cls):
+    """Each flag's members are defined exactly where the flag is set; the others say which flag
+    the algorithm lacks."""
+    algo, batch = tiny(cls), fixed_batch()
+    assert cls.actor_kind in ("deterministic", "stochastic")
+    assert not cls.entropy_regularised or cls.actor_kind == "stochastic"
+    with torch.no_grad():  # a stochastic actor samples: two draws differ, a deterministic one's do not
+        draws = [algo.act(batch.observations, deterministic=False) for _ in range(2)]
+    assert (cls.actor_kind == "stochastic") == (not torch.equal(*draws))
+    # (CrossQ, the data-generating agent, has a critic but no TD target apart from its critic loss)
+    promised = {"has_critic": (lambda: algo.critic_loss(batch),) + (
+                    (lambda: algo.td_target(batch),) if cls is not CrossQ else ()),
+                "entropy_regularised": (lambda: algo.alpha_loss(batch),
+                                        lambda: algo.entropy_temperature)}
+    for flag, members in promised.items():
+        for member in members:
+            if getattr(cls, flag):
+                member()
+            else:
+                with pytest.raises(MissingCapability, match=f"{cls.__name__} has {flag}=False"):
+                    member()
+    # the compiled steps are named after the class (TD3's are not labelled td3_bc.*)
+    names, run_step = [], algo.run_step
+    algo.run_step = lambda name, fn, *args, **kw: names.append(name) or run_step(name, fn, *args, **kw)
+    algo.update(batch)
+    algo.update(batch)
+    assert names and all(name.startswith(cls.step_prefix + ".") for name in names), names
+
+
+def test_the_checks_read_the_flags_alone():
+    """A new algorithm is checked by its flags: a stochastic actor without an entropy temperature
+    (IQL's Gaussian actor) is refused by soft pre-training before it could reach alpha_loss, and
+    by hard pre-training too; with a critic it can still be fine-tuned by an actor of its kind."""
+    from offline_rl.errors import ConfigError
+    from offline_rl.pretrain.ac import ActorCriticPretraining
+    from offline_rl.pretrain.actor import ActorPretraining
+    from offline_rl.pretrain.none import NoPretraining
+    from offline_rl.pretrain.soft import SoftPretraining
+
+    class GaussianWithoutTemperature(Algorithm):
+        actor_kind, entropy_regularised, has_critic = "stochastic", False, True
+
+        def update(self, batch):
+            return {}
+
+        def actor_loss(self, batch):
+            return torch.zeros(()), {}
+
+    with pytest.raises(ConfigError, match="stochastic but has no entropy temperature; use pretrain=none"):
+        SoftPretraining().check(GaussianWithoutTemperature)
+    for hard in (ActorCriticPretraining(), ActorPretraining()):
+        with pytest.raises(ConfigError, match="actor is stochastic; use pretrain=none"):
+            hard.check(GaussianWithoutTemperature)
+    NoPretraining().check(GaussianWithoutTemperature)
+    with pytest.raises(ConfigError, match="actor is deterministic; use pretrain=ac"):
+        SoftPretraining().check(TD3BC)
+    with pytest.raises(ConfigError, match="use pretrain=soft"):
+        ActorCriticPretraining().check(EDAC)

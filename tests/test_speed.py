@@ -107,7 +107,8 @@ def compare_runs(eager_metrics, compiled_metrics, eager_algo, compiled_algo) -> 
 # ----- compiled == eager -----------------------------------------------------------------------
 
 
-STEP_NAMES = {TD3BC: {"td3_bc.critic", "td3_bc.critic_actor"}, EDAC: {"edac.update"},
+STEP_NAMES = {TD3BCCQL: {"td3_bc_cql.critic", "td3_bc_cql.critic_actor"},
+              TD3BC: {"td3_bc.critic", "td3_bc.critic_actor"}, EDAC: {"edac.update"},
               CQL: {"cql.update"}, BC: {"bc.update"}}
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from offline_rl.algo.common import Algorithm, TargetTransform, adam
+from offline_rl.algo.adam import adam
+from offline_rl.algo.base import Algorithm, TargetTransform
 from offline_rl.algo.losses import bc_loss
 from offline_rl.dataset.replay import Batch
 from offline_rl.network import DeterministicActor
@@ -14,6 +15,7 @@ from offline_rl.network import DeterministicActor
 
 class BC(Algorithm):
     has_critic = False
+    step_prefix = "bc"
     _state_attrs = ("actor", "actor_optimizer")
 
     def __init__(self, obs_dim: int, act_dim: int, actor: Callable[..., DeterministicActor],
@@ -35,4 +37,4 @@ class BC(Algorithm):
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         self.total_updates += 1
-        return self.run_step("bc.update", self.update_step, batch)
+        return self.run_step(f"{self.step_prefix}.update", self.update_step, batch)

@@ -36,7 +36,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from offline_rl.algo.common import Algorithm, TargetTransform, adam, frozen_copy
+from offline_rl.algo.adam import adam
+from offline_rl.algo.base import Algorithm, TargetTransform, frozen_copy
 from offline_rl.algo.losses import td_loss
 from offline_rl.algo.edac import Temperature
 from offline_rl.dataset.replay import Batch
@@ -58,7 +59,9 @@ def orthogonal_init_(*modules: nn.Module, gain: float = math.sqrt(2.0)) -> None:
 
 
 class CQL(Algorithm):
-    stochastic_actor = True
+    actor_kind = "stochastic"
+    entropy_regularised = True
+    step_prefix = "cql"
     # CORL's pre-training of CQL's twin critics sums their losses; CQL per critic
     mc_member_reduction = "sum"
     cql_on_min_q = False
@@ -195,7 +198,7 @@ class CQL(Algorithm):
         self.total_updates += 1
         warm_start = self.total_updates <= self.bc_steps
         update_target = self.total_updates % self.target_update_period == 0
-        name = f"cql.update{'.bc_warm_start' if warm_start else ''}{'' if update_target else '.no_target'}"
+        name = f"{self.step_prefix}.update{'.bc_warm_start' if warm_start else ''}{'' if update_target else '.no_target'}"
         if name not in self._steps:
             self._steps[name] = partial(self.update_step, warm_start=warm_start,
                                         update_target=update_target)

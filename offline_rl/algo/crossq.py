@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from offline_rl.algo.common import Algorithm, TargetTransform
+from offline_rl.algo.base import Algorithm, MissingCapability, TargetTransform
 from offline_rl.algo.edac import Temperature
 from offline_rl.algo.losses import td_loss
 from offline_rl.dataset.replay import Batch
@@ -158,7 +158,9 @@ class BRNTanhGaussianActor(nn.Module):
 
 
 class CrossQ(Algorithm):
-    stochastic_actor = True
+    actor_kind = "stochastic"
+    entropy_regularised = True
+    step_prefix = "crossq"
     _state_attrs = ("actor", "critic", "temperature", "actor_optimizer", "critic_optimizer",
                     "alpha_optimizer")
 
@@ -196,6 +198,12 @@ class CrossQ(Algorithm):
         return self.actor.act(obs, deterministic=deterministic)
 
     # ----- losses -----------------------------------------------------------------------------
+    def td_target(self, batch: Batch) -> torch.Tensor:
+        raise MissingCapability(self, "has_critic", "separate td_target", why=(
+            "CrossQ computes its TD target inside critic_loss, from one joint forward of (s, a) and "
+            "(s', a') through its batch-renormalised critic (the data-generating agent; no "
+            "pre-training scheme uses it)"))
+
     def critic_loss(self, batch: Batch, target: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Sum over critics of the MSE to r + gamma (1 - done) (min_i Q_i(s', a') - alpha log pi),
@@ -257,8 +265,8 @@ class CrossQ(Algorithm):
         if self.total_updates in (1, self.renorm_warmup + 1):
             self._set_renorm()
         if self.total_updates % self.policy_delay == 0:
-            return self.run_step("crossq.critic_actor", self.critic_actor_step, batch)
-        return self.run_step("crossq.critic", self.critic_step, batch)
+            return self.run_step(f"{self.step_prefix}.critic_actor", self.critic_actor_step, batch)
+        return self.run_step(f"{self.step_prefix}.critic", self.critic_step, batch)
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from offline_rl.algo.common import Algorithm, TargetTransform, adam, frozen_copy
+from offline_rl.algo.adam import adam
+from offline_rl.algo.base import Algorithm, TargetTransform, frozen_copy
 from offline_rl.algo.losses import td_loss
 from offline_rl.dataset.replay import Batch
 from offline_rl.network import (EnsembleCritic, EnsembleLayerNorm, EnsembleLinear,
@@ -119,7 +120,9 @@ def q_and_action_grad(critic: EnsembleCritic, obs: torch.Tensor,
 
 
 class EDAC(Algorithm):
-    stochastic_actor = True
+    actor_kind = "stochastic"
+    entropy_regularised = True
+    step_prefix = "edac"
     # critic pre-training: the MC loss averaged over the members, as the paper's reference code
     # does; a CQL term (pretrain.cql_weight) on the ensemble minimum is this project's choice (the
     # reference EDAC has no CQL)
@@ -231,4 +234,4 @@ class EDAC(Algorithm):
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         self.total_updates += 1
-        return self.run_step("edac.update", self.update_step, batch)
+        return self.run_step(f"{self.step_prefix}.update", self.update_step, batch)

@@ -48,6 +48,7 @@ class LagrangeMultiplier(nn.Module):
 
 
 class TD3C(TD3):
+    step_prefix = "td3_c"
     _state_attrs = TD3._state_attrs + ("multiplier",)
 
     def __init__(self, *args, epsilon: float = 1e-5, initial_multiplier: float = 1.0,

@@ -78,9 +78,10 @@ class OnlineFinetuning:
             raise ConfigError(f"{algo_class.__name__} has no critic to fine-tune online; train "
                               f"offline with an actor-critic algorithm (e.g. algo=td3_bc) or use "
                               f"finetune=none")
-        if bool(algo_class.stochastic_actor) != bool(target.stochastic_actor):
-            kind = "stochastic (tanh-Gaussian)" if algo_class.stochastic_actor else "deterministic"
-            fit = "finetune=sac" if algo_class.stochastic_actor else "finetune=td3, td3_bc or td3_c"
+        if algo_class.actor_kind != target.actor_kind:
+            stochastic = algo_class.actor_kind == "stochastic"
+            kind = "stochastic (tanh-Gaussian)" if stochastic else "deterministic"
+            fit = "finetune=sac" if stochastic else "finetune=td3, td3_bc or td3_c"
             raise ConfigError(f"{target.__name__} cannot continue {algo_class.__name__}: its actor "
                               f"is {kind}; use {fit}")
 

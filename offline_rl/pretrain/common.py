@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from offline_rl.algo.common import TargetTransform
+from offline_rl.algo.base import TargetTransform
 from offline_rl.algo.losses import bc_loss, cql_penalty, mc_loss, normalised, soft_bc_loss, td_loss
 from offline_rl.dataset.episodes import discounted_cumsum
 from offline_rl.dataset.replay import Batch, ReplayBuffer
@@ -154,14 +154,18 @@ class Scheme(abc.ABC):
         if self.needs_critic and not algo.has_critic:
             raise ConfigError(f"pretrain={self.name} pre-trains a critic, but {algo_name} has none; "
                               f"use pretrain=none (BC is itself supervised learning)")
-        if self.actor_kind == "deterministic" and algo.stochastic_actor:
+        if self.actor_kind == "deterministic" and algo.actor_kind != "deterministic":
+            fit = f"use {self.suggestion} (Algorithm 2)" if algo.entropy_regularised else "use pretrain=none"
             raise ConfigError(f"pretrain={self.name} is hard pre-training (Algorithm 1) of a "
-                              f"deterministic actor, but {algo_name} has a tanh-Gaussian actor with "
-                              f"an entropy-regularised critic; use {self.suggestion} (Algorithm 2)")
-        if self.actor_kind == "stochastic" and not algo.stochastic_actor:
+                              f"deterministic actor, but {algo_name}'s actor is {algo.actor_kind}; {fit}")
+        if self.actor_kind == "stochastic" and not algo.entropy_regularised:
+            if algo.actor_kind == "deterministic":
+                kind, fit = "deterministic", f"use {self.suggestion} (Algorithm 1)"
+            else:
+                kind, fit = "stochastic but has no entropy temperature", "use pretrain=none"
             raise ConfigError(f"pretrain={self.name} is soft pre-training (Algorithm 2) of a "
                               f"stochastic, entropy-regularised agent, but {algo_name}'s actor is "
-                              f"deterministic; use {self.suggestion} (Algorithm 1)")
+                              f"{kind}; {fit}")
 
     def supervised_phase(self, name: str, update: Callable[[], dict], monitored: list[str], **hooks) -> Phase:
         stop = Convergence(monitored, self.window, self.tolerance) if self.until == "converged" else None

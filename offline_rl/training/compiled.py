@@ -1,6 +1,6 @@
 """Compiled update steps: each step function (TD3+BC's critic step and critic+actor step, EDAC's
 whole update, the pre-training steps) becomes one ``torch.compile`` graph -- forward, backward
-(``torch.autograd.grad`` traced), the in-graph foreach Adam of ``algo.common.adam_step`` and the
+(``torch.autograd.grad`` traced), the in-graph foreach Adam of ``algo.adam.adam_step`` and the
 ``_foreach_lerp_`` Polyak update -- with no host synchronisation. Python chooses which graph to run
 (TD3+BC's policy delay), so no step counter enters a graph. Step functions call the algorithm's
 (possibly overridden) methods, so a subclass's losses are compiled as they are; whatever dynamo
@@ -54,7 +54,7 @@ from typing import Any, Callable
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
-from offline_rl.algo.common import check_adam, init_adam_state, set_capturable
+from offline_rl.algo.adam import check_adam, init_adam_state, set_capturable
 from offline_rl.config import COMPILE_MODES
 from offline_rl.precision import RESOLVED, autocast
 from offline_rl.training.metrics import StepMetrics, pack

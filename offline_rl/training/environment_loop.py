@@ -109,7 +109,7 @@ class EnvironmentLoop:
         agent = self.agent
         obs_t = torch.as_tensor(self.normalizer(obs[None]), device=agent.device)
         with torch.no_grad():
-            if agent.stochastic_actor:
+            if agent.actor_kind == "stochastic":
                 return agent.act(obs_t, deterministic=False)[0].cpu().numpy()
             action = agent.act(obs_t)[0].cpu().numpy()
         action = action + self.noise_rng.normal(0.0, self.noise_scale, size=action.shape)
