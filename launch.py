@@ -36,6 +36,7 @@ os.environ.setdefault("OFFLINE_RL_ROOT", str(Path(__file__).resolve().parent))
 
 import offline_rl.config  # noqa: E402,F401  (registers the config resolvers)
 from offline_rl.errors import OfflineRLError  # noqa: E402
+from offline_rl.metric_names import SCORE  # noqa: E402
 
 CONF = Path(__file__).resolve().parent / "conf"
 
@@ -54,7 +55,7 @@ def main(cfg: DictConfig) -> float | None:
             raise JobFailed(str(exc)) from None
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
-    return result.get("eval/normalized_score_mean")
+    return result.get(SCORE)
 
 
 def run() -> None:

@@ -22,9 +22,10 @@ from matplotlib.ticker import FuncFormatter
 from analysis.aggregate import (PRETTY, Aggregated, aggregate, default_panel, default_variant,
                                 resolve_column)
 from analysis.load import SCORE, RunSet
+from offline_rl.metric_names import RETURN
 
 XLABEL = "gradient updates (pre-training included)"
-YLABELS = {SCORE: "normalised score", "eval/return_mean": "return"}
+YLABELS = {SCORE: "normalised score", RETURN: "return"}
 PRETRAIN_END = "pre-training ends"
 
 

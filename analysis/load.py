@@ -37,7 +37,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-SCORE = "eval/normalized_score_mean"
+from offline_rl.metric_names import SCORE
+
 GROUPS = ("algo", "pretrain", "dataset", "network", "finetune")
 DEFAULT_EXPERIMENT = "offline_rl"
 DEFAULT_CACHE = Path(os.environ.get("OFFLINE_RL_ANALYSIS_CACHE",

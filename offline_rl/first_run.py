@@ -17,12 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-from offline_rl.report import summary_lines
 from offline_rl.job import split_override
+from offline_rl.metric_names import SCORE
+from offline_rl.report import summary_lines
 from offline_rl.tracking_ui import compose_config, tracker_uri
 
 ROOT = Path(__file__).resolve().parents[1]
-SCORE = "eval/normalized_score_mean"
 BEHAVIOUR = "dataset/behaviour_score"
 # ~10 minutes on this 2-core CPU once the datasets exist (README "Two commands"): pre-training
 # stops at its plateau (well under its 50k cap), then UPDATES compiled TD3+BC updates

@@ -34,6 +34,7 @@ from offline_rl.config import from_config
 from offline_rl.dataset.replay import StateNormalizer
 from offline_rl.errors import ConfigError, DatasetError, OfflineRLError
 from offline_rl.tracker import MlflowTracker
+from offline_rl.metric_names import RETURN, RETURN_STD, SCORE, SCORE_STD
 from offline_rl.tracking_ui import default_store_uri
 from offline_rl.training.checkpoint import load_checkpoint
 from offline_rl.training.evaluation import Evaluator
@@ -221,10 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     except OfflineRLError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    score = metrics.get("eval/normalized_score_mean")
+    score = metrics.get(SCORE)
     print(f"run {args.run_id} ({policy.which} policy), {args.episodes} episodes from reset seed "
-          f"{args.seed}: return {metrics['eval/return_mean']:.1f} ± {metrics['eval/return_std']:.1f}"
-          + (f", normalised score {score:.1f} ± {metrics['eval/normalized_score_std']:.1f}"
+          f"{args.seed}: return {metrics[RETURN]:.1f} ± {metrics[RETURN_STD]:.1f}"
+          + (f", normalised score {score:.1f} ± {metrics[SCORE_STD]:.1f}"
              if score is not None else "")
           + (f"; video {metrics['video']}" if "video" in metrics else ""))
     return 0

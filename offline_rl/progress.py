@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCORE = "eval/normalized_score_mean"
+from offline_rl.metric_names import SCORE
+
 #: metric whose history gives a job's step and rate (every phase logs losses at log points)
 RATE_WINDOW = 10  # log points the current rate is measured over
 

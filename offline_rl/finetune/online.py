@@ -39,6 +39,7 @@ import torch
 
 from offline_rl.dataset.replay import Batch, MixedReplay, ReplayBuffer
 from offline_rl.errors import ConfigError
+from offline_rl.metric_names import RETURN, SCORE
 from offline_rl.training.loop import Phase
 from offline_rl.training.environment_loop import EnvironmentLoop
 
@@ -154,4 +155,4 @@ class OnlineFinetuning:
 
 def score_of(evaluation: dict[str, float]) -> float:
     """The normalised score where the dataset has references, else the return."""
-    return evaluation.get("eval/normalized_score_mean", evaluation.get("eval/return_mean"))
+    return evaluation.get(SCORE, evaluation.get(RETURN))

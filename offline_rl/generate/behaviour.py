@@ -50,6 +50,7 @@ from offline_rl.precision import PRECISIONS, resolve as resolve_precision
 from offline_rl.training.checkpoint import CheckpointDir, rng_state, set_rng_state
 from offline_rl.training.compiled import attach_compiler, compile_metrics
 from offline_rl.training.evaluation import Evaluator
+from offline_rl.metric_names import RETURN
 from offline_rl.training.loop import Interrupted, Trainer
 from offline_rl.training.environment_loop import EnvironmentLoop
 from offline_rl.training.signals import SignalCheckpoint, report_interruption
@@ -249,7 +250,7 @@ def train_behaviour(config: BehaviourConfig, checkpoint_dir: Path, identity: str
     def take_snapshot(step: int, metrics: dict[str, float]) -> None:
         """After each evaluation: the actor's weights, for the medium level and the average."""
         state = {k: v.detach().to("cpu", copy=True) for k, v in agent.actor.state_dict().items()}
-        snapshots.append(Snapshot(step, metrics["eval/return_mean"], state))
+        snapshots.append(Snapshot(step, metrics[RETURN], state))
 
     checkpoints = CheckpointDir(checkpoint_dir, identity, keep=2)
     tracker = make_tracker(config)

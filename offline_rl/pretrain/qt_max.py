@@ -1,5 +1,12 @@
 """The Q-Transformer baseline of appendix F: no separate phase; throughout training the TD target
-is max(MC return-to-go, r + gamma Q'). The fraction of targets where MC wins is logged."""
+is max(MC return-to-go, r + gamma Q'). The fraction of targets where MC wins is logged.
+
+It lives among the pre-training schemes because it is the paper's alternative to them (one
+``pretrain=`` choice), but it is not pre-training: it changes the critic's TD target for the whole
+run. ``Run`` hands ``target_transform`` to the algorithm as it is built, and every critic loss of
+the offline phase (and of the critic pre-training phases, which have none here) goes through
+``Algorithm.target``. Online fine-tuning builds its own agent without the transform: its targets
+are plain TD targets (the online data has no returns-to-go until an episode ends)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from offline_rl.dataset.replay import StateNormalizer
+from offline_rl.metric_names import RETURN, RETURN_STD, SCORE, SCORE_STD
 
 
 def normalized_score(returns: np.ndarray | float, ref_min: float | None,
@@ -55,11 +56,11 @@ class Evaluator:
     def __call__(self, policy: Callable[[torch.Tensor], torch.Tensor],
                  on_episode_end: Callable[[int], Any] | None = None) -> dict[str, float]:
         totals = self.returns(policy, on_episode_end)
-        metrics = {"eval/return_mean": float(totals.mean()), "eval/return_std": float(totals.std())}
+        metrics = {RETURN: float(totals.mean()), RETURN_STD: float(totals.std())}
         score = normalized_score(totals, self.ref_min_score, self.ref_max_score)
         if score is not None:
-            metrics["eval/normalized_score_mean"] = float(score.mean())
-            metrics["eval/normalized_score_std"] = float(score.std())
+            metrics[SCORE] = float(score.mean())
+            metrics[SCORE_STD] = float(score.std())
         return metrics
 
     def evaluate_agent(self, agent) -> dict[str, float]:

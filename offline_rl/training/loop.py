@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import torch
 
+from offline_rl.metric_names import SCORE
 from offline_rl.training.metrics import MetricWindow
 
 UpdateFn = Callable[[], dict[str, torch.Tensor]]
@@ -27,7 +28,7 @@ Hook = Callable[[Evaluate | None], dict[str, float] | None]
 class Phase:
     """``steps`` calls of ``update``. ``stop`` (optional) is asked at every log point with the
     window's mean metrics and may end the phase early (convergence); ``on_start`` / ``on_end``
-    run before / after it, given the loop's ``evaluate`` (None without an evaluator), and may
+    run before / after it, given the loop's ``hook_evaluation`` (None without evaluation), and may
     return metrics to log. With ``snapshot``, the phase's last losses and an evaluation of the
     policy at its end are logged as ``<phase>/final/...``. ``counters`` (optional) gives values
     logged as they are at every log point (not averaged over the window: environment steps so
@@ -89,10 +90,11 @@ def _load_stop_state(stop: Any, state: dict[str, Any] | None) -> None:
 class Trainer:
     """Runs the phases in order, and owns the two things every phase shares:
 
-    evaluation  ``evaluator(agent)`` -- the acting phase's agent, else ``agent`` -- every
+    evaluation  ``evaluate_agent(agent)`` -- the acting phase's agent, else ``agent`` -- every
                 ``eval_every`` updates, at the end of a ``snapshot`` phase, for phase hooks
-                (``evaluate``) and at the end; once per update step and phase whoever asks
-                (``evaluation``), and never again for a step a checkpoint says was evaluated.
+                (``hook_evaluation``) and at the end; once per update step and phase whoever
+                asks (``evaluate_now``), and never again for a step a checkpoint says was
+                evaluated.
                 ``after_evaluation(step, metrics)`` (optional) runs after each new evaluation.
     checkpoints ``checkpoint(trainer)`` every ``checkpoint_every`` updates (after that step's
                 logging and evaluation) and when ``interrupt_requested`` is set (by a signal
@@ -101,11 +103,13 @@ class Trainer:
     ``state_dict`` / ``load_state_dict`` hold everything the loop needs to continue exactly."""
 
     def __init__(self, phases: list[Phase], tracker,
-                 evaluator: Callable[[Any], dict[str, float]] | None, log_every: int,
+                 evaluate_agent: Callable[[Any], dict[str, float]] | None, log_every: int,
                  eval_every: int, checkpoint: Callable[["Trainer"], None] | None = None,
                  checkpoint_every: int = 0, progress: bool = True, agent: Any = None,
                  after_evaluation: Callable[[int, dict[str, float]], None] | None = None):
-        self.phases, self.tracker, self.evaluator, self.agent = phases, tracker, evaluator, agent
+        # evaluate_agent(agent) -> metrics: how an agent is evaluated (None: never)
+        self.phases, self.tracker, self.agent = phases, tracker, agent
+        self.evaluate_agent = evaluate_agent
         self.after_evaluation = after_evaluation
         self.log_every, self.eval_every = log_every, eval_every
         self.checkpoint, self.checkpoint_every = checkpoint, checkpoint_every
@@ -121,17 +125,17 @@ class Trainer:
         return sum(p.steps for p in self.phases)
 
     @property
-    def evaluate(self) -> Evaluate | None:
-        """What phase hooks evaluate with (None without an evaluator)."""
-        return self.evaluation if self.evaluator is not None else None
+    def hook_evaluation(self) -> Evaluate | None:
+        """What phase hooks evaluate with: ``evaluate_now`` (None without an evaluator)."""
+        return self.evaluate_now if self.evaluate_agent is not None else None
 
-    def evaluation(self) -> dict[str, float]:
+    def evaluate_now(self) -> dict[str, float]:
         """The acting agent's evaluation at this update step: computed once per step and phase."""
         index = min(self.state.phase_index, len(self.phases) - 1)
         key = (self.state.global_step, index)
         if self.state.evaluated_at != key:
             agent = self.phases[index].agent if self.phases and self.phases[index].agent is not None else self.agent
-            metrics = self.evaluator(agent)
+            metrics = self.evaluate_agent(agent)
             self.state.last_eval, self.state.evaluated_at = metrics, key
             if self.after_evaluation is not None:
                 self.after_evaluation(self.state.global_step, metrics)
@@ -174,14 +178,14 @@ class Trainer:
                                      self.state.global_step)
         return means
 
-    def _evaluate(self, bar) -> None:
-        if self.evaluator is None:
+    def _evaluate_and_log(self, bar) -> None:
+        if self.evaluate_agent is None:
             return
-        metrics = self.evaluation()
+        metrics = self.evaluate_now()
         self.tracker.log_metrics(metrics, self.state.global_step)
         self.tracker.flush()
-        if bar is not None and "eval/normalized_score_mean" in metrics:
-            bar.set_postfix(score=f"{metrics['eval/normalized_score_mean']:.1f}", refresh=False)
+        if bar is not None and SCORE in metrics:
+            bar.set_postfix(score=f"{metrics[SCORE]:.1f}", refresh=False)
 
     def _start_phase(self, phase: Phase) -> None:
         step = self.state.global_step
@@ -189,7 +193,7 @@ class Trainer:
         metrics = {f"phase_start/{phase.name}": step}
         if phase.on_start is not None:
             metrics.update({f"{phase.name}/{k}": v
-                            for k, v in (phase.on_start(self.evaluate) or {}).items()})
+                            for k, v in (phase.on_start(self.hook_evaluation) or {}).items()})
         self.tracker.log_metrics(metrics, step)
 
     def _end_phase(self, phase: Phase, last: dict[str, float], stopped: bool) -> None:
@@ -200,11 +204,11 @@ class Trainer:
             self.tracker.set_tags({f"{phase.name}.converged_at": self.state.phase_step})
         if phase.on_end is not None:
             summary.update({f"{phase.name}/{k}": v
-                            for k, v in (phase.on_end(self.evaluate) or {}).items()})
+                            for k, v in (phase.on_end(self.hook_evaluation) or {}).items()})
         if phase.snapshot:
             summary.update({f"{phase.name}/final/{k}": v for k, v in last.items()})
-            if self.evaluator is not None:
-                evaluation = self.evaluation()
+            if self.evaluate_agent is not None:
+                evaluation = self.evaluate_now()
                 summary.update({f"{phase.name}/final/{k.split('/', 1)[-1]}": v
                                 for k, v in evaluation.items()})
         self.tracker.log_metrics(summary, step)
@@ -245,7 +249,7 @@ class Trainer:
                         if phase.stop is not None and phase.stop(state.phase_step, self.last):
                             stopped = True
                     if self.eval_every and state.global_step % self.eval_every == 0:
-                        self._evaluate(bar)
+                        self._evaluate_and_log(bar)
                     if not stopped:  # a stop is replayed from the checkpoint before it
                         self._maybe_checkpoint()
                 self.last = self._log(window, phase) or self.last
@@ -257,8 +261,8 @@ class Trainer:
                 self.last = {}
                 state.phase_index += 1
                 state.phase_step = 0
-            if self.evaluator is not None and (not self.eval_every or state.global_step % self.eval_every):
-                self._evaluate(bar)
+            if self.evaluate_agent is not None and (not self.eval_every or state.global_step % self.eval_every):
+                self._evaluate_and_log(bar)
         finally:
             bar.close()
             self.tracker.flush()

@@ -36,6 +36,7 @@ from offline_rl.dataset.replay import ReplayBuffer, StateNormalizer
 from offline_rl.errors import (ConfigError, DiskFullError, NonFiniteLossError, OfflineRLError, Stopped,
                                warn)
 from offline_rl.job import job_context
+from offline_rl.metric_names import EVAL_PREFIX, SCORE
 from offline_rl.precision import resolve as resolve_precision
 from offline_rl.report import summary_lines
 from offline_rl.tracker import NullTracker
@@ -358,7 +359,7 @@ class Run:
         return "\n".join(summary_lines(
             name=self.info["name"], status="FINISHED",
             dataset=f"{record.dataset_id} (digest {record.digest})",
-            score=state.last_eval.get("eval/normalized_score_mean"),
+            score=state.last_eval.get(SCORE),
             step=state.evaluated_at[0] if state.evaluated_at else None,
             episodes=int(self.cfg.eval.episodes), behaviour=record.behaviour_score,
             run_id=self.run_id, tracking_uri=self.store,
@@ -492,13 +493,13 @@ def finished_run(tracker, identity: str, parent_run_id: str | None) -> dict[str,
         return None
     run = runs[0]
     metrics = run.data.metrics
-    score = metrics.get("eval/normalized_score_mean")
+    score = metrics.get(SCORE)
     scored = f", final normalised score {score:.1f}" if score is not None else ""
     job = job_context()  # a sweep's job by its swept values, as in its other messages
     name = job.label() if job.sweep else run.data.tags.get("mlflow.runName", run.info.run_id)
     print(f"already finished: {name} (MLflow run {run.info.run_id}{scored}); nothing to do. To "
           f"run it again as a new MLflow run, add rerun=true", file=sys.stderr, flush=True)
-    return {k: v for k, v in metrics.items() if k.startswith("eval/")}
+    return {k: v for k, v in metrics.items() if k.startswith(EVAL_PREFIX)}
 
 
 def record_failed_start(tracker, cfg: DictConfig, name: str, choices: dict[str, str], identity: str,
