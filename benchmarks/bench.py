@@ -49,7 +49,7 @@ from typing import Callable
 import torch
 
 from benchmarks.common import ALGOS, ROOT, SHAPES, make_algorithms, random_batch
-from benchmarks.corl import CorlEDAC, CorlTD3BC, corl_batch
+from benchmarks.corl import CorlEDAC, CorlIQL, CorlTD3BC, corl_batch
 from benchmarks.loops import CorlReplay, corl_loop, our_loop, random_replay
 from benchmarks.runs_per_gpu import loop_worker, runs_per_gpu, runs_table
 from offline_rl.dataset.replay import Batch
@@ -129,14 +129,14 @@ def build_cases(algo_name: str, shape: str, steps: list[str], device: torch.devi
     for step in steps:
         versions = []
         for _ in range(2):  # the timed versions, and a fresh pair that checks they agree
-            ref_algo = CorlTD3BC(base) if algo_name == "td3_bc" else CorlEDAC(base)
+            ref_algo = {"td3_bc": CorlTD3BC, "edac": CorlEDAC, "iql": CorlIQL}[algo_name](base)
             algos, report = {}, None
             for name, (mode, precision) in ours.items():
                 algos[name] = copy.deepcopy(base)
                 attached = attach_compiler(algos[name], mode, precision=precision)
                 report = attached if name == "compiled" else report
             if step == "update":
-                ref_fn = ref_algo.train if algo_name == "td3_bc" else ref_algo.update
+                ref_fn = ref_algo.update if algo_name == "edac" else ref_algo.train
                 fns = {"corl": lambda i, f=ref_fn: f(corl_pool[i % pool_size])}
                 fns.update({name: (lambda i, a=a: a.update(pool[i % pool_size])) for name, a in algos.items()})
             else:
@@ -484,7 +484,8 @@ def main(argv: list[str] | None = None) -> None:
         peak_text = f"2048x2048 float32 matmul in the same process: **{peak:.0f} GFLOP/s** (the peak below)"
     print(peak_text.replace("*", ""), flush=True)
     steps_of = {"td3_bc": ["update", "pretrain BC", "pretrain MC critic"],
-                "edac": ["update", "pretrain soft BC", "pretrain soft critic"]}
+                "edac": ["update", "pretrain soft BC", "pretrain soft critic"],
+                "iql": ["update"]}
     cases: list[Case] = []
     replays = {} if args.no_loops else {shape: random_replay(*SHAPES[shape], device, args.transitions)
                                         for shape in args.shapes}

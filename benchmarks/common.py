@@ -1,5 +1,6 @@
-"""What the benchmarks time: the problem shapes, the two algorithms as the default config builds
-them (TD3+BC 2x256, EDAC 3x256 with N = 10, LayerNorm without affine), random batches."""
+"""What the benchmarks time: the problem shapes, the algorithms as the default config builds them
+(TD3+BC 2x256, EDAC 3x256 with N = 10, IQL 2x256 with its V network; LayerNorm without affine),
+random batches."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from pathlib import Path
 import torch
 
 from offline_rl.algo.edac import EDAC
+from offline_rl.algo.iql import IQL, StateValue
 from offline_rl.algo.td3_bc import TD3BC
 from offline_rl.dataset.replay import Batch
 from offline_rl.network import DeterministicActor, EnsembleCritic, TanhGaussianActor
 
 SHAPES = {"hopper": (11, 3), "halfcheetah": (17, 6)}
-ALGOS = ("td3_bc", "edac")
+ALGOS = ("td3_bc", "edac", "iql")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -33,5 +35,8 @@ def make_algorithms(obs_dim: int, act_dim: int, device: torch.device) -> dict:
                                 partial(EnsembleCritic, depth=2), device=device),
         "edac": lambda: EDAC(obs_dim, act_dim, partial(TanhGaussianActor, depth=3),
                              partial(EnsembleCritic, depth=3), num_critics=10, device=device),
+        "iql": lambda: IQL(obs_dim, act_dim, partial(DeterministicActor, depth=2),
+                           partial(EnsembleCritic, depth=2), partial(StateValue, depth=2),
+                           device=device),
     }
 

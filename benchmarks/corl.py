@@ -309,3 +309,59 @@ class CorlEDAC:
         with torch.no_grad():
             soft_update(self.target_critic, self.critic, tau=self.tau)
         return {"critic_loss": loss.item(), "mc_loss": mc_loss.item(), "diversity_loss": diversity_loss.item()}
+
+
+class CorlIQL:
+    """CORL's iql.py ImplicitQLearning.train, with this package's networks (LayerNorm) and weights:
+    TwinQ as two modules, a V module, three torch.optim.Adam, the actor's CosineAnnealingLR,
+    ``.item()`` for every logged number, a Python loop for Polyak averaging."""
+
+    def __init__(self, algo):
+        self.actor = copy.deepcopy(algo.actor)
+        self.q1, self.q2 = (CorlCritic(member_mlp(algo.critic, i)) for i in (0, 1))
+        self.q1_target, self.q2_target = (CorlCritic(member_mlp(algo.critic_target, i)) for i in (0, 1))
+        self.vf = copy.deepcopy(algo.value)
+        groups = algo.critic_optimizer.param_groups
+        self.v_optimizer = torch.optim.Adam(self.vf.parameters(), lr=groups[1]["lr"])
+        self.q_optimizer = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()],
+                                            lr=groups[0]["lr"])
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(),
+                                                lr=algo.actor_optimizer.param_groups[0]["lr"])
+        self.actor_lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.actor_optimizer, algo.actor_schedule_steps or 1_000_000)
+        self.iql_tau, self.beta, self.discount, self.tau = algo.expectile, algo.beta, algo.gamma, algo.tau
+
+    def q_target(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return torch.min(self.q1_target(state, action), self.q2_target(state, action))
+
+    def train(self, batch: tuple) -> dict[str, float]:
+        log_dict = {}
+        observations, actions, rewards, next_observations, dones, _ = batch
+        with torch.no_grad():
+            target_q = self.q_target(observations, actions)
+        v = self.vf(observations).unsqueeze(-1)
+        adv = target_q - v
+        v_loss = torch.mean(torch.abs(self.iql_tau - (adv < 0).float()) * adv ** 2)
+        log_dict["value_loss"] = v_loss.item()
+        self.v_optimizer.zero_grad()
+        v_loss.backward()
+        self.v_optimizer.step()
+        next_v = self.vf(next_observations).unsqueeze(-1)
+        targets = rewards + (1.0 - dones.float()) * self.discount * next_v.detach()
+        qs = (self.q1(observations, actions), self.q2(observations, actions))
+        q_loss = sum(F.mse_loss(q, targets) for q in qs) / len(qs)
+        log_dict["critic_loss"] = q_loss.item()  # CORL: "q_loss"; our name, to compare them
+        self.q_optimizer.zero_grad()
+        q_loss.backward()
+        self.q_optimizer.step()
+        soft_update(self.q1_target, self.q1, self.tau)
+        soft_update(self.q2_target, self.q2, self.tau)
+        exp_adv = torch.exp(self.beta * adv.detach()).clamp(max=100.0)
+        bc_losses = torch.sum((self.actor(observations) - actions) ** 2, dim=1, keepdim=True)
+        policy_loss = torch.mean(exp_adv * bc_losses)
+        log_dict["actor_loss"] = policy_loss.item()
+        self.actor_optimizer.zero_grad()
+        policy_loss.backward()
+        self.actor_optimizer.step()
+        self.actor_lr_schedule.step()
+        return log_dict

@@ -32,7 +32,7 @@ def test_the_benchmark_runs_and_both_updates_agree(tmp_path):
                     "--transitions", "5000", "--out", str(out)],
                    cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
     steps, loops = tables(out.read_text())
-    assert {row[0] for row in steps} == {"td3_bc", "edac"} == {row[0] for row in loops}
+    assert {row[0] for row in steps} == {"td3_bc", "edac", "iql"} == {row[0] for row in loops}
     for row in steps:
         assert float(row[-1]) < 1e-4, row  # the largest relative loss difference
     for row in loops:  # every loop was timed: positive rates, ratios printed

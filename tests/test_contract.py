@@ -19,6 +19,7 @@ from offline_rl.algo.cql import CQL
 from offline_rl.algo.crossq import CrossQ
 from offline_rl.algo.edac import EDAC
 from offline_rl.algo.edac_bc import EDACBC
+from offline_rl.algo.iql import IQL, GaussianIQL, StateValue
 from offline_rl.algo.td3 import TD3
 from offline_rl.algo.td3_bc import TD3BC
 from offline_rl.algo.td3_bc_cql import TD3BCCQL
@@ -27,7 +28,7 @@ from offline_rl.network import DeterministicActor, EnsembleCritic, TanhGaussianA
 from test_losses import ACT, OBS, fixed_batch
 
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = [TD3BC, TD3, TD3C, TD3BCCQL, EDAC, EDACBC, CQL, BC, CrossQ]
+CLASSES = [TD3BC, TD3, TD3C, TD3BCCQL, EDAC, EDACBC, CQL, BC, CrossQ, IQL, GaussianIQL]
 
 
 def tiny(cls) -> Algorithm:
@@ -36,6 +37,8 @@ def tiny(cls) -> Algorithm:
         return CrossQ(OBS, ACT, actor_width=16, critic_width=32)
     actor = TanhGaussianActor if cls.actor_kind == "stochastic" else DeterministicActor
     options = {"num_critics": 3} if issubclass(cls, EDAC) else {}
+    if issubclass(cls, IQL):
+        options = {"value": partial(StateValue, width=16)}
     return cls(OBS, ACT, partial(actor, width=16), partial(EnsembleCritic, width=16), **options)
 
 
@@ -86,10 +89,10 @@ def test_what_pretraining_uses(cls):
     for old, new, online in zip(target_before, algo.critic_target.parameters(), algo.critic.parameters()):
         torch.testing.assert_close(new, (1 - algo.tau) * old + algo.tau * online)
     algo.update_actor_target()  # defined for all, a no-op without an actor target
-    assert (algo.actor_target is None) == (cls in (EDAC, EDACBC, CQL))
+    assert (algo.actor_target is None) == (cls in (EDAC, EDACBC, CQL, IQL, GaussianIQL))
 
 
-@pytest.mark.parametrize("offline, online", [(TD3BC, TD3C), (TD3BC, TD3), (EDAC, EDAC)])
+@pytest.mark.parametrize("offline, online", [(TD3BC, TD3C), (TD3BC, TD3), (EDAC, EDAC), (IQL, IQL)])
 def test_fine_tuning_continues_the_offline_networks(offline, online):
     source = tiny(offline)
     agent = online(OBS, ACT, **online.continuation_options(source))

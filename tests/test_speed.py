@@ -19,6 +19,7 @@ from offline_rl.algo.bc import BC
 from offline_rl.algo.cql import CQL
 from offline_rl.algo.edac import EDAC, diversity_loss, q_and_action_grad
 from offline_rl.algo.edac_bc import EDACBC
+from offline_rl.algo.iql import IQL, GaussianIQL, StateValue
 from offline_rl.algo.td3_bc import TD3BC
 from offline_rl.algo.td3_bc_cql import TD3BCCQL
 from offline_rl.dataset.replay import Batch
@@ -54,6 +55,11 @@ def tiny(cls, **options):
     if issubclass(cls, EDAC):
         return cls(OBS, ACT, partial(TanhGaussianActor, width=WIDTH, depth=2),
                    partial(EnsembleCritic, width=WIDTH, depth=2), num_critics=3, **options)
+    if issubclass(cls, IQL):  # with its V network; the actor's cosine schedule on
+        actor = TanhGaussianActor if cls is GaussianIQL else DeterministicActor
+        return cls(OBS, ACT, partial(actor, width=WIDTH, depth=2),
+                   partial(EnsembleCritic, width=WIDTH, depth=2),
+                   partial(StateValue, width=WIDTH, depth=2), actor_schedule_steps=6, **options)
     return cls(OBS, ACT, partial(DeterministicActor, width=WIDTH, depth=2),
                partial(EnsembleCritic, width=WIDTH, depth=2), **options)
 
@@ -109,13 +115,16 @@ def compare_runs(eager_metrics, compiled_metrics, eager_algo, compiled_algo) -> 
 
 STEP_NAMES = {TD3BCCQL: {"td3_bc_cql.critic", "td3_bc_cql.critic_actor"},
               TD3BC: {"td3_bc.critic", "td3_bc.critic_actor"}, EDAC: {"edac.update"},
-              CQL: {"cql.update"}, BC: {"bc.update"}}
+              CQL: {"cql.update"}, BC: {"bc.update"}, GaussianIQL: {"iql_gaussian.update"},
+              IQL: {"iql.update"}}
 
 
 @pytest.mark.parametrize("cls, options", [(TD3BC, {}), (TD3BCCQL, {"cql_weight": 1.0}),
                                           (EDAC, {}), (EDACBC, {"bc_weight": 1.0}),
-                                          (CQL, {"cql_n_actions": 3}), (BC, {})],
-                         ids=["td3_bc", "td3_bc_cql", "edac", "edac_bc", "cql", "bc"])
+                                          (CQL, {"cql_n_actions": 3}), (BC, {}), (IQL, {}),
+                                          (GaussianIQL, {})],
+                         ids=["td3_bc", "td3_bc_cql", "edac", "edac_bc", "cql", "bc", "iql",
+                              "iql_gaussian"])
 def test_compiled_update_matches_eager(cls, options):
     eager = tiny(cls, **options)
     compiled = copy.deepcopy(eager)

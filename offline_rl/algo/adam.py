@@ -33,18 +33,20 @@ def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
-def minimise(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+def minimise(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+             lr_scale: torch.Tensor | None = None) -> None:
     """One step of ``optimizer`` on ``loss``: zero_grad + backward + step, except that gradients
     are computed for the optimiser's own parameters only (an actor loss does not also fill the
     critic's ``.grad``, which the critic step would discard anyway). Works eagerly and inside a
-    compiled update step (see ``adam_step``)."""
+    compiled update step (see ``adam_step``). ``lr_scale``: a 0-d tensor multiplying the learning
+    rate (a schedule computed on the device, e.g. IQL's cosine decay of the actor's)."""
     params = optimizer_params(optimizer)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
-    adam_step(optimizer, params, list(grads))
+    adam_step(optimizer, params, list(grads), lr_scale)
 
 
 def adam_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
-              grads: list[torch.Tensor | None]) -> None:
+              grads: list[torch.Tensor | None], lr_scale: torch.Tensor | None = None) -> None:
     """``optimizer.step()`` with these gradients (``None``: the parameter is skipped, as Adam
     skips a parameter without ``.grad``).
 
@@ -53,7 +55,16 @@ def adam_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
     tensors (exp_avg, exp_avg_sq, step), so checkpoints stay ``torch.optim.Adam`` state dicts and
     the eager and compiled paths can take over from each other. The bias corrections are computed
     in float64 from the step tensor, as eager Adam does in Python (float32 gives ~1e-5 relative
-    errors in the first steps)."""
+    errors in the first steps).
+
+    With ``lr_scale`` (a tensor: a learning-rate schedule without a Python float per step, which
+    would recompile the graph every step) both paths run the in-graph Adam, eagerly too, so that
+    they stay the same computation."""
+    if lr_scale is not None:
+        if not torch.compiler.is_compiling():
+            init_adam_state(optimizer)
+        _traced_adam(optimizer, params, grads, lr_scale)
+        return
     if not torch.compiler.is_compiling():
         for p, g in zip(params, grads):
             p.grad = g
@@ -119,7 +130,7 @@ def _materialised(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _traced_adam(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
-                 grads: list[torch.Tensor | None]) -> None:
+                 grads: list[torch.Tensor | None], lr_scale: torch.Tensor | None = None) -> None:
     check_adam(optimizer)
     grad_of = {id(p): g for p, g in zip(params, grads)}
     for group in optimizer.param_groups:
@@ -146,6 +157,8 @@ def _traced_adam(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
         t = torch.stack([step.to(ps[0].device) for step in steps]).to(torch.float64)
         corrections = _materialised(torch.stack([lr / (1 - beta1 ** t), (1 - beta2 ** t).sqrt()]))
         step_sizes, bias_corrections2_sqrt = corrections.to(ps[0].dtype).unbind(0)
+        if lr_scale is not None:
+            step_sizes = step_sizes * lr_scale.to(step_sizes.dtype)
         for i, (p, m, v) in enumerate(zip(ps, exp_avgs, exp_avg_sqs)):
             denom = v.sqrt() / bias_corrections2_sqrt[i] + eps
             p.sub_(step_sizes[i] * m / denom)

@@ -67,7 +67,8 @@ class Algorithm(abc.ABC):
     entropy_regularised: bool = False
     #: Q-functions: ``critic``, ``critic_target``, ``critic_loss``, ``critic_values``, ``td_target``
     has_critic: bool = True
-    #: a state-value network V(s) besides the Q-functions
+    #: a state-value network V(s) besides the Q-functions: ``value``, stepped by
+    #: ``critic_optimizer`` (critic pre-training regresses it on the Monte-Carlo returns too)
     has_value_network: bool = False
 
     #: how the reference code reduces the MC (and CQL) loss over the critic's members
@@ -84,6 +85,7 @@ class Algorithm(abc.ABC):
     actor_target: Any = None
     critic_target: Any = None
     temperature: Any = None  # the entropy temperature's module (entropy-regularised algorithms)
+    value: Any = None        # V(s), obs -> [B] (algorithms with has_value_network)
     max_action: float = 1.0
     tau: float = 5e-3
     #: set by offline_rl.training.compiled.attach_compiler; None: every step runs eagerly
@@ -105,6 +107,11 @@ class Algorithm(abc.ABC):
     @abc.abstractmethod
     def actor_loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The actor's loss on a batch, and its metrics."""
+
+    def reward_scale(self, data) -> float:
+        """The factor the replay multiplies every reward by (the offline data's and, when
+        fine-tuning, the online ones): 1 unless the algorithm normalises rewards (IQL)."""
+        return 1.0
 
     # ----- what ``has_critic`` promises -----------------------------------------------------
     def critic_loss(self, batch, target: torch.Tensor | None = None

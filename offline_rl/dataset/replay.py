@@ -65,8 +65,11 @@ class ReplayBuffer:
     """
 
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device | str,
-                 seed: int = 0, normalizer: StateNormalizer | None = None):
+                 seed: int = 0, normalizer: StateNormalizer | None = None, reward_scale: float = 1.0):
         self.device = torch.device(device)
+        # every reward added is multiplied by this (an algorithm's reward normalisation, e.g.
+        # IQL's); evaluation returns and normalised scores are the environment's, unscaled
+        self.reward_scale = float(reward_scale)
         self.capacity = int(capacity)
         shapes = {"observations": (obs_dim,), "actions": (act_dim,), "rewards": (),
                   "next_observations": (obs_dim,), "dones": (), "returns_to_go": ()}
@@ -90,13 +93,15 @@ class ReplayBuffer:
     @classmethod
     def from_offline(cls, data: OfflineData, device: torch.device | str, gamma: float,
                      normalize_states: bool, bootstrap_timeouts: bool = False, seed: int = 0,
-                     extra_capacity: int = 0) -> "ReplayBuffer":
+                     extra_capacity: int = 0, reward_scale: float = 1.0) -> "ReplayBuffer":
         normalizer = (StateNormalizer.fit(data.observations) if normalize_states
                       else StateNormalizer.identity(data.obs_dim))
-        buffer = cls(len(data) + extra_capacity, data.obs_dim, data.act_dim, device, seed, normalizer)
-        rtg = returns_to_go(data.rewards, data.terminals, data.timeouts, gamma, bootstrap_timeouts)
+        buffer = cls(len(data) + extra_capacity, data.obs_dim, data.act_dim, device, seed, normalizer,
+                     reward_scale)
+        rewards = np.asarray(data.rewards, dtype=np.float64) * reward_scale  # returns-to-go in the same scale
+        rtg = returns_to_go(rewards, data.terminals, data.timeouts, gamma, bootstrap_timeouts)
         buffer.add(data.observations, data.actions, data.rewards, data.next_observations,
-                   data.terminals, rtg.numpy(), timeouts=data.timeouts)
+                   data.terminals, rtg.numpy(), timeouts=data.timeouts)  # add() scales the rewards
         return buffer
 
     def add(self, observations, actions, rewards, next_observations, dones, returns_to_go=None,
@@ -105,7 +110,7 @@ class ReplayBuffer:
         n = len(rewards)
         values = {
             "observations": self.normalizer(np.asarray(observations)),
-            "actions": actions, "rewards": rewards,
+            "actions": actions, "rewards": np.asarray(rewards, dtype=np.float32) * self.reward_scale,
             "next_observations": self.normalizer(np.asarray(next_observations)),
             "dones": np.asarray(dones, dtype=np.float32),
             "returns_to_go": np.zeros(n) if returns_to_go is None else returns_to_go,

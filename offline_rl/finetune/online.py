@@ -109,7 +109,8 @@ class OnlineFinetuning:
         self.agent = self.algorithm(data.obs_dim, data.act_dim,
                                     **self.algorithm_class.continuation_options(algo))
         online = ReplayBuffer(min(self.env_steps, self.max_replay_size), data.obs_dim, data.act_dim,
-                              self.agent.device, seed=seed + 1, normalizer=replay.normalizer)
+                              self.agent.device, seed=seed + 1, normalizer=replay.normalizer,
+                              reward_scale=replay.reward_scale)  # online rewards as the offline ones
         self.replay = MixedReplay(replay, online, self.init_with_offline, self.offline_fraction,
                                   self.max_replay_size)
         self.loop = EnvironmentLoop(

@@ -47,6 +47,10 @@ def critic_pretrain_loss(algo, batch: Batch, returns: torch.Tensor, td_lambda: f
     if algo.critic_regulariser_weight > 0:
         loss = loss + algo.critic_regulariser_weight * regulariser
         metrics["diversity_loss"] = regulariser.detach()
+    if algo.has_value_network:  # V(s) on the same returns (IQL's V; its own parameters)
+        value_mc = ((algo.value(batch.observations) - returns) ** 2).mean()
+        loss = loss + value_mc
+        metrics["value_mc_loss"] = value_mc.detach()
     return loss, metrics
 
 

@@ -126,7 +126,8 @@ class Run:
                                           target_transform=self.pretrain.target_transform)
         self.replay = ReplayBuffer.from_offline(
             data, device, gamma=self.algo.gamma, normalize_states=self.algo.normalize_states,
-            bootstrap_timeouts=self.pretrain.bootstrap_timeouts, seed=cfg.seed)
+            bootstrap_timeouts=self.pretrain.bootstrap_timeouts, seed=cfg.seed,
+            reward_scale=self.algo.reward_scale(data))
         # fine-tuning a previous run's checkpoint: no pre-training, no offline phase
         self.source = (load_source_run(self.finetune.from_run, tracker, self.algo, self.replay)
                        if self.finetune.from_run else None)
