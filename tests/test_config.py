@@ -97,7 +97,7 @@ def test_a_value_without_a_rule_or_unset_is_an_error():
 def test_help_lists_groups_and_cfg_job_prints_config():
     out = subprocess.run([sys.executable, "launch.py", "--help"], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
-    for line in ("algo: bc, cql, edac, edac_bc, sac_n, td3_bc, td3_bc_cql", "pretrain:", "finetune:", "network:", "dataset:",
+    for line in ("algo: bc, cql, edac, edac_bc, iql, iql_gaussian, sac_n, td3_bc, td3_bc_cql", "pretrain:", "finetune:", "network:", "dataset:",
                  "+experiment: efficiency, finetune_study, lambda_sweep", "hydra/launcher: local, slurm, slurm_local"):
         assert line in out
     # the 48 per-task tuning files are applied automatically: one note, not 48 options
