@@ -98,7 +98,7 @@ def test_help_lists_groups_and_cfg_job_prints_config():
     out = subprocess.run([sys.executable, "launch.py", "--help"], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     for line in ("algo: bc, cql, edac, edac_bc, iql, iql_gaussian, sac_n, td3_bc, td3_bc_cql", "pretrain:", "finetune:", "network:", "dataset:",
-                 "+experiment: efficiency, finetune_study, lambda_sweep", "hydra/launcher: local, slurm, slurm_local"):
+                 "+experiment: efficiency, finetune_study, iql_check, lambda_sweep", "hydra/launcher: local, slurm, slurm_local"):
         assert line in out
     # the 48 per-task tuning files are applied automatically: one note, not 48 options
     tuning = sorted((ROOT / "conf" / "tuning").glob("*.yaml"))
