@@ -11,7 +11,7 @@ BENCH_FLAGS ?=
 TEST_FLAGS ?=
 ARGS ?=
 
-.PHONY: install venv run test bench datasets clean-datasets mlflow-ui analysis
+.PHONY: install venv run test test-fast bench datasets clean-datasets mlflow-ui analysis
 
 # torch from the local CPU wheel through pip (uv does not look there and would download a CUDA
 # build); the rest through uv, faster than pip when measured side by side (README)
@@ -33,8 +33,11 @@ install:  ## (re)install into .venv: the CPU torch wheel (pip), then this packag
 run: $(INSTALLED)  ## the paper's method: TD3+BC with Algorithm 1 pre-training on local Hopper medium (~10 min once the data exist; ARGS="seed=1" adds overrides)
 	$(PYTHON) -m offline_rl.first_run $(ARGS)
 
-test: $(INSTALLED)  ## the whole test suite (CPU, 6-14 min on 2 cores)
+test: $(INSTALLED)  ## the whole test suite (CPU, 24 min on 2 cores in a fresh clone, 2026-12-03)
 	$(PYTHON) -m pytest -q $(TEST_FLAGS)
+
+test-fast: $(INSTALLED)  ## the fast tier for the edit-test loop: every test that starts no process (pytest -m "not slow")
+	$(PYTHON) -m pytest -q -m "not slow" $(TEST_FLAGS)
 
 bench: $(INSTALLED)  ## TD3+BC and EDAC update and pre-training steps: CORL-style eager vs ours, table to docs/bench.md (BENCH_FLAGS=--quick)
 	$(PYTHON) -m benchmarks.bench $(BENCH_FLAGS)

@@ -193,6 +193,7 @@ def test_missing_gymnasium_robotics_names_the_extra(use_root, monkeypatch):
 
 
 @needs_robotics  # without it, the message is the missing package's (tested above)
+@pytest.mark.slow  # starts a process
 def test_offline_the_paper_command_fails_with_the_dataset_message(tmp_path):
     """`python launch.py algo=edac_bc pretrain=soft dataset=pen-human` without the dataset (no
     MLflow store: the message comes before any tracking)."""

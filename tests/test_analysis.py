@@ -478,6 +478,7 @@ def test_ablation_figure(store, tmp_path):
 
 # ------------------------------------------------------------------------------------ CLI
 
+@pytest.mark.slow  # starts a process
 def test_cli_help_for_every_command(capsys):
     from analysis.__main__ import main
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,6 +26,7 @@ def tables(text: str) -> list[list[list[str]]]:
     return [t[2:] for t in found]
 
 
+@pytest.mark.slow  # starts a process
 def test_the_benchmark_runs_and_both_updates_agree(tmp_path):
     out = tmp_path / "bench.md"
     env = {**os.environ, "TORCHDYNAMO_DISABLE": "1", "PYTHONPATH": str(ROOT)}

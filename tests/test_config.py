@@ -94,6 +94,7 @@ def test_a_value_without_a_rule_or_unset_is_an_error():
         validate(composed("dataset=minari"))
 
 
+@pytest.mark.slow  # starts a process
 def test_help_lists_groups_and_cfg_job_prints_config():
     out = subprocess.run([sys.executable, "launch.py", "--help"], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
@@ -110,6 +111,7 @@ def test_help_lists_groups_and_cfg_job_prints_config():
 
 
 
+@pytest.mark.slow  # starts a process
 def test_generator_settings_are_added_with_plus_and_the_plain_form_says_so():
     """A local dataset's `generator` mapping starts empty: `+dataset.generator.<setting>=v` adds a
     setting; the plain form (what Hydra refuses) and an unknown setting each get one line."""
@@ -171,6 +173,7 @@ def test_reference_settings_lose_to_the_command_line_and_skip_other_datasets():
     assert composed("algo=sac_n", "dataset=hopper-medium-local").algo.num_critics == 10
 
 
+@pytest.mark.slow  # starts a process
 def test_help_says_which_values_the_automatic_files_set():
     """`--help` with a run's choices names the files conf/config.yaml applied and what each set;
     a value the command line overrides is marked."""

@@ -312,6 +312,7 @@ def _interrupted_in_process(store, overrides, at_sample, monkeypatch, device=Non
 
 @needs_cuda
 @pytest.mark.parametrize("first, then", [("cuda", "cpu"), ("cpu", "cuda")], ids=["cuda-to-cpu", "cpu-to-cuda"])
+@pytest.mark.slow  # starts a process
 def test_a_run_interrupted_on_one_device_resumes_on_the_other(first, then, tmp_path, minari_root,
                                                               monkeypatch, new_store):
     """launch.py with device=auto (one run identity on a GPU node and on a CPU node): stopped by
@@ -345,6 +346,7 @@ def test_a_run_interrupted_on_one_device_resumes_on_the_other(first, then, tmp_p
 
 
 @needs_cuda
+@pytest.mark.slow  # starts a process
 def test_launch_with_device_cuda_compiles_and_finishes(tmp_path, minari_root):
     """A researcher's command with device=cuda and compile=compile (what a long run does): hard
     pre-training then TD3+BC, evaluations feeding GPU actions to CPU environments, periodic

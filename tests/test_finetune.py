@@ -208,6 +208,7 @@ def metric(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
+@pytest.mark.slow  # starts a process
 def test_pretrain_offline_and_online_finetuning_in_one_run(tmp_path, minari_root, new_store):
     store = new_store(tmp_path / "store")
     result = run_launch([*FINETUNE_RUN, "pretrain=ac", "pretrain.steps=50", "pretrain.until=null",
@@ -260,6 +261,7 @@ def test_pretrain_offline_and_online_finetuning_in_one_run(tmp_path, minari_root
     assert all(v == 0 for _, v in metric(client, sid, "finetune/batch_offline_fraction"))
 
 
+@pytest.mark.slow  # starts a process
 def test_finetuning_configuration_errors_are_reported_before_training(tmp_path, minari_root, new_store):
     store = new_store(tmp_path / "store")
     cases = [
@@ -279,6 +281,7 @@ def test_finetuning_configuration_errors_are_reported_before_training(tmp_path, 
         assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # starts a process
 def test_sac_finetunes_an_edac_agent(tmp_path, minari_root, new_store):
     store = new_store(tmp_path / "store")
     result = run_launch([*FINETUNE_RUN, "algo=edac", "algo.num_critics=3", "updates=50",

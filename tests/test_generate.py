@@ -325,6 +325,7 @@ def _same_datasets(root_a: Path, root_b: Path, monkeypatch) -> None:
         assert a.metadata["snapshot_returns"] == b.metadata["snapshot_returns"]
 
 
+@pytest.mark.slow  # starts a process
 def test_a_killed_generation_resumes_and_publishes_the_same_datasets(generated, tmp_path,
                                                                      monkeypatch):
     root, _ = generated
@@ -402,6 +403,7 @@ def test_ensure_local_dataset_reuses_a_match_and_names_what_differs(datasets, mo
         load_local("Hopper-v5", "medium", generator={**TINY, "critic_widht": 8})
 
 
+@pytest.mark.slow  # starts a process
 def test_interrupted_writing_leaves_nothing_valid_and_a_rerun_recovers(datasets, tmp_path,
                                                                       monkeypatch):
     import minari

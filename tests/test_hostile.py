@@ -61,6 +61,7 @@ def test_a_store_killed_while_it_was_created_is_never_left_half_made(tmp_path, m
     assert len(search_runs(store)) == 1
 
 
+@pytest.mark.slow  # starts a process
 def test_a_half_made_store_without_runs_is_rebuilt_and_one_with_runs_is_refused(tmp_path, minari_root):
     store = tmp_path / "st"
     store.mkdir()
@@ -83,6 +84,7 @@ def test_a_half_made_store_without_runs_is_rebuilt_and_one_with_runs_is_refused(
 # ----- 3. batch sizes the memory check must see -------------------------------------------------
 
 
+@pytest.mark.slow  # starts a process
 def test_a_finetuning_batch_size_that_cannot_fit_is_refused_before_anything_is_allocated(tmp_path, minari_root):
     result = run_launch([*BASE, "finetune=td3", "finetune.env_steps=50000000",
                          "finetune.batch_size=100000000", "updates=50"], tmp_path, minari_root)
@@ -160,6 +162,7 @@ def test_malformed_datasets_are_named_and_short_episodes_handled(minari_root):
     assert len(data) == 3 and "left out 1 episode(s) of length 0" in err.getvalue()
 
 
+@pytest.mark.slow  # starts a process
 def test_a_malformed_dataset_stops_launch_in_one_line(tmp_path, minari_root):
     import warnings
     with warnings.catch_warnings():
@@ -289,6 +292,7 @@ def test_a_full_store_disk_spools_and_the_same_command_delivers_once_there_is_ro
     assert client.list_artifacts(run["run_id"])  # the final checkpoint and config too
 
 
+@pytest.mark.slow  # starts a process
 def test_a_read_only_store_stops_before_training_in_one_line(tmp_path, minari_root, tmpfs, new_store):
     store = tmpfs("ro", "20m")
     new_store(store)

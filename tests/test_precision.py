@@ -163,6 +163,7 @@ def test_this_cpu_is_detected_as_its_flags_say():
     assert precision_module.cpu_bf16()[0] == expected
 
 
+@pytest.mark.slow  # starts a process
 def test_bf16_without_hardware_fails_in_one_line_before_the_data(tmp_path, minari_root):
     """launch.py, as a user runs it, on a CPU made to look bf16-less: exit 2, one line, and the
     dataset (which does not exist) was never looked at."""

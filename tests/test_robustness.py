@@ -87,6 +87,7 @@ def test_a_second_process_on_the_same_run_is_refused_and_a_dead_holder_never_blo
     assert not list(tmp_path.glob("checkpoints/*"))  # finished: folder and lock file gone
 
 
+@pytest.mark.slow  # starts a process
 def test_a_fresh_sqlite_store_created_by_several_processes_at_once(tmp_path):
     """Three processes create one fresh store at the same moment (MLflow's migrations crash
     without the lock beside the database: 'duplicate column name')."""
@@ -167,6 +168,7 @@ def test_a_checkpoint_folder_of_another_store_is_not_resumed(tmp_path, capfd):
 # ----- 3. a tracking server that does not answer ---------------------------------------------
 
 
+@pytest.mark.slow  # starts a process
 def test_an_unreachable_tracking_server_at_start_fails_in_seconds(tmp_path, minari_root, monkeypatch):
     from offline_rl.errors import TrackerUnreachableError
     from offline_rl.tracker import HTTP_LIMITS, MlflowTracker
@@ -489,6 +491,7 @@ def pd_missing(row, key: str) -> bool:
     (["-m", "updats=10,11"], "error: unknown config key 'updats'"),
     (["--cfg", "job", "algo=td3bc"], "error: algo=td3bc: 'algo' has no option 'td3bc'"),
 ])
+@pytest.mark.slow  # starts a process
 def test_hydra_level_mistakes_give_one_line_and_exit_status_2(args, message, tmp_path):
     # were the mistake let through, a missing dataset would end the run at once
     fallback = ["dataset=minari", "dataset.dataset_id=tests/none/missing-v0",

@@ -287,6 +287,7 @@ def test_explicit_action_gradient_matches_autograd(layer_norm, affine):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow  # starts a process
 def test_launch_records_the_compile_choice_and_rejects_a_bad_one(tmp_path, minari_root, new_store):
     """run.py wires compile=...: the per-step summary as the `compile` tag and compile/* metrics
     (a short run under auto stays eager by the 10,000-update rule); a bad value stops at once."""

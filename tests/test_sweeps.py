@@ -236,6 +236,7 @@ def test_a_killed_sweep_started_again_continues_under_the_same_parent(tmp_path, 
     assert steps == sorted(set(steps)) and steps[-1] == 600  # each step once, to the end
 
 
+@pytest.mark.slow  # starts a process
 def test_the_same_finished_command_says_so_instead_of_running_again(tmp_path, minari_root, new_store):
     from conftest import run_launch
 
