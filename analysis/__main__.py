@@ -30,7 +30,7 @@ from analysis.load import DEFAULT_CACHE, DEFAULT_EXPERIMENT, SCORE, AnalysisErro
 EPILOG = """selection: --parent-run-id (a sweep's children) or --experiment, narrowed by --sweep and
 --filter (MLflow search syntax, e.g. "tags.pretrain = 'ac' and params.seed = '0'"). Store:
 --tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///<checkout>/mlflow/mlflow.db.
-Outputs go to --out and are logged as artifacts (under 'analysis/') on the sweep's parent run
+Outputs go to --out and are logged as artifacts (under 'analysis/<command>-<UTC time>/') on the sweep's parent run
 (or --log-to RUN_ID); --no-artifacts to skip."""
 
 
