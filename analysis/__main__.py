@@ -266,6 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated statuses to keep, e.g. FINISHED,RUNNING (default: all)")
     p.add_argument("--limit", type=int, default=None, help="at most this many (the newest)")
     p.add_argument("--csv", default=None, help="also write the table to this CSV file")
+
+    p = sub.add_parser("compare", help="algorithms side by side from results files (no store)",
+                       description="A page comparing algorithms from files written by `results "
+                       "--export`: curves, final scores per seed with 95%% intervals, IQM and "
+                       "P(algo > the first one). --csv FILE[:COLUMN=VALUE,...] keeps the file's "
+                       "runs with those values; the first file's algorithm is the reference.",
+                       formatter_class=fmt)
+    p.add_argument("--csv", action="append", required=True, metavar="FILE[:COLUMN=VALUE,...]",
+                   help="a results file, optionally narrowed (repeat for each)")
+    p.add_argument("--out", default="docs", help="folder of the page and its figure (default docs)")
+    p.add_argument("--name", default="compare", help="file stem (default compare)")
+    p.add_argument("--command", dest="reproduce", default=None,
+                   help="the command the page quotes to write it again")
     return parser
 
 
@@ -435,6 +448,12 @@ def _run(args) -> int:
         for w in page.warnings:
             print(f"warning: {w}", file=sys.stderr)
         print(f"wrote {page.path} and {page.figure}")
+        return 0
+    if args.command == "compare":
+        from analysis.compare import compare
+
+        path = compare(args.csv, args.out, args.name, command=args.reproduce)
+        print(f"wrote {path} and {path.with_suffix('.png')}")
         return 0
     if args.command == "export":
         rs = _load(args)

@@ -652,6 +652,43 @@ def test_committed_results_page_is_regenerated_from_its_committed_data(page, csv
         str(tmp_path), "docs") == committed
 
 
+def test_committed_comparison_page_is_regenerated_from_its_committed_data(tmp_path):
+    """docs/iql_hopper.md is what `analysis compare` writes from the committed files it names."""
+    from analysis.__main__ import main
+
+    committed = (ROOT / "docs" / "iql_hopper.md").read_text()
+    quoted = re.search(r"`python -m analysis (compare [^`]*)` writes this page again", committed)
+    assert quoted, "the page names the command that writes it again from its data"
+    args = shlex.split(quoted.group(1))
+    for i, arg in enumerate(args):
+        if args[i - 1] == "--csv":  # the committed files, read where they are
+            args[i] = str(ROOT / arg)
+    args[args.index("--out") + 1] = str(tmp_path)
+    assert main(args) == 0
+    assert (tmp_path / "iql_hopper.md").read_text() == committed
+
+
+def test_compare_gives_each_algorithm_its_seeds_intervals_and_improvement_probability(tmp_path):
+    """Two hand-made algorithms: finals 10/20/30 against 40/50/60 -- means, t intervals and
+    P(b > a) = 1 by hand."""
+    from analysis.compare import compare
+
+    rows = []
+    for algo, finals in (("a", (10.0, 20.0, 30.0)), ("b", (40.0, 50.0, 60.0))):
+        for seed, final in enumerate(finals):
+            for step, value in ((1000, 0.0), (2000, final)):
+                rows.append({"run_id": f"{algo}{seed}", "metric": "eval/normalized_score_mean",
+                             "step": step, "value": value, "timestamp": 0, "run_name": f"{algo}{seed}",
+                             "algo": algo, "seed": seed, "dataset_name": "d", "status": "FINISHED"})
+    path = tmp_path / "runs.csv.gz"
+    pd.DataFrame(rows).to_csv(path, index=False, compression="gzip")
+    page = compare([f"{path}:algo=a", f"{path}:algo=b"], tmp_path, "ab").read_text()
+    # mean 20, t(0.975, 2) = 4.303, s = 10: half width 24.8
+    assert "| a | 3 (0, 1, 2) | 2,000 | 10.0, 20.0, 30.0 | 20.0 [-4.8, 44.8] |" in page
+    assert "| b | 3 (0, 1, 2) | 2,000 | 40.0, 50.0, 60.0 | 50.0 [25.2, 74.8] |" in page
+    assert "| b | 50.0 [40.0, 60.0] | 1.00 [1.00, 1.00] |" in page
+
+
 # ------------------------------------------------------------- Agarwal et al. (2021) statistics
 
 def test_score_matrix_from_runs_last_and_window(clean):
