@@ -51,7 +51,8 @@ def compare(specs: list[str], out: str | Path = "docs", name: str = "compare",
         raise AnalysisError("no runs in " + ", ".join(specs))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    figure = plot_learning_curves(rs, SCORE, variant=["algo"], out=out / f"{name}.png",
+    figure = plot_learning_curves(rs, SCORE, variant=["algo"], panel=["dataset_name"],
+                                  out=out / f"{name}.png",
                                   title="Normalised score against gradient updates")
     history = rs.history(SCORE)
     algos = list(dict.fromkeys(rs.runs["algo"]))

@@ -414,7 +414,10 @@ def export_csv(rs: RunSet, path: str | Path, metrics: Sequence[str] = (SCORE,),
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     runs = rs.runs
-    constant = [c for c in rs.param_columns if c in runs and runs[c].astype(str).nunique() <= 1]
+    # the config-group choices stay, constant or not: they say what the runs are when files are
+    # put side by side (analysis compare)
+    constant = [c for c in rs.param_columns if c in runs and c not in GROUPS
+                and runs[c].astype(str).nunique() <= 1]
     keep = [c for c in runs.columns if c not in constant and not c.startswith("_")]
     for key in metrics:
         rs.history(key)

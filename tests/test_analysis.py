@@ -664,7 +664,7 @@ def test_committed_comparison_page_is_regenerated_from_its_committed_data(tmp_pa
         if args[i - 1] == "--csv":  # the committed files, read where they are
             args[i] = str(ROOT / arg)
     args[args.index("--out") + 1] = str(tmp_path)
-    assert main(args) == 0
+    assert main([*args, "--command", quoted.group(1)]) == 0
     assert (tmp_path / "iql_hopper.md").read_text() == committed
 
 
