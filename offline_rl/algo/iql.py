@@ -25,7 +25,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from offline_rl.algo.adam import adam, minimise
 from offline_rl.algo.base import Algorithm, TargetTransform, copy_factory, frozen_copy
