@@ -4,11 +4,13 @@
 runs the same two checks for every job before any is launched; nothing else re-checks a config
 value.
 
-Each rule names a key, a check and what is allowed; a failing value raises one ConfigError naming
-the key, the value and the allowed values. Rules name keys that only some options of a group have
-(``algo.alpha`` is TD3+BC's), so a rule whose key the composed config lacks does not apply; in the
-other direction every value of the checked groups must have a rule (or be listed in ``UNCHECKED``),
-so a renamed YAML key fails validation instead of silently losing its check
+The rules live beside what they check: the top-level keys' here (``TOP_LEVEL``), every other
+value's in the ``OPTIONS`` of the class (or function) its node builds through ``_target_``
+(offline_rl/options.py), collected from the composed config itself, so a new algorithm, scheme or
+fine-tuning option brings its own rules. A failing value raises one ConfigError naming the key,
+the value and the allowed values. A rule whose key the composed config lacks does not apply; in the
+other direction every value must have a rule (or be listed in ``UNCHECKED``), so a renamed YAML key
+fails validation, naming the class that should declare it, instead of silently losing its check
 (tests/test_config.py composes every group option and checks both directions).
 
 Unknown keys and unknown group options are rejected by Hydra; ``hydra_error_message`` turns its
@@ -18,20 +20,19 @@ report into one line. ``+key=value`` / ``++key=value`` would add a key the confi
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class, get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from offline_rl.automatic import help_text as applied_help
 from offline_rl.cli_help import config_groups
-from offline_rl.dataset.levels import LEVELS
 from offline_rl.errors import ConfigError, OfflineRLError
+from offline_rl.options import Rule, boolean, declared_options, int_at_least, int_in, one_of, optional
 from offline_rl.precision import PRECISIONS
 
 
@@ -52,200 +53,55 @@ if not OmegaConf.has_resolver("applied_settings"):
 
 #: how update steps run (offline_rl.training.compiled)
 COMPILE_MODES = ("auto", "compile", "eager")
-
-
-@dataclass(frozen=True)
-class Rule:
-    key: str
-    check: Callable[[Any], bool]
-    allowed: str
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    """A finite number (inf and nan are no setting's value: they fail at the first update)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def int_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: _is_int(v) and v >= low), f"an integer >= {low}"
-
-
-def number_in(low: float, high: float, low_open: bool = False, high_open: bool = False):
-    def check(v: Any) -> bool:
-        if not _is_num(v):
-            return False
-        return (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
-
-    if math.isinf(high):
-        text = f"a finite number {'>' if low_open else '>='} {low}"
-    else:
-        text = f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-    return check, text
-
-
-def positive_number():
-    return (lambda v: _is_num(v) and v > 0), "a finite number > 0"
-
-
 #: numpy's seeds are below 2**32 (seed_everything seeds random, numpy and torch with the same value)
 MAX_SEED = 2**32 - 1
 
 
-def boolean():
-    return (lambda v: isinstance(v, bool)), "true or false"
-
-
-def device_name():
+def device_name() -> Rule:
     pattern = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
-    return (lambda v: isinstance(v, str) and bool(pattern.match(v))), "auto, cpu, cuda or cuda:N"
+    return Rule(lambda v: isinstance(v, str) and bool(pattern.match(v)), "auto, cpu, cuda or cuda:N")
 
 
-def _rule(key: str, spec) -> Rule:
-    check, allowed = spec
-    return Rule(key, check, allowed)
-
-
-RULES: list[Rule] = [
-    _rule("seed", ((lambda v: _is_int(v) and 0 <= v <= MAX_SEED), f"an integer in [0, {MAX_SEED}]")),
-    _rule("device", device_name()),
-    _rule("updates", int_at_least(0)),
-    _rule("batch_size", int_at_least(1)),
-    _rule("log_every", int_at_least(1)),
-    _rule("threads", int_at_least(0)),
-    _rule("progress", boolean()),
-    _rule("summary", boolean()),
-    _rule("compile", ((lambda v: v in COMPILE_MODES), ", ".join(COMPILE_MODES))),
-    _rule("precision", ((lambda v: v in PRECISIONS), ", ".join(PRECISIONS))),
-    _rule("precision_change", ((lambda v: v in ("refuse", "allow")), "refuse or allow")),
-    _rule("resume", ((lambda v: v in ("auto", "never")), "auto or never")),
-    _rule("rerun", boolean()),
-    _rule("continue_from", (lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "null or the MLflow run id of a FINISHED run")),
-    _rule("checkpoint.every", (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no periodic checkpoints)")),
-    _rule("checkpoint.keep", int_at_least(1)),
-    _rule("checkpoint.on_signal", boolean()),
-    _rule("checkpoint.dir", (lambda v: v is None or isinstance(v, str), "null or a folder")),
-    _rule("eval.every", int_at_least(0)),
-    _rule("eval.episodes", int_at_least(0)),
-    _rule("eval.seed", int_at_least(0)),
-    _rule("network.width", int_at_least(1)),
-    _rule("network.depth", (lambda v: v is None or (_is_int(v) and v >= 1), "null (the algorithm's reference depth) or an integer >= 1")),
-    _rule("network.actor_layer_norm", boolean()),
-    _rule("network.critic_layer_norm", boolean()),
-    _rule("network.layer_norm_affine", boolean()),
-    _rule("algo.gamma", number_in(0.0, 1.0, low_open=True, high_open=True)),
-    _rule("algo.tau", number_in(0.0, 1.0, low_open=True)),
-    _rule("algo.actor_lr", positive_number()),
-    _rule("algo.critic_lr", positive_number()),
-    _rule("algo.alpha_lr", positive_number()),
-    _rule("algo.alpha", number_in(0.0, float("inf"))),
-    _rule("algo.policy_delay", int_at_least(1)),
-    _rule("algo.policy_noise", number_in(0.0, float("inf"))),
-    _rule("algo.noise_clip", number_in(0.0, float("inf"))),
-    _rule("algo.num_critics", int_at_least(2)),
-    _rule("algo.eta", number_in(0.0, float("inf"))),
-    _rule("algo.initial_alpha", positive_number()),
-    _rule("algo.max_action", positive_number()),
-    _rule("algo.normalize_states", boolean()),
-    # TD3+BC+CQL, EDAC+BC, CQL (appendix G)
-    _rule("algo.cql_weight", number_in(0.0, float("inf"))),
-    _rule("algo.cql_n_actions", int_at_least(1)),
-    _rule("algo.cql_temperature", positive_number()),
-    _rule("algo.bc_weight", number_in(0.0, float("inf"))),
-    _rule("algo.bc_steps", int_at_least(0)),
-    _rule("algo.target_update_period", int_at_least(1)),
-    _rule("algo.importance_sample", boolean()),
-    _rule("algo.backup_entropy", boolean()),
-    _rule("algo.orthogonal_init", boolean()),
-    _rule("algo.target_entropy", (lambda v: v is None or _is_num(v), "null (-|A|) or a number")),
-    _rule("algo.corl_init", boolean()),
-    # IQL (offline_rl/algo/iql.py)
-    _rule("algo.expectile", number_in(0.0, 1.0, low_open=True, high_open=True)),
-    _rule("algo.beta", number_in(0.0, float("inf"))),
-    _rule("algo.max_weight", positive_number()),
-    _rule("algo.value_lr", positive_number()),
-    _rule("algo.actor_schedule_steps", (lambda v: v is None or (_is_int(v) and v >= 1), "null (a constant learning rate) or an integer >= 1")),
-    _rule("algo.normalize_rewards", boolean()),
-    _rule("algo.value.width", int_at_least(1)),
-    _rule("algo.value.depth", int_at_least(1)),
-    _rule("algo.value.layer_norm", boolean()),
-    _rule("algo.value.layer_norm_affine", boolean()),
-    # the networks (their width, depth and LayerNorm come from network.*)
-    _rule("algo.actor.width", int_at_least(1)),
-    _rule("algo.critic.width", int_at_least(1)),
-    _rule("algo.actor.depth", int_at_least(1)),
-    _rule("algo.critic.depth", int_at_least(1)),
-    _rule("algo.actor.layer_norm", boolean()),
-    _rule("algo.critic.layer_norm", boolean()),
-    _rule("algo.actor.layer_norm_affine", boolean()),
-    _rule("algo.critic.layer_norm_affine", boolean()),
-    _rule("algo.actor.log_std_min", (_is_num, "a number")),
-    _rule("algo.actor.log_std_max", (_is_num, "a number")),
-    # pre-training (offline_rl.pretrain.common.Scheme)
-    _rule("pretrain.steps", int_at_least(1)),
-    _rule("pretrain.until", ((lambda v: v in (None, "converged")), "null or 'converged'")),
-    _rule("pretrain.window", int_at_least(1)),
-    _rule("pretrain.tolerance", number_in(0.0, float("inf"))),
-    _rule("pretrain.lambda", number_in(0.0, 1.0)),
-    _rule("pretrain.cql_weight", number_in(0.0, float("inf"))),
-    _rule("pretrain.cql_n_actions", int_at_least(1)),
-    _rule("pretrain.bootstrap_timeouts", boolean()),
-    # online fine-tuning ("Finetuning from offline RL", Table B1 / B2, appendix C.1)
-    _rule("finetune.env_steps", int_at_least(1)),
-    _rule("finetune.min_replay_size", int_at_least(1)),
-    _rule("finetune.exploration_noise", number_in(0.0, float("inf"))),
-    _rule("finetune.batch_size", int_at_least(1)),
-    _rule("finetune.init_with_offline", boolean()),
-    _rule("finetune.offline_fraction", (lambda v: v is None or (_is_num(v) and 0 <= v <= 1), "null (uniform over the replay) or a number in [0, 1]")),
-    _rule("finetune.max_replay_size", int_at_least(1)),
-    _rule("finetune.from_run", (lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "null or an MLflow run id / checkpoint path")),
-    _rule("finetune.algorithm.epsilon", positive_number()),
-    _rule("finetune.algorithm.dqda_clipping", (lambda v: v is None or (_is_num(v) and v > 0), "null (off) or a number > 0")),
-    _rule("finetune.algorithm.initial_multiplier", positive_number()),
-    _rule("finetune.algorithm.multiplier_lr", positive_number()),
-    _rule("finetune.algorithm.policy_delay", int_at_least(1)),
-    _rule("finetune.algorithm.tau", number_in(0.0, 1.0, low_open=True)),
-    _rule("finetune.algorithm.actor_lr", positive_number()),
-    _rule("finetune.algorithm.critic_lr", positive_number()),
-    _rule("finetune.algorithm.alpha", number_in(0.0, float("inf"))),
-    _rule("finetune.algorithm.eta", number_in(0.0, float("inf"))),
-    _rule("finetune.algorithm.alpha_lr", positive_number()),
-    _rule("finetune.algorithm.policy_noise", number_in(0.0, float("inf"))),
-    _rule("finetune.algorithm.noise_clip", number_in(0.0, float("inf"))),
-    _rule("finetune.algorithm.expectile", number_in(0.0, 1.0, low_open=True, high_open=True)),
-    _rule("finetune.algorithm.beta", number_in(0.0, float("inf"))),
-    _rule("finetune.algorithm.max_weight", positive_number()),
-    _rule("finetune.algorithm.value_lr", positive_number()),
-    _rule("finetune.algorithm.actor_schedule_steps", (lambda v: v is None or (_is_int(v) and v >= 1), "null (a constant learning rate) or an integer >= 1")),
-    _rule("finetune.algorithm.target_entropy", (lambda v: v is None or _is_num(v), "null (-|A|) or a number")),
-    # the datasets: Minari's by id, this project's by environment and level
-    _rule("dataset.dataset_id", (lambda v: isinstance(v, str) and "/" in v, "a Minari dataset id such as mujoco/hopper/medium-v0")),
-    _rule("dataset.download_if_missing", boolean()),
-    _rule("dataset.probe_timeout_s", positive_number()),
-    _rule("dataset.env_id", (lambda v: isinstance(v, str) and v.strip() != "", "a Gymnasium environment id")),
-    _rule("dataset.level", ((lambda v: v in LEVELS), ", ".join(LEVELS))),
-    _rule("dataset.generator", ((lambda v: isinstance(v, dict)), "a mapping of generator settings")),
-    # evaluation overrides of Minari datasets (appendix G.5)
-    _rule("dataset.use_minari_reference", boolean()),
-    _rule("dataset.eval_max_episode_steps", (lambda v: v is None or (_is_int(v) and v >= 1), "null (the dataset's environment's time limit) or an integer >= 1")),
-    _rule("dataset.ref_min_score", (lambda v: v is None or _is_num(v), "null (the dataset's reference score) or a number")),
-    _rule("dataset.ref_max_score", (lambda v: v is None or _is_num(v), "null (the dataset's reference score) or a number")),
-    # tracking: a server that stops answering mid-run (offline_rl.tracker)
-    _rule("tracker.experiment", (lambda v: isinstance(v, str) and v.strip() != "", "an MLflow experiment name")),
-    _rule("tracker.tracking_uri", (lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "null (the sqlite store in tracker.store_dir) or an MLflow tracking URI")),
-    _rule("tracker.store_dir", (lambda v: isinstance(v, str) and v.strip() != "", "a folder")),
-    _rule("tracker.retry_every_s", positive_number()),
-    _rule("tracker.wait_for_server_s", number_in(0.0, float("inf"))),
-]
+#: the keys of conf/config.yaml and of the network group (no class of its own: its values shape the
+#: actor and critic nodes through interpolation); every other value's rule is declared by the class
+#: its node builds (``OPTIONS``, offline_rl/options.py)
+TOP_LEVEL: dict[str, Rule] = {
+    "seed": int_in(0, MAX_SEED),
+    "device": device_name(),
+    "updates": int_at_least(0),
+    "batch_size": int_at_least(1),
+    "log_every": int_at_least(1),
+    "threads": int_at_least(0),
+    "progress": boolean(),
+    "summary": boolean(),
+    "compile": one_of(*COMPILE_MODES),
+    "precision": one_of(*PRECISIONS),
+    "precision_change": one_of("refuse", "allow"),
+    "resume": one_of("auto", "never"),
+    "rerun": boolean(),
+    "continue_from": Rule(lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
+                          "null or the MLflow run id of a FINISHED run"),
+    "checkpoint.every": int_at_least(0, " (0: no periodic checkpoints)"),
+    "checkpoint.keep": int_at_least(1),
+    "checkpoint.on_signal": boolean(),
+    "checkpoint.dir": Rule(lambda v: v is None or isinstance(v, str), "null or a folder"),
+    "eval.every": int_at_least(0),
+    "eval.episodes": int_at_least(0),
+    "eval.seed": int_at_least(0),
+    "network.width": int_at_least(1),
+    "network.depth": optional(int_at_least(1), "the algorithm's reference depth"),
+    "network.actor_layer_norm": boolean(),
+    "network.critic_layer_norm": boolean(),
+    "network.layer_norm_affine": boolean(),
+}
 
 
 #: what needs no rule: Hydra's instantiation keys
 UNCHECKED = ("_target_", "_partial_")
 #: top-level nodes that are not settings: Hydra's own (in a job's config) and its runtime choices
 NOT_SETTINGS = ("choices", "hydra")
+#: mappings that are one value (their keys are checked where they are used)
+MAPPING_VALUES = ("generator",)
 _MISSING = object()
 
 
@@ -255,22 +111,74 @@ def leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:
     for key in node.keys():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         child = node._get_node(key)
-        if isinstance(child, DictConfig) and len(child) and not dotted.endswith("generator"):
+        if isinstance(child, DictConfig) and len(child) and key not in MAPPING_VALUES:
             keys += leaf_keys(child, dotted)
         else:
             keys.append(dotted)
     return keys
 
 
-def validate(cfg: DictConfig, rules: list[Rule] | None = None) -> None:
+@dataclass(frozen=True)
+class Owner:
+    """A node built through ``_target_``, and the options its class declares."""
+
+    path: str
+    target: str
+    options: dict[str, tuple[Rule, str]]
+
+
+def owners(cfg: DictConfig) -> tuple[list[Owner], list[str]]:
+    """The nodes of ``cfg`` that name a ``_target_`` (``algo``, ``algo.actor``,
+    ``finetune.algorithm``, ...), each with its class's declared options; and the targets that
+    could not be imported, as problems."""
+    found, problems = [], []
+
+    def walk(node: DictConfig, path: str) -> None:
+        target = node.get("_target_") if "_target_" in node else None
+        if isinstance(target, str):
+            try:
+                found.append(Owner(path, target, declared_options(get_object(target))))
+            except Exception as exc:  # noqa: BLE001 -- reported as the config's problem
+                problems.append(f"{path}._target_={target!r} cannot be imported "
+                                f"({type(exc).__name__}: {exc})")
+        for key in node.keys():
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and key not in MAPPING_VALUES:
+                walk(child, f"{path}.{key}" if path else str(key))
+
+    for key in cfg.keys():
+        child = cfg._get_node(key)
+        if key not in NOT_SETTINGS and isinstance(child, DictConfig):
+            walk(child, str(key))
+    return found, problems
+
+
+def rules_for(cfg: DictConfig) -> tuple[dict[str, Rule], dict[str, str], list[str]]:
+    """Every rule that applies to ``cfg``: the top-level ones and those the classes of its nodes
+    declare, by dotted key; where each key's rule belongs (for the message of a key without one);
+    and the problems met collecting them."""
+    nodes, problems = owners(cfg)
+    rules = dict(TOP_LEVEL)
+    home = {}
+    for owner in sorted(nodes, key=lambda o: o.path.count(".")):
+        home[owner.path] = f"OPTIONS of {owner.target.rsplit('.', 1)[-1]} ({owner.target})"
+        for key, (rule, _) in owner.options.items():
+            rules[f"{owner.path}.{key}"] = rule
+    return rules, home, problems
+
+
+def _home_of(key: str, home: dict[str, str]) -> str:
+    path = key
+    while "." in path:
+        path = path.rsplit(".", 1)[0]
+        if path in home:
+            return home[path]
+    return "TOP_LEVEL in offline_rl/config.py"
+
+
+def validate(cfg: DictConfig) -> None:
     """Every value of ``cfg`` against its rule; a value without a rule is an error too."""
-    rules = RULES if rules is None else rules
-    by_key = {rule.key: rule for rule in rules}
-    problems = []
-    fraction = OmegaConf.select(cfg, "finetune.offline_fraction", default=None)
-    if fraction is not None and OmegaConf.select(cfg, "finetune.init_with_offline") is False:
-        problems.append(f"finetune.offline_fraction={fraction!r} needs the offline data in the "
-                        f"replay: set finetune.init_with_offline=true or finetune.offline_fraction=null")
+    by_key, home, problems = rules_for(cfg)
     for key in leaf_keys(cfg):
         if key.rsplit(".", 1)[-1] in UNCHECKED or key.split(".", 1)[0] in NOT_SETTINGS:
             continue
@@ -283,7 +191,8 @@ def validate(cfg: DictConfig, rules: list[Rule] | None = None) -> None:
                                 f"({', '.join(inside[:4])}{', ...' if len(inside) > 4 else ''}); "
                                 f"set one of them, e.g. {inside[0]}={value!r}")
             else:
-                problems.append(f"{key} has no validation rule (offline_rl/config.py RULES): add one")
+                problems.append(f"{key} has no validation rule: declare it in "
+                                f"{_home_of(key, home)}")
             continue
         if OmegaConf.is_missing(cfg, key) if "." not in key else _is_missing(cfg, key):
             problems.append(f"{key} is not set: expected {rule.allowed}")

@@ -21,7 +21,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from offline_rl.options import any_number, boolean, int_at_least
 from offline_rl.precision import float32_region, to_float32
+
+#: the options of every MLP a YAML node builds (their values come from the network group)
+NETWORK_OPTIONS = {"width": int_at_least(1), "depth": int_at_least(1), "layer_norm": boolean(),
+                   "layer_norm_affine": boolean()}
 
 
 def hidden_dims(width: int, depth: int) -> list[int]:
@@ -62,6 +67,8 @@ def mlp(in_dim: int, dims: list[int], out_dim: int, layer_norm: bool,
 class DeterministicActor(nn.Module):
     """TD3's actor: a = max_action * tanh(MLP(s))."""
 
+    OPTIONS = NETWORK_OPTIONS
+
     def __init__(self, obs_dim: int, act_dim: int, width: int = 256, depth: int = 2,
                  layer_norm: bool = True, max_action: float = 1.0, layer_norm_affine: bool = False):
         super().__init__()
@@ -81,6 +88,8 @@ class TanhGaussianActor(nn.Module):
 
     Matches CORL's EDAC actor (log-sigma clipped to [-5, 2], tanh correction with +1e-6).
     """
+
+    OPTIONS = {**NETWORK_OPTIONS, "log_std_min": any_number(), "log_std_max": any_number()}
 
     def __init__(self, obs_dim: int, act_dim: int, width: int = 256, depth: int = 3,
                  layer_norm: bool = True, max_action: float = 1.0,
@@ -199,6 +208,8 @@ class EnsembleCritic(nn.Module):
 
     obs / act may be [B, d] (shared by all members) or [N, B, d] (one batch per member).
     """
+
+    OPTIONS = NETWORK_OPTIONS
 
     def __init__(self, obs_dim: int, act_dim: int, num_critics: int = 2, width: int = 256,
                  depth: int = 2, layer_norm: bool = True, layer_norm_affine: bool = False):

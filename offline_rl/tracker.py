@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 
 from offline_rl.errors import TrackerUnreachableError
 from offline_rl.locks import FileLock
+from offline_rl.options import non_negative, optional, positive_number, text
 from offline_rl.spool import Spool, is_unreachable, reason
 
 # MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces); tagged as a
@@ -174,6 +175,12 @@ class NullTracker:
 
 class MlflowTracker:
     """Metrics are buffered and written with ``log_batch``; one call per flush, not per metric."""
+
+    OPTIONS = {"experiment": text("an MLflow experiment name"),
+               "tracking_uri": optional(text("an MLflow tracking URI"),
+                                        "the sqlite store in tracker.store_dir"),
+               "store_dir": text("a folder"), "retry_every_s": positive_number(),
+               "wait_for_server_s": non_negative()}
 
     def __init__(self, experiment: str = "offline_rl", tracking_uri: str | None = None,
                  store_dir: str | None = None, retry_every_s: float = 30.0,

@@ -24,6 +24,9 @@ FORBIDDEN = {
     "finetune": {"pretrain", "generate", "sweep"},
     "config": {"training", "pretrain", "finetune", "algo", "generate", "sweep"},
     "job": {"training", "sweep", "config"},
+    # the rule helpers every component declares its options with: the bottom layer
+    "options": {"network", "algo", "dataset", "pretrain", "finetune", "training", "generate",
+                "config", "sweep", "job", "tracker", "errors"},
 }
 
 

@@ -14,6 +14,7 @@ import offline_rl.config  # noqa: F401  (resolvers)
 from conftest import ROOT
 from offline_rl.config import validate
 from offline_rl.errors import ConfigError
+from offline_rl.options import int_at_least, positive_number
 
 
 def composed(*overrides: str):
@@ -71,27 +72,64 @@ def every_option():
 
 
 def test_every_value_of_every_option_has_a_rule_and_every_rule_a_value():
-    """Both directions of 'validation in one place': a YAML key without a rule fails validation
-    (so renaming a key cannot silently drop its check), and a rule whose key no option has is
-    dead (a key renamed in the YAML but not in RULES)."""
-    from offline_rl.config import RULES, UNCHECKED, leaf_keys
+    """Both directions of 'every value checked': a YAML key without a rule fails validation (so
+    renaming a key cannot silently drop its check), and a rule whose key no option has is dead (a
+    key renamed in the YAML but not in its class's OPTIONS)."""
+    from offline_rl.config import TOP_LEVEL, leaf_keys, owners
 
-    seen = set()
+    seen, declared, used = set(), set(), set()
     for group, option, cfg in every_option():
-        validate(cfg)  # every default is allowed
-        seen |= set(leaf_keys(cfg))
-    assert {rule.key for rule in RULES} - seen == set()
-    assert all(k.rsplit(".", 1)[-1] in UNCHECKED for k in seen - {rule.key for rule in RULES})
+        validate(cfg)  # every default is allowed, and every value has a rule
+        keys = set(leaf_keys(cfg))
+        seen |= keys
+        nodes, problems = owners(cfg)
+        assert problems == []
+        for owner in nodes:
+            for key, (_, where) in owner.options.items():
+                declared.add((where, key))
+                if f"{owner.path}.{key}" in keys:
+                    used.add((where, key))
+    assert set(TOP_LEVEL) - seen == set()
+    assert declared - used == set()
+    # the rules live beside their classes: none of the groups' keys is in the central table
+    assert not [key for key in TOP_LEVEL if key.split(".")[0] in
+                ("algo", "pretrain", "finetune", "dataset", "tracker")]
 
 
 def test_a_value_without_a_rule_or_unset_is_an_error():
     cfg = composed("algo=td3_bc")
     OmegaConf.set_struct(cfg, False)
     cfg.algo.policy_delays = 2  # e.g. a key renamed in the YAML only
-    with pytest.raises(ConfigError, match="algo.policy_delays has no validation rule"):
+    with pytest.raises(ConfigError, match=r"algo.policy_delays has no validation rule: declare it in "
+                                          r"OPTIONS of TD3BC \(offline_rl.algo.td3_bc.TD3BC\)"):
+        validate(cfg)
+    cfg = composed("algo=td3_bc")
+    OmegaConf.set_struct(cfg, False)
+    cfg.eval.rate = 2
+    with pytest.raises(ConfigError, match="eval.rate has no validation rule: declare it in TOP_LEVEL"):
         validate(cfg)
     with pytest.raises(ConfigError, match="dataset.dataset_id is not set: expected a Minari dataset id"):
         validate(composed("dataset=minari"))
+
+
+class ToyAlgorithm:
+    """A component this package has never heard of: its own options, nothing else edited."""
+
+    OPTIONS = {"temperature": positive_number(), "horizon": int_at_least(1)}
+
+
+def test_a_new_component_brings_its_own_rules():
+    cfg = composed("algo=td3_bc")
+    OmegaConf.set_struct(cfg, False)
+    cfg.finetune = {"_target_": "test_config.ToyAlgorithm", "temperature": 0.5, "horizon": 3}
+    validate(cfg)
+    cfg.finetune.temperature = -1.0
+    with pytest.raises(ConfigError, match=r"finetune.temperature=-1.0 is not allowed: expected a "
+                                          r"finite number > 0"):
+        validate(cfg)
+    cfg.finetune = {"_target_": "test_config.NoSuchThing"}
+    with pytest.raises(ConfigError, match=r"finetune._target_='test_config.NoSuchThing' cannot be imported"):
+        validate(cfg)
 
 
 @pytest.mark.slow  # starts a process

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from offline_rl.algo.adam import minimise, set_capturable
+from offline_rl.options import boolean, number_in, positive_number
 
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A target network: a copy whose parameters receive no gradients."""
@@ -56,7 +57,19 @@ class Algorithm(abc.ABC):
 
     ``target_transform`` (a constructor option; QT-max's, pretrain/qt_max.py) reshapes every TD
     target the algorithm's critic learns from: ``(batch, target) -> (target, metrics)``.
-    Subclasses list what they checkpoint in ``_state_attrs``."""
+    Subclasses list what they checkpoint in ``_state_attrs``, and the options their YAML node
+    may hold in ``OPTIONS`` (offline_rl/options.py; inherited, so only their own)."""
+
+    #: options every algorithm understands (where its YAML sets them); the config is checked
+    #: against these before anything is built (offline_rl/config.py)
+    OPTIONS = {
+        "gamma": number_in(0.0, 1.0, low_open=True, high_open=True),
+        "tau": number_in(0.0, 1.0, low_open=True),
+        "actor_lr": positive_number(),
+        "critic_lr": positive_number(),
+        "max_action": positive_number(),
+        "normalize_states": boolean(),
+    }
 
     # ----- capabilities: what every compatibility check reads ---------------------------------
     #: "deterministic" (a = pi(s): the TD3 family, hard pre-training, Algorithm 1) or

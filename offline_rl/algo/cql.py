@@ -38,10 +38,11 @@ from torch import nn
 
 from offline_rl.algo.adam import adam
 from offline_rl.algo.base import Algorithm, TargetTransform, frozen_copy
-from offline_rl.algo.losses import td_loss
-from offline_rl.algo.edac import Temperature
+from offline_rl.algo.losses import CQL_OPTIONS, td_loss
+from offline_rl.algo.edac import TEMPERATURE_OPTIONS, Temperature
 from offline_rl.dataset.replay import Batch
 from offline_rl.network import EnsembleCritic, EnsembleLinear, TanhGaussianActor, linear_layers
+from offline_rl.options import boolean, int_at_least
 
 
 def orthogonal_init_(*modules: nn.Module, gain: float = math.sqrt(2.0)) -> None:
@@ -59,6 +60,9 @@ def orthogonal_init_(*modules: nn.Module, gain: float = math.sqrt(2.0)) -> None:
 
 
 class CQL(Algorithm):
+    OPTIONS = {**CQL_OPTIONS, **TEMPERATURE_OPTIONS, "bc_steps": int_at_least(0),
+               "target_update_period": int_at_least(1), "importance_sample": boolean(),
+               "backup_entropy": boolean(), "orthogonal_init": boolean()}
     actor_kind = "stochastic"
     entropy_regularised = True
     step_prefix = "cql"

@@ -25,7 +25,13 @@ from offline_rl.algo.losses import td_loss
 from offline_rl.dataset.replay import Batch
 from offline_rl.network import (EnsembleCritic, EnsembleLayerNorm, EnsembleLinear,
                                 TanhGaussianActor, linear_layers)
+from offline_rl.options import any_number, boolean, int_at_least, non_negative, optional, positive_number
 from offline_rl.precision import to_float32
+
+
+#: the options of an algorithm with a learned entropy temperature (EDAC, SAC-N, CQL)
+TEMPERATURE_OPTIONS = {"initial_alpha": positive_number(), "alpha_lr": positive_number(),
+                       "target_entropy": optional(any_number(), "-|A|")}
 
 
 class Temperature(nn.Module):
@@ -120,6 +126,8 @@ def q_and_action_grad(critic: EnsembleCritic, obs: torch.Tensor,
 
 
 class EDAC(Algorithm):
+    OPTIONS = {**TEMPERATURE_OPTIONS, "num_critics": int_at_least(2), "eta": non_negative(),
+               "corl_init": boolean()}
     actor_kind = "stochastic"
     entropy_regularised = True
     step_prefix = "edac"

@@ -27,9 +27,12 @@ from torch.nn import functional as F
 from offline_rl.algo.edac import EDAC
 from offline_rl.dataset.replay import Batch
 from offline_rl.algo.losses import normalised
+from offline_rl.options import non_negative
 
 
 class EDACBC(EDAC):
+    OPTIONS = {"bc_weight": non_negative()}
+
     def __init__(self, obs_dim: int, act_dim: int, actor, critic, bc_weight: float = 1.0,
                  **edac_options):
         super().__init__(obs_dim, act_dim, actor, critic, **edac_options)

@@ -29,11 +29,14 @@ from torch import nn
 from offline_rl.algo.adam import adam, minimise
 from offline_rl.algo.base import Algorithm, TargetTransform, copy_factory, frozen_copy
 from offline_rl.dataset.replay import Batch
-from offline_rl.network import EnsembleCritic, hidden_dims, mlp
+from offline_rl.network import NETWORK_OPTIONS, EnsembleCritic, hidden_dims, mlp
+from offline_rl.options import boolean, int_at_least, non_negative, number_in, optional, positive_number
 
 
 class StateValue(nn.Module):
     """V(s): an MLP shaped like the critics (conf/algo/iql.yaml takes the network group's)."""
+
+    OPTIONS = NETWORK_OPTIONS
 
     def __init__(self, obs_dim: int, width: int = 256, depth: int = 2, layer_norm: bool = True,
                  layer_norm_affine: bool = False):
@@ -60,6 +63,10 @@ def expectile_loss(u: torch.Tensor, expectile: float) -> torch.Tensor:
 
 
 class IQL(Algorithm):
+    OPTIONS = {"expectile": number_in(0.0, 1.0, low_open=True, high_open=True),
+               "beta": non_negative(), "max_weight": positive_number(), "value_lr": positive_number(),
+               "actor_schedule_steps": optional(int_at_least(1), "a constant learning rate"),
+               "normalize_rewards": boolean()}
     actor_kind = "deterministic"
     has_value_network = True
     step_prefix = "iql"

@@ -10,6 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from offline_rl.dataset.replay import Batch
+from offline_rl.options import int_at_least, non_negative, positive_number
 
 
 def bc_loss(algo, batch: Batch) -> torch.Tensor:
@@ -35,6 +36,11 @@ def mc_loss(algo, q: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
 def td_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The algorithms' own TD(0) critic loss: summed over members of the per-member MSE."""
     return ((q - target.unsqueeze(0)) ** 2).mean(1).sum()
+
+
+#: the options of an algorithm with CQL's regulariser on its critic (TD3+BC+CQL, CQL)
+CQL_OPTIONS = {"cql_weight": non_negative(), "cql_n_actions": int_at_least(1),
+               "cql_temperature": positive_number()}
 
 
 def cql_penalty(algo, batch: Batch, q: torch.Tensor, n_actions: int) -> torch.Tensor:

@@ -24,9 +24,12 @@ from offline_rl.algo.base import Algorithm, TargetTransform, frozen_copy
 from offline_rl.algo.losses import td_loss
 from offline_rl.dataset.replay import Batch
 from offline_rl.network import DeterministicActor, EnsembleCritic
+from offline_rl.options import int_at_least, non_negative, optional, positive_number
 
 
 class TD3(Algorithm):
+    OPTIONS = {"policy_delay": int_at_least(1), "policy_noise": non_negative(),
+               "noise_clip": non_negative(), "dqda_clipping": optional(positive_number(), "off")}
     # as the reference code pre-trains the twin critics: MC loss summed over both, CQL per critic
     mc_member_reduction = "sum"
     cql_on_min_q = False

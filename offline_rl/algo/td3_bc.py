@@ -12,9 +12,11 @@ from torch.nn import functional as F
 
 from offline_rl.algo.td3 import TD3
 from offline_rl.dataset.replay import Batch
+from offline_rl.options import non_negative
 
 
 class TD3BC(TD3):
+    OPTIONS = {"alpha": non_negative()}
     step_prefix = "td3_bc"
 
     def __init__(self, *args, alpha: float = 2.5, **td3_options):

@@ -28,11 +28,13 @@ import torch
 
 from offline_rl.algo.td3_bc import TD3BC
 from offline_rl.dataset.replay import Batch
-from offline_rl.algo.losses import cql_penalty, normalised, td_loss
+from offline_rl.algo.losses import CQL_OPTIONS, cql_penalty, normalised, td_loss
 
 
 class TD3BCCQL(TD3BC):
+    OPTIONS = CQL_OPTIONS
     step_prefix = "td3_bc_cql"
+
     def __init__(self, obs_dim: int, act_dim: int, actor, critic, cql_weight: float = 10.0,
                  cql_n_actions: int = 10, cql_temperature: float = 1.0, **td3_bc_options):
         super().__init__(obs_dim, act_dim, actor, critic, **td3_bc_options)

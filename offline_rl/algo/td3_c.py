@@ -28,6 +28,7 @@ from torch import nn
 
 from offline_rl.algo.td3 import TD3
 from offline_rl.dataset.replay import Batch
+from offline_rl.options import positive_number
 
 
 class LagrangeMultiplier(nn.Module):
@@ -48,6 +49,8 @@ class LagrangeMultiplier(nn.Module):
 
 
 class TD3C(TD3):
+    OPTIONS = {"epsilon": positive_number(), "initial_multiplier": positive_number(),
+               "multiplier_lr": positive_number()}
     step_prefix = "td3_c"
     _state_attrs = TD3._state_attrs + ("multiplier",)
 

@@ -28,6 +28,7 @@ import numpy as np
 from offline_rl.dataset.checks import check_offline_data
 from offline_rl.dataset.episodes import OfflineData, flatten_episodes
 from offline_rl.errors import DatasetError
+from offline_rl.options import Rule, any_number, boolean, declares, int_at_least, optional, positive_number
 
 DEFAULT_REMOTE = "hf://farama-minari"
 REMOTE_HOSTS = {"hf": "huggingface.co", "gcp": "storage.googleapis.com"}
@@ -252,6 +253,17 @@ def with_evaluation(data: OfflineData, use_minari_reference: bool = False,
                                metadata={**data.metadata, **chosen})
 
 
+@declares({
+    "dataset_id": Rule(lambda v: isinstance(v, str) and "/" in v,
+                       "a Minari dataset id such as mujoco/hopper/medium-v0"),
+    "download_if_missing": boolean(),
+    "probe_timeout_s": positive_number(),
+    # evaluation overrides (appendix G.5)
+    "use_minari_reference": boolean(),
+    "eval_max_episode_steps": optional(int_at_least(1), "the dataset's environment's time limit"),
+    "ref_min_score": optional(any_number(), "the dataset's reference score"),
+    "ref_max_score": optional(any_number(), "the dataset's reference score"),
+})
 def load_minari(dataset_id: str, download_if_missing: bool = True, probe_timeout_s: float = 8.0,
                 use_minari_reference: bool = False, eval_max_episode_steps: int | None = None,
                 ref_min_score: float | None = None, ref_max_score: float | None = None) -> OfflineData:

@@ -40,13 +40,23 @@ import torch
 from offline_rl.dataset.replay import Batch, MixedReplay, ReplayBuffer
 from offline_rl.errors import ConfigError
 from offline_rl.metric_names import RETURN, SCORE
+from offline_rl.options import Rule, boolean, int_at_least, non_negative, number_in, optional
 from offline_rl.training.loop import Phase
 from offline_rl.training.environment_loop import EnvironmentLoop
 
 # the training environment's first reset seed: away from evaluation seeds (eval.seed + seed + i)
 ENV_SEED_OFFSET = 40_000
 class OnlineFinetuning:
-    """The ``finetune`` group's options (conf/finetune/{td3,td3_bc,td3_c,sac}.yaml)."""
+    """The ``finetune`` group's options (conf/finetune_options.yaml); ``algorithm``'s are those
+    of its class (offline_rl/algo/)."""
+
+    OPTIONS = {"env_steps": int_at_least(1), "min_replay_size": int_at_least(1),
+               "exploration_noise": non_negative(), "batch_size": int_at_least(1),
+               "init_with_offline": boolean(),
+               "offline_fraction": optional(number_in(0.0, 1.0), "uniform over the replay"),
+               "max_replay_size": int_at_least(1),
+               "from_run": Rule(lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
+                                "null or an MLflow run id / checkpoint path")}
 
     def __init__(self, algorithm: Callable[..., Any], env_steps: int = 200_000,
                  min_replay_size: int = 1000, exploration_noise: float = 0.1,
@@ -58,6 +68,10 @@ class OnlineFinetuning:
         self.exploration_noise, self.batch_size = float(exploration_noise), int(batch_size)
         self.init_with_offline = bool(init_with_offline)
         self.offline_fraction = None if offline_fraction is None else float(offline_fraction)
+        if offline_fraction is not None and not init_with_offline:
+            raise ConfigError(f"invalid config: finetune.offline_fraction={offline_fraction!r} needs "
+                              f"the offline data in the replay: set finetune.init_with_offline=true "
+                              f"or finetune.offline_fraction=null")
         self.max_replay_size = int(max_replay_size)
         self.from_run = from_run or None
         # built by ``phases``: the agent, its replay, the environment loop; the offline score

@@ -6,11 +6,15 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from offline_rl.dataset.episodes import OfflineData
+from offline_rl.dataset.levels import LEVELS
 from offline_rl.dataset.minari_source import read_minari_dataset
 from offline_rl.errors import ConfigError
 from offline_rl.generate.datasets import ensure_local_dataset
+from offline_rl.options import Rule, declares, one_of, text
 
 
+@declares({"env_id": text("a Gymnasium environment id"), "level": one_of(*LEVELS),
+           "generator": Rule(lambda v: isinstance(v, dict), "a mapping of generator settings")})
 def load_local(env_id: str, level: str, generator: Mapping[str, Any] | None = None) -> OfflineData:
     """``local/<env>/<level>-v0``, generated (all levels, one behaviour run) if missing.
 

@@ -16,6 +16,7 @@ from offline_rl.algo.losses import bc_loss, cql_penalty, mc_loss, normalised, so
 from offline_rl.dataset.episodes import discounted_cumsum
 from offline_rl.dataset.replay import Batch, ReplayBuffer
 from offline_rl.errors import ConfigError
+from offline_rl.options import Rule, boolean, int_at_least, non_negative, number_in
 from offline_rl.training.loop import Phase
 
 # ----- the critic's supervised loss ------------------------------------------------------------
@@ -128,6 +129,12 @@ class Scheme(abc.ABC):
                         paper's reference code does in its hard and soft pre-training alike
     """
 
+    #: conf/pretrain_options.yaml's keys (offline_rl/options.py)
+    OPTIONS = {"steps": int_at_least(1),
+               "until": Rule(lambda v: v in (None, "converged"), "null or 'converged'"),
+               "window": int_at_least(1), "tolerance": non_negative(), "lambda": number_in(0.0, 1.0),
+               "cql_weight": non_negative(), "cql_n_actions": int_at_least(1),
+               "bootstrap_timeouts": boolean()}
     #: which actors the scheme fits: "deterministic", "stochastic" or "any"
     actor_kind = "any"
     needs_critic = True
