@@ -14,10 +14,10 @@ ARGS ?=
 .PHONY: install venv run test test-fast bench datasets clean-datasets mlflow-ui analysis
 
 # torch from the local CPU wheel through pip (uv does not look there and would download a CUDA
-# build); the rest through uv, faster than pip when measured side by side (README)
+# build); the rest through uv, faster than pip when measured side by side (docs/setup.md)
 $(INSTALLED): pyproject.toml
 	@echo "make: setting up $(VENV) (missing, or older than pyproject.toml): the CPU torch wheel, then"
-	@echo "      this package with its dev and Adroit extras into it: 1.7 GB, several minutes (README)"
+	@echo "      this package with its dev and Adroit extras into it: 1.7 GB, several minutes (docs/setup.md)"
 	@test -x $(PYTHON) || $(BOOTSTRAP_PYTHON) -m venv $(VENV)
 	$(PYTHON) -m pip install -q torch==2.13.0
 	$(PYTHON) -m pip install -q uv

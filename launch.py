@@ -44,7 +44,7 @@ CONF = Path(__file__).resolve().parent / "conf"
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from offline_rl.job import JobFailed, job_context
-    from offline_rl.training.run import train
+    from offline_rl.run import train
 
     try:
         result = train(cfg)

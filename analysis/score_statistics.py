@@ -3,7 +3,7 @@ Precipice": interquartile mean (IQM), median, mean and optimality gap with strat
 confidence intervals, performance profiles with bands, and the probability of improvement.
 
 Built on scipy rather than rliable (rliable 1.2.0 needs arch < 8, which does not import with
-pandas 3; see the README):
+pandas 3; see docs/analysis.md):
 
 * the stratified bootstrap is ``scipy.stats.bootstrap`` with one sample per task: it resamples
   each sample independently, i.e. runs are resampled within each task (percentile intervals, as

@@ -4,7 +4,7 @@ update, without evaluation or checkpoints.
   ours       this package's ``Trainer`` running one phase whose update samples a batch from a
              1M-transition ``ReplayBuffer`` on the device and runs the (compiled) step, metrics
              kept in the loop's window and read back every 1,000 updates -- as
-             ``training/run.py: Run.offline_update`` and the pre-training phases do;
+             ``offline_rl/run.py: Run.offline_update`` and the pre-training phases do;
   CORL-style CORL's loop: its ReplayBuffer (one tensor per field, indices drawn with
              ``np.random.randint``, one indexing per field), ``[b.to(device) for b in batch]``, the
              CORL-style step (``.item()`` for every logged value) and its log dict kept every step

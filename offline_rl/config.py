@@ -1,6 +1,6 @@
 """Validation of a composed config, in one place, before anything is built or submitted:
 ``check(cfg)`` = every value (``validate``) and the algorithm x pre-training / fine-tuning pairing
-(``check_pairing``). ``training.run.train`` (what launch.py runs) calls it first, and the sweeper
+(``check_pairing``). ``offline_rl.run.train`` (what launch.py runs) calls it first, and the sweeper
 runs the same two checks for every job before any is launched; nothing else re-checks a config
 value.
 

@@ -1,6 +1,6 @@
 """What a job knows about the sweep it belongs to: the sweeper (offline_rl.sweep) exports the parent
 run id, the sweep name and its axes in environment variables before launching jobs; each job
-(offline_rl.training.run) reads them back through ``job_context``. Kept apart from the sweeper so
+(offline_rl.run) reads them back through ``job_context``. Kept apart from the sweeper so
 that a run and the sweeper both depend on it, not on each other."""
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ What bf16 means here (mixed precision, as CUDA AMP practises it; measured in doc
 
 ``resolve`` turns the setting into the precision a run uses, failing with one line when bf16 is
 asked for on a device without it; a run records the result (MLflow param ``precision_used`` and
-tag ``precision``), and its checkpoints carry it (offline_rl/training/run.py refuses to resume one
+tag ``precision``), and its checkpoints carry it (offline_rl/run.py refuses to resume one
 in another precision unless ``precision_change=allow``)."""
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ The sweeper (``hydra/sweeper: offline_rl``, the default of ``conf/config.yaml``;
 3. exports the parent run id, the sweep name and its axes in environment variables, which local
    subprocesses inherit and ``sbatch`` passes on to SLURM jobs (also when requeued).
 
-Each job (``offline_rl.training.run.train``) reads them back through ``job_context`` and starts its
+Each job (``offline_rl.run.train``) reads them back through ``job_context`` and starts its
 run as a child of the parent, named from its swept overrides (``algo=edac,pretrain=soft,seed=1``)
 and tagged with the sweep, its overrides, its SLURM job id and one tag per swept axis. When the
 sweep ends the parent is marked FINISHED, or FAILED if a job failed (or KILLED on Ctrl-C).

@@ -1,4 +1,4 @@
-"""Compare analysis/score_statistics.py with rliable on the same score matrix (the README's
+"""Compare analysis/score_statistics.py with rliable on the same score matrix (docs/analysis.md,
 "Agreement with rliable"). rliable is not a dependency of this project: it needs pandas < 3
 (rliable 1.2.0 imports arch < 8; arch 7 fails to import with pandas 3), so it runs in a
 throw-away environment:

@@ -92,7 +92,7 @@ fi
 export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 "$PYTHON" - <<'EOF' || { echo "the project cannot run here: a package is missing (see above)"; exit 2; }
 import gymnasium, hydra, minari, mlflow, mujoco, omegaconf, sqlalchemy, submitit
-import offline_rl.training.run, benchmarks.bench
+import offline_rl.run, benchmarks.bench
 env = gymnasium.make("Hopper-v5")
 env.reset(seed=0)
 print(f"imports fine: hydra {hydra.__version__}, mlflow {mlflow.__version__}, mujoco {mujoco.__version__}, "

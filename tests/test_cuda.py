@@ -297,7 +297,7 @@ def _interrupted_in_process(store, overrides, at_sample, monkeypatch, device=Non
     ``device``: what device=auto resolves to (a CPU-only node: "cpu"). The checkpoint's step."""
     from test_resume import composed
 
-    import offline_rl.training.run as run_module
+    import offline_rl.run as run_module
 
     if device is not None:
         monkeypatch.setattr(run_module, "resolve_device", lambda name: torch.device(device))

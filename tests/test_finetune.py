@@ -304,7 +304,7 @@ def test_finetuning_resumes_after_sigterm_into_the_same_run(tmp_path, minari_roo
                                                             new_store):
     from hydra import compose, initialize_config_dir
 
-    from offline_rl.training.run import train
+    from offline_rl.run import train
 
     store = new_store(tmp_path / "store")
     overrides = [*FINETUNE_RUN, "updates=40", "finetune=td3", "checkpoint.every=30",

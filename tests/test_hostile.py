@@ -92,7 +92,7 @@ def test_a_finetuning_batch_size_that_cannot_fit_is_refused_before_anything_is_a
     line = one_line(result.stderr)
     assert "update steps on batches of 100,000,000" in line and "finetune.batch_size" in line
     # what an ordinary run needs passes the same check
-    from offline_rl.training.limits import update_bytes_per_sample
+    from offline_rl.limits import update_bytes_per_sample
     from test_resume import composed
 
     cfg = composed(tmp_path, "algo=edac", "algo.num_critics=50")
@@ -400,7 +400,7 @@ def test_sigterm_on_a_full_checkpoint_disk_does_not_claim_a_checkpoint(tmp_path,
     from conftest import interrupt_at_sample
     from offline_rl.errors import DiskFullError
     from offline_rl.training.checkpoint import CheckpointDir
-    from offline_rl.training.run import train
+    from offline_rl.run import train
     from test_resume import composed
 
     real_save, calls = CheckpointDir.save, {"n": 0}

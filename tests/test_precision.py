@@ -182,7 +182,7 @@ def test_bf16_without_hardware_fails_in_one_line_before_the_data(tmp_path, minar
 
 
 def test_auto_records_the_precision_it_used(tmp_path, minari_root, new_store, monkeypatch):
-    from offline_rl.training.run import train
+    from offline_rl.run import train
 
     for supported, expected in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(precision_module, "cpu_bf16", lambda s=supported: (s, "test"))
@@ -197,7 +197,7 @@ def test_auto_records_the_precision_it_used(tmp_path, minari_root, new_store, mo
 
 def test_a_bf16_run_resumes_bit_identically_and_another_precision_is_refused(
         tmp_path, minari_root, monkeypatch, new_store, bf16_cpu):
-    from offline_rl.training.run import train
+    from offline_rl.run import train
 
     common = ["algo=td3_bc", "precision=auto", "updates=60", "eval.episodes=1", "eval.every=30",
               "log_every=5", "checkpoint.every=12", "threads=1", "batch_size=32"]
@@ -229,7 +229,7 @@ def test_a_bf16_run_resumes_bit_identically_and_another_precision_is_refused(
 
 
 def test_an_allowed_precision_change_is_recorded(tmp_path, minari_root, monkeypatch, new_store, bf16_cpu):
-    from offline_rl.training.run import train
+    from offline_rl.run import train
 
     common = ["precision=auto", "updates=40", "eval.episodes=1", "log_every=5",
               "checkpoint.every=12", "threads=1", "batch_size=32"]

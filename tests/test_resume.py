@@ -108,7 +108,7 @@ CASES = {
 @pytest.mark.parametrize("corrupt_latest", [False, True], ids=["", "corrupt-latest"])
 def test_resume_after_signal_gives_the_uninterrupted_weights(case, corrupt_latest, tmp_path,
                                                               minari_root, monkeypatch, new_store):
-    from offline_rl.training.run import train
+    from offline_rl.run import train
 
     overrides, interrupt_at = CASES[case]
     if corrupt_latest and case != "td3_bc-ac":
@@ -201,7 +201,7 @@ def test_a_finished_run_continues_to_a_larger_budget_as_the_same_run(tmp_path, m
     """updates=60, finished; then continue_from=<its run id> updates=120: the same MLflow run, its
     metrics up to 60 unchanged, and the weights of a run that did 120 updates straight."""
     from offline_rl.errors import ConfigError
-    from offline_rl.training.run import train
+    from offline_rl.run import train
 
     common = ["algo=td3_bc", "eval.episodes=1", "eval.every=30", "log_every=10",
               "checkpoint.every=0", *SHARED_MACHINE]

@@ -120,7 +120,7 @@ def test_a_fresh_sqlite_store_created_by_several_processes_at_once(tmp_path):
 
 def test_checkpoints_resume_only_into_the_store_and_run_they_were_written_for(
         tmp_path, minari_root, monkeypatch, new_store):
-    from offline_rl.training.run import train
+    from offline_rl.run import train
 
     shared = tmp_path / "checkpoints"  # one checkpoint folder for both stores, as with a server URI
     stores = {name: new_store(tmp_path / name) for name in ("A", "B")}
@@ -155,7 +155,7 @@ def test_checkpoints_resume_only_into_the_store_and_run_they_were_written_for(
 
 def test_a_checkpoint_folder_of_another_store_is_not_resumed(tmp_path, capfd):
     from offline_rl.tracker import NullTracker
-    from offline_rl.training.run import resume_decision
+    from offline_rl.training.lifecycle import resume_decision
 
     folder = CheckpointDir(tmp_path / "run", identity="abc")
     folder.write_info({"run_id": "r1", "identity": "abc", "tracking_uri": "sqlite:////elsewhere.db"})
@@ -359,7 +359,7 @@ def test_a_bad_dataset_stops_launch_before_any_update(tmp_path, minari_root):
 
 def test_a_run_that_failed_on_non_finite_values_is_not_resumed_into_the_same_failure(
         tmp_path, minari_root, monkeypatch, new_store):
-    from offline_rl.training.run import train
+    from offline_rl.run import train
 
     store = new_store(tmp_path)
     command = composed("updates=60", "log_every=10", "eval.episodes=0", "checkpoint.every=20",
@@ -405,7 +405,7 @@ def test_a_batch_larger_than_the_dataset_fails_before_any_update(tmp_path, minar
 def test_a_replay_that_does_not_fit_in_memory_fails_before_it_is_allocated(minari_root):
     from offline_rl.dataset.minari_source import read_minari_dataset
     from offline_rl.errors import ConfigError
-    from offline_rl.training.limits import check_data_limits, free_memory
+    from offline_rl.limits import check_data_limits, free_memory
 
     data = read_minari_dataset("tests/hopper/random-v0")
     cpu = torch.device("cpu")
@@ -451,7 +451,7 @@ def small_disk(tmp_path, monkeypatch):
 
 def test_a_full_disk_warns_keeps_training_and_the_resumed_run_clears_stale_tags(
         tmp_path, small_disk, minari_root, monkeypatch, new_store, capfd):
-    from offline_rl.training.run import train
+    from offline_rl.run import train
 
     store = new_store(tmp_path / "store")
     command = composed("updates=60", "log_every=10", "eval.every=30", "eval.episodes=1",

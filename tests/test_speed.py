@@ -309,7 +309,7 @@ def test_compile_auto_compiles_a_whole_run_end_to_end(tmp_path, minari_root, new
     from test_resume import composed, final_state
 
     from offline_rl.training import compiled
-    from offline_rl.training.run import train
+    from offline_rl.run import train
 
     monkeypatch.setattr(compiled, "DEFAULT_MIN_UPDATES", 30)
     # float32: compiled and eager bf16 steps round differently (tests/test_precision.py compares those)

@@ -1,6 +1,6 @@
 """scripts/check_mlflow_ui.py without a browser: what it requires of the rendered runs table, and
 its one-line exits when it cannot run. (The browser part runs by hand: it needs Chromium and
-minutes of `mlflow ui` start-up; its last result is in the README.)"""
+minutes of `mlflow ui` start-up; its last result is in docs/ui.md.)"""
 
 from __future__ import annotations
 

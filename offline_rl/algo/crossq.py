@@ -6,7 +6,7 @@ Defaults are the paper's (and SBX's reference implementation): Adam lr 1e-3 with
 policy delay 3, BatchRenorm momentum 0.99 with r_max = 3, d_max = 5 after 100k warm-up updates of
 plain batch normalisation, automatic entropy temperature (target -|A|), twin critics, gamma 0.99.
 The paper's critic is 2 x 2048 wide; ``critic_width`` chooses (on 2 CPU cores a 2048-wide critic
-costs ~30 GFLOP per update; see the README's local datasets section for what this project uses).
+costs ~30 GFLOP per update; see docs/datasets.md for what this project uses).
 
 Actions for the TD target come from the actor in evaluation mode (running statistics), the actor
 loss reads the critic in evaluation mode, as the reference does; acting in an environment uses

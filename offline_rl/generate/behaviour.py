@@ -4,7 +4,7 @@ online loop), the ``Trainer`` with its evaluator, compiled update steps, MLflow 
 experiment, ``datasets``; the learning curve is an ordinary run) and preemption-safe checkpoints.
 
 The algorithm is CrossQ (``offline_rl.algo.crossq``) with 2 x 256 networks: measured here it is by
-far the most sample-efficient choice per second of a 2-core CPU (README, "Local datasets"); SAC
+far the most sample-efficient choice per second of a 2-core CPU (docs/datasets.md); SAC
 (``algorithm="sac"``: this project's EDAC with two critics and eta = 0) is available too.
 
 What dataset generation needs from the run: every transition collected, in order, with its
@@ -43,7 +43,7 @@ from offline_rl.algo.crossq import CrossQ
 from offline_rl.algo.edac import EDAC
 from offline_rl.algo.td3 import TD3
 from offline_rl.dataset.replay import ReplayBuffer, StateNormalizer
-from offline_rl.errors import CheckpointError, ConfigError, warn
+from offline_rl.errors import ConfigError
 from offline_rl.generate.rollouts import actor_policy, box_spaces, evaluate_policy, random_policy
 from offline_rl.network import DeterministicActor, EnsembleCritic, TanhGaussianActor
 from offline_rl.precision import PRECISIONS, resolve as resolve_precision
@@ -51,9 +51,9 @@ from offline_rl.training.checkpoint import CheckpointDir, rng_state, set_rng_sta
 from offline_rl.training.compiled import attach_compiler, compile_metrics
 from offline_rl.training.evaluation import Evaluator
 from offline_rl.metric_names import RETURN
-from offline_rl.training.loop import Interrupted, Trainer
 from offline_rl.training.environment_loop import EnvironmentLoop
-from offline_rl.training.signals import SignalCheckpoint, report_interruption
+from offline_rl.training.lifecycle import resume_point, start_tracking, train_tracked
+from offline_rl.training.loop import Trainer
 
 # evaluation and reference episodes start from seeds of their own, away from the training env's
 EVAL_SEED_OFFSET = 10_000
@@ -84,7 +84,7 @@ class BehaviourConfig:
     # the final (expert) policy: the average of the actor snapshots taken over the last this
     # fraction of training (iterate averaging, as SWA / Polyak averaging). A single last iterate of
     # CrossQ's Walker2d policy dipped to 2,221 (50 episodes) between snapshots at 4,943-5,136; the
-    # mean of the last five snapshots' weights scored 5,135 (README, "Local datasets"). 0: the
+    # mean of the last five snapshots' weights scored 5,135 (docs/datasets.md). 0: the
     # last snapshot alone.
     average_last: float = 0.1
     gamma: float = 0.99
@@ -255,15 +255,18 @@ def train_behaviour(config: BehaviourConfig, checkpoint_dir: Path, identity: str
     checkpoints = CheckpointDir(checkpoint_dir, identity, keep=2)
     tracker = make_tracker(config)
     seconds_before = 0.0
+    kept: list[int] = []  # the step of the newest checkpoint written
 
     def save(trainer: Trainer) -> None:
         tracker.flush()
-        checkpoints.save({"run_id": tracker.run_id, "global_step": trainer.state.global_step, "algo": agent.state_dict(),
+        step = trainer.state.global_step
+        checkpoints.save({"run_id": tracker.run_id, "global_step": step, "algo": agent.state_dict(),
                           "replay": replay.contents(), "loop": loop.state_dict(),
                           "snapshots": [s.to_dict() for s in snapshots],
                           "train_seconds": seconds_before + time.perf_counter() - started,
                           "trainer": trainer.state_dict(), "rng": rng_state(), "precision": precision},
-                         trainer.state.global_step)
+                         step)
+        kept[:] = [step]
 
     phase = loop.phase(PHASE, config.env_steps)
     trainer = Trainer([phase], tracker, evaluator.evaluate_agent, log_every=1000,
@@ -271,15 +274,10 @@ def train_behaviour(config: BehaviourConfig, checkpoint_dir: Path, identity: str
                       checkpoint_every=config.checkpoint_every, progress=progress, agent=agent,
                       after_evaluation=take_snapshot)
 
-    try:
-        found = checkpoints.load_latest(warn)
-    except CheckpointError as exc:  # nothing readable: the run starts again from step 0
-        warn(f"{exc}; starting the behaviour run afresh")
-        checkpoints.clear()
-        found = None
-    info = checkpoints.read_info() or {}
-    same_store = info.get("tracking_uri") == str(tracker.tracking_uri)
-    run_id = info.get("run_id") if same_store else None
+    # the data does not depend on the store: a folder written for another one continues, into a
+    # new MLflow run; nothing readable in it: the run starts afresh (the same data, later)
+    found, run_id = resume_point(checkpoints, tracker, restart_if_unreadable=True,
+                                  store_bound=False, what="behaviour run")
     if found is not None:
         state, path = found
         saved = state.get("precision", "fp32")
@@ -295,30 +293,22 @@ def train_behaviour(config: BehaviourConfig, checkpoint_dir: Path, identity: str
         snapshots[:] = [Snapshot(**s) for s in state["snapshots"]]
         set_rng_state(state["rng"])
         seconds_before = float(state["train_seconds"])
+        kept[:] = [int(state["global_step"])]
         print(f"resuming the {config.env_id} behaviour run from {path} (env step "
               f"{state['global_step']} of {config.env_steps})", file=sys.stderr, flush=True)
-    if run_id is not None and tracker.run_status(run_id) is None:
-        run_id = None
     name = f"behaviour-{config.algorithm}-{config.env_id.split('-')[0].lower()}-s{config.seed}"
     settings = {k: v for k, v in dataclasses.asdict(config).items()}
-    tracker.start(name, settings, {"phase": PHASE, "env_id": config.env_id,
-                                   "algorithm": config.algorithm, "generator_identity": identity,
-                                   "checkpoint_dir": str(checkpoints.path)}, run_id=run_id)
-    checkpoints.write_info({"run_id": tracker.run_id, "tracking_uri": str(tracker.tracking_uri),
-                            "identity": identity})
+    start_tracking(tracker, checkpoints, name, settings,
+                   {"phase": PHASE, "env_id": config.env_id, "algorithm": config.algorithm,
+                    "generator_identity": identity, "checkpoint_dir": str(checkpoints.path)},
+                   run_id)
     started = time.perf_counter()
-    try:
-        with SignalCheckpoint(trainer) as signals:
-            try:
-                trainer.run()
-            except Interrupted as exc:
-                report_interruption(exc, tracker, checkpoints.path, killed=True, kept=exc.global_step)
-                signals.finish()
-                raise
+
+    def record() -> tuple:
+        """The final policy (the average of the last snapshots) and the reference returns."""
         if not found or trainer.state.global_step != found[0]["global_step"]:
             save(trainer)  # training done: a rerun goes straight to the datasets
         train_seconds = seconds_before + time.perf_counter() - started
-
         random_returns = evaluate_policy(
             random_policy(action_space, config.seed + RANDOM_REF_SEED_OFFSET),
             config.env_id, config.ref_episodes, config.seed + RANDOM_REF_SEED_OFFSET, config.num_envs)
@@ -336,11 +326,13 @@ def train_behaviour(config: BehaviourConfig, checkpoint_dir: Path, identity: str
                              "train_seconds": train_seconds, **compile_metrics([compile_report])},
                             trainer.state.global_step)
         tracker.flush()
-    except (Interrupted, SystemExit, KeyboardInterrupt):
-        raise
-    except BaseException as exc:
-        tracker.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
-        raise
+        return random_returns, final_returns, train_seconds, final_actor
+
+    try:
+        # a signal: checkpointed, reported, the MLflow run KILLED (no requeue), the process ends
+        random_returns, final_returns, train_seconds, final_actor = train_tracked(
+            trainer, tracker, checkpoints, record=record,
+            kept_step=lambda: kept[0] if kept else None, unit="env step")
     finally:
         evaluator.close()
         loop.close()

@@ -56,6 +56,7 @@ from offline_rl.generate.behaviour import (BehaviourConfig, BehaviourRun, data_s
 from offline_rl.dataset.levels import LEVELS
 from offline_rl.generate.rollouts import actor_policy, collect_episodes, select_snapshot
 from offline_rl.training.checkpoint import CheckpointDir
+from offline_rl.training.lifecycle import ended_on_failure
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ ROLLOUT_SEED_OFFSET = {"medium": 40_000, "expert": 50_000}
 REFERENCE_RETURNS = {"Hopper-v5": (-20.272305, 3234.3),
                      "HalfCheetah-v5": (-280.178953, 12135.0),
                      "Walker2d-v5": (1.629008, 4592.3)}
-#: per-environment defaults, chosen by measurement on a 2-core CPU (README, "Local datasets"):
+#: per-environment defaults, chosen by measurement on a 2-core CPU (docs/datasets.md):
 #: CrossQ reaches an expert Hopper / Walker2d in the fewest CPU-seconds; on HalfCheetah CrossQ with
 #: 2 x 256 networks learned slowly (2,069 after 60k steps) and TD3 got furthest per second
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -81,7 +82,7 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "HalfCheetah-v5": {"algorithm": "td3", "env_steps": 500_000, "random_steps": 10_000,
                        "snapshot_every": 10_000},
 }
-#: measured speeds on an idle 2-core CPU (compiled update steps; README) for the estimate printed
+#: measured speeds on an idle 2-core CPU (compiled update steps; docs/datasets.md) for the estimate printed
 #: before a generation starts: env steps per second of behaviour training (one update each,
 #: evaluations included: CrossQ on Hopper 130/s, TD3 on HalfCheetah 205/s), and rollout
 #: transitions per second
@@ -251,48 +252,44 @@ def _generate(config: GeneratorConfig, levels: list[str], ids: dict[str, str],
     staging = root / f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     rollouts: dict[str, list[dict]] = {}
     try:
-        for level in levels:
-            episodes, snapshot_step, snapshot_return, description = _level_data(
-                level, config, run, medium, rollouts)
-            returns = np.array([ep["rewards"].sum() for ep in episodes])
-            metadata = {
-                "level": level,
-                "generator_config": json.dumps(config.to_dict(), sort_keys=True),
-                "generator_version": GENERATOR_VERSION,
-                "snapshot_step": int(snapshot_step),
-                "snapshot_return": float(snapshot_return),
-                "snapshot_returns": json.dumps([[int(s), float(r)] for s, r in pairs]),
-                "medium_snapshot_step": int(medium.step),
-                "behaviour_algorithm": config.algorithm,
-                "behaviour_env_steps": int(config.env_steps),
-                "behaviour_train_seconds": float(run.train_seconds),
-                "behaviour_run_id": str(tracker.run_id),
-                "random_policy_return": run.random_return,
-                "final_policy_return": run.final_return,
-                "ref_scores_source": "D4RL" if config.env_id in REFERENCE_RETURNS else "generated",
-                "episode_return_mean": float(returns.mean()),
-            }
-            start = time.perf_counter()
-            with _minari_root(staging):
-                write_minari_dataset(ids[level], episodes, config.env_id, ref_min, ref_max,
-                                     description, metadata, config.algorithm,
-                                     ref_episodes=config.ref_episodes)
-            transitions = sum(len(ep["rewards"]) for ep in episodes)
-            score = 100.0 * (returns.mean() - ref_min) / (ref_max - ref_min)
-            logger.info("%s: %d episodes, %d transitions, mean episode return %.1f (normalised "
-                        "%.1f; written in %.1f s)", ids[level], len(episodes), transitions,
-                        returns.mean(), score, time.perf_counter() - start)
-            tracker.log_metrics({f"{level}/transitions": transitions,
-                                 f"{level}/episodes": len(episodes),
-                                 f"{level}/return_mean": float(returns.mean()),
-                                 f"{level}/normalized_score": float(score)}, config.env_steps)
-        _publish(staging, root, list(ids.values()), overwrite)
-    except KeyboardInterrupt:
-        tracker.finish("KILLED", error="interrupted while writing the datasets")
-        raise
-    except BaseException as exc:
-        tracker.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
-        raise
+        # the behaviour run's MLflow run ends FAILED (KILLED on Ctrl-C) if writing fails
+        with ended_on_failure(tracker, lambda: "interrupted (Ctrl-C) while writing the datasets"):
+            for level in levels:
+                episodes, snapshot_step, snapshot_return, description = _level_data(
+                    level, config, run, medium, rollouts)
+                returns = np.array([ep["rewards"].sum() for ep in episodes])
+                metadata = {
+                    "level": level,
+                    "generator_config": json.dumps(config.to_dict(), sort_keys=True),
+                    "generator_version": GENERATOR_VERSION,
+                    "snapshot_step": int(snapshot_step),
+                    "snapshot_return": float(snapshot_return),
+                    "snapshot_returns": json.dumps([[int(s), float(r)] for s, r in pairs]),
+                    "medium_snapshot_step": int(medium.step),
+                    "behaviour_algorithm": config.algorithm,
+                    "behaviour_env_steps": int(config.env_steps),
+                    "behaviour_train_seconds": float(run.train_seconds),
+                    "behaviour_run_id": str(tracker.run_id),
+                    "random_policy_return": run.random_return,
+                    "final_policy_return": run.final_return,
+                    "ref_scores_source": "D4RL" if config.env_id in REFERENCE_RETURNS else "generated",
+                    "episode_return_mean": float(returns.mean()),
+                }
+                start = time.perf_counter()
+                with _minari_root(staging):
+                    write_minari_dataset(ids[level], episodes, config.env_id, ref_min, ref_max,
+                                         description, metadata, config.algorithm,
+                                         ref_episodes=config.ref_episodes)
+                transitions = sum(len(ep["rewards"]) for ep in episodes)
+                score = 100.0 * (returns.mean() - ref_min) / (ref_max - ref_min)
+                logger.info("%s: %d episodes, %d transitions, mean episode return %.1f (normalised "
+                            "%.1f; written in %.1f s)", ids[level], len(episodes), transitions,
+                            returns.mean(), score, time.perf_counter() - start)
+                tracker.log_metrics({f"{level}/transitions": transitions,
+                                     f"{level}/episodes": len(episodes),
+                                     f"{level}/return_mean": float(returns.mean()),
+                                     f"{level}/normalized_score": float(score)}, config.env_steps)
+            _publish(staging, root, list(ids.values()), overwrite)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     tracker.set_tags({"datasets": ", ".join(ids.values())})

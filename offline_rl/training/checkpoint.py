@@ -177,7 +177,9 @@ class CheckpointDir:
             raise CheckpointError(f"checkpoint {path} belongs to another run configuration "
                                   f"({state['identity']} != {self.identity})")
 
-    def load_latest(self, report: Callable[[str], None], map_location="cpu") -> tuple[dict, Path] | None:
+    def load_latest(self, report: Callable[[str], None], map_location="cpu",
+                    hint: str = ". Delete the folder or run with resume=never to start afresh",
+                    ) -> tuple[dict, Path] | None:
         problems = []
         for path in self.files():
             try:
@@ -190,7 +192,7 @@ class CheckpointDir:
             return state, path
         if problems:
             raise CheckpointError(f"no readable checkpoint in {self.path}: " + "; ".join(problems)
-                                  + ". Delete the folder or run with resume=never to start afresh")
+                                  + hint)
         return None
 
     # ----- run.json: which MLflow run these checkpoints continue ----------------------------------

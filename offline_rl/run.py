@@ -6,7 +6,7 @@ checkpoint keys left out); its checkpoints live in ``<checkpoint.dir>/<name>-<id
 requeue`` / a time limit, Ctrl-C, submitit's pre-timeout SIGUSR2, which then requeues the job),
 each written atomically, the newest ``checkpoint.keep`` kept. With ``resume=auto`` the same command
 (or the requeued SLURM job) continues from the newest readable checkpoint -- a corrupt one is
-reported on stderr and in the MLflow tag ``checkpoint.corrupt``, and the one before it used --
+reported on stderr and in the MLflow tag ``checkpoint_corrupt``, and the one before it used --
 into the same MLflow run, and ends with the weights an uninterrupted run would have (the model,
 optimisers, replay sampling generator, global RNGs, loop position, partial metric window, the
 convergence rule's history and the (soft) returns-to-go are all restored). A finished run removes
@@ -15,7 +15,6 @@ its checkpoints. In a sweep (offline_rl.sweep) the run is a child of the sweep's
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -33,20 +32,18 @@ from offline_rl.automatic import FAMILY, missing_reference
 from offline_rl.config import check, from_config
 from offline_rl.dataset.record import describe as describe_dataset
 from offline_rl.dataset.replay import ReplayBuffer, StateNormalizer
-from offline_rl.errors import (ConfigError, DiskFullError, NonFiniteLossError, OfflineRLError, Stopped,
-                               warn)
+from offline_rl.errors import ConfigError, DiskFullError, NonFiniteLossError, OfflineRLError, warn
 from offline_rl.job import job_context
 from offline_rl.metric_names import EVAL_PREFIX, SCORE
 from offline_rl.precision import resolve as resolve_precision
 from offline_rl.report import summary_lines
-from offline_rl.tracker import NullTracker
 from offline_rl.training.checkpoint import (CheckpointDir, is_intact, load_checkpoint, rng_state,
                                             save_checkpoint, set_rng_state)
 from offline_rl.training.compiled import attach_compiler, compile_metrics
 from offline_rl.training.evaluation import Evaluator
-from offline_rl.training.limits import check_data_limits
-from offline_rl.training.loop import Interrupted, Phase, Trainer
-from offline_rl.training.signals import SignalCheckpoint, report_interruption
+from offline_rl.limits import check_data_limits
+from offline_rl.training.lifecycle import resume_point, start_tracking, train_tracked
+from offline_rl.training.loop import Phase, Trainer
 
 GROUPS = ("algo", "pretrain", "dataset", "network", "finetune")
 SPOOL = "tracking-spool.jsonl"  # in the checkpoint folder: what an unreachable server could not take
@@ -173,10 +170,8 @@ class Run:
     def resume_point(self) -> tuple[dict, Path] | None:
         """The newest readable checkpoint (corrupt ones reported, the one before used), and the
         MLflow run it continues; None: start afresh."""
-        resume, self.run_id = resume_decision(self.checkpoints, self.tracker)
-        found = self.checkpoints.load_latest(self._report_corrupt) if resume else None
+        found, self.run_id = resume_point(self.checkpoints, self.tracker, self._report_corrupt)
         if found:
-            self.run_id = found[0]["run_id"]
             self.precision_change = precision_change(found[0], found[1], self.precision, self.cfg)
         return found
 
@@ -240,11 +235,10 @@ class Run:
         # the group choices (algo=td3_bc, pretrain=ac, ...) as params too: MLflow's compare-runs
         # page and its params columns tell runs apart by params, not tags
         params = {**flatten(self.cfg), **choices, "precision_used": self.precision}
-        self.run_id = self.tracker.start(self.job.run_name() or name, params, tags,
-                                         run_id=self.run_id, parent_run_id=self.job.parent_run_id)
-        self.info = {"run_id": self.run_id, "identity": self.checkpoints.identity,
-                     "name": self.job.run_name() or name, "tracking_uri": str(self.store)}
-        self.checkpoints.write_info(self.info)
+        name = self.job.run_name() or name
+        self.run_id = start_tracking(self.tracker, self.checkpoints, name, params, tags, self.run_id,
+                                     self.job.parent_run_id, name=name)
+        self.info = self.checkpoints.read_info()
         if self.corrupt:
             self.tracker.set_tags({"checkpoint_corrupt": " | ".join(self.corrupt)})
         self.dataset_record = describe_dataset(self.data)
@@ -302,37 +296,23 @@ class Run:
 
     # ----- running and recording -----------------------------------------------------------------
     def execute(self) -> None:
-        """The loop; then the MLflow run's status, and its checkpoints kept only to resume."""
-        tracker, trainer, checkpoints = self.tracker, self.trainer, self.checkpoints
-        signals = SignalCheckpoint(trainer) if self.cfg.checkpoint.on_signal else contextlib.nullcontext()
-        try:
-            with signals:
-                try:
-                    trainer.run()
-                except Interrupted as exc:  # SLURM requeues a job stopped by SIGTERM / SIGUSR2
-                    requeued = exc.reason == "SIGUSR2" or (exc.reason == "SIGTERM" and self.job.slurm_job_id)
-                    report_interruption(exc, tracker, checkpoints.path, killed=not requeued,
-                                        kept=self.kept_step)
-                    signals.finish()
-                    raise
-            self.record()
-        except (Interrupted, SystemExit, Stopped):
-            raise  # stopped after a checkpoint (or by submitit's requeue): continued later
-        except KeyboardInterrupt:  # Ctrl-C again, or outside the checkpoint path: at once
-            kept = (f"the same command continues from its checkpoint of update step {self.kept_step}"
-                    if self.kept_step is not None else "the same command starts it again")
-            tracker.finish("KILLED", error=f"stopped at once by Ctrl-C at update step "
-                                           f"{trainer.state.global_step}; {kept}")
-            raise Stopped(f"interrupted (Ctrl-C) at once at update step {trainer.state.global_step}, "
-                          f"before a checkpoint for it could be written: {kept}") from None
-        except BaseException as exc:
-            tracker.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
+        """The loop and what the run records; then the MLflow run's status, and its checkpoints
+        kept only to resume (training/lifecycle.py)."""
+        tracker, checkpoints = self.tracker, self.checkpoints
+
+        def on_failure(exc: BaseException) -> None:
             if isinstance(exc, NonFiniteLossError) and checkpoints.files():
                 # its checkpoints would resume into the same failure: the same command says so
                 checkpoints.write_info({**self.info, "failed": str(exc)})
             elif not checkpoints.files() and not tracker.pending():
                 checkpoints.clear()  # nothing to resume: the same command starts a new run
-            raise
+
+        # SLURM requeues a job stopped by SIGTERM / SIGUSR2
+        train_tracked(self.trainer, tracker, checkpoints, record=self.record,
+                      on_signal=bool(self.cfg.checkpoint.on_signal),
+                      requeued=lambda exc: exc.reason == "SIGUSR2" or (
+                          exc.reason == "SIGTERM" and bool(self.job.slurm_job_id)),
+                      kept_step=lambda: self.kept_step, on_failure=on_failure)
         if self.continued:  # an earlier process's error / interruption is over
             tracker.delete_tags(STALE_TAGS)
         tracker.finish("FINISHED")
@@ -555,30 +535,3 @@ def precision_change(state: dict[str, Any], path: Path, precision: str, cfg: Dic
     warn(f"continuing the {saved} run of {path} in {precision} from update step {step} "
          f"(precision_change=allow; recorded in the run's tag precision_changes)")
     return f"{saved} until update step {step}, then {precision}"
-
-
-def resume_decision(checkpoints: CheckpointDir, tracker) -> tuple[bool, str | None]:
-    """Whether to resume this folder's checkpoints, and the MLflow run they continue (from
-    run.json). Not when they were written for another tracking store or their run is not in this
-    store (said on stderr; the folder is cleared and the run starts afresh); a run that failed on
-    non-finite values is not resumed at all (NonFiniteLossError saying how to start afresh)."""
-    info = checkpoints.read_info() or {}
-    run_id = info.get("run_id")
-    store = str(getattr(tracker, "tracking_uri", None))
-    recorded = info.get("tracking_uri")
-    reason = None
-    if recorded is not None and recorded != store:
-        reason = f"they were written for the MLflow store {recorded}, not {store}"
-    elif run_id and not isinstance(tracker, NullTracker) and tracker.run_status(run_id) is None:
-        reason = f"their MLflow run {run_id} is not in the store {store}"
-    if reason is not None:
-        warn(f"not resuming the checkpoints in {checkpoints.path}: {reason}; starting afresh")
-        checkpoints.clear()
-        return False, None
-    if info.get("failed"):
-        raise NonFiniteLossError(
-            f"the last run of this command (MLflow run {run_id}) failed: {info['failed']} Its "
-            f"checkpoints in {checkpoints.path} would resume into the same failure, so they are "
-            f"not used: once the cause is fixed, start afresh with resume=never (a new MLflow run; "
-            f"the failed one is kept)")
-    return True, run_id
