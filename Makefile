@@ -33,11 +33,16 @@ install:  ## (re)install into .venv: the CPU torch wheel (pip), then this packag
 run: $(INSTALLED)  ## the paper's method: TD3+BC with Algorithm 1 pre-training on local Hopper medium (~10 min once the data exist; ARGS="seed=1" adds overrides)
 	$(PYTHON) -m offline_rl.first_run $(ARGS)
 
-test: $(INSTALLED)  ## the whole test suite (CPU, 24 min on 2 cores in a fresh clone, 2026-12-03)
-	$(PYTHON) -m pytest -q $(TEST_FLAGS)
+# tests run in parallel workers, one per core (pytest-xdist; the SLURM tests share one worker);
+# TEST_WORKERS=0 runs them in this process, one after the other
+TEST_WORKERS ?= auto
+PARALLEL = -n $(TEST_WORKERS) --dist loadgroup
+
+test: $(INSTALLED)  ## the whole test suite (CPU; see README "Development" for its time)
+	$(PYTHON) -m pytest -q $(PARALLEL) $(TEST_FLAGS)
 
 test-fast: $(INSTALLED)  ## the fast tier for the edit-test loop: every test that starts no process (pytest -m "not slow")
-	$(PYTHON) -m pytest -q -m "not slow" $(TEST_FLAGS)
+	$(PYTHON) -m pytest -q -m "not slow" $(PARALLEL) $(TEST_FLAGS)
 
 bench: $(INSTALLED)  ## TD3+BC and EDAC update and pre-training steps: CORL-style eager vs ours, table to docs/bench.md (BENCH_FLAGS=--quick)
 	$(PYTHON) -m benchmarks.bench $(BENCH_FLAGS)

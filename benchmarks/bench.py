@@ -204,7 +204,7 @@ def matmul_bound(fn: Callable[[int], object], calls: int, device: torch.device,
     """Updates/s if an update were nothing but its matrix products: those of ``calls`` calls of
     ``fn`` (our eager step) are recorded with their operands and replayed back to back, best of 3
     windows -- without the matrix-vector products, which the compiled step computes as fused
-    reductions (offline_rl/training/compiled.py, SkinnyMatmulPass)."""
+    reductions (offline_rl/training/inductor_pass.py, SkinnyMatmulPass)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     aten = torch.ops.aten

@@ -31,8 +31,9 @@ relative after a few updates (tests/test_speed.py). On CUDA the graphs use Induc
 random numbers (CUDA-graph safe), seeded from the global generator: reproducible and resumable,
 but not the eager path's draws.
 
-On the CPU the graph's wrapper is C++ (``cpp_wrapper``) and ``SkinnyMatmulPass`` turns matrix
-products with a dimension of size 1 into fused products and sums. On CUDA the graphs are captured
+On the CPU the graph's wrapper is C++ (``cpp_wrapper``) and ``SkinnyMatmulPass``
+(training/inductor_pass.py) turns matrix products with a dimension of size 1 into fused products
+and sums. On CUDA the graphs are captured
 as CUDA graphs (``triton.cudagraphs``: one launch per step): optimiser states are marked static,
 Adam's step counters move to the device (``capturable``; ``Algorithm.load_state_dict`` resets the
 flag a checkpoint carries to this process's, so CUDA and CPU checkpoints load on either), and the
@@ -48,11 +49,9 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Callable
 
 import torch
-from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
 from offline_rl.algo.adam import check_adam, init_adam_state, set_capturable
 from offline_rl.config import COMPILE_MODES
@@ -111,68 +110,6 @@ class CompileReport:
                 + ("; ".join(parts) or "no step run yet"))
 
 
-class SkinnyMatmulPass(CustomGraphPass):
-    """An Inductor post-grad pass (CPU): batched matrix products with a dimension of size 1
-    become a broadcast product and a sum, which Inductor fuses with their neighbours. Such
-    products -- an ensemble critic's output layer, forward (x [N, B, H] @ w [N, H, 1]) and
-    backward (an outer product, a matrix-vector product) -- run at ~4 GFLOP/s as BLAS calls
-    (~35 us each for ~1 MFLOP) and were ~9% of a compiled TD3+BC update's time.
-    ``max_columns``: outputs of up to this many columns are rewritten too (1: only matrix-vector
-    products; 4, which would include dQ/da through EDAC's first layer, made EDAC slower)."""
-
-    max_columns = 1
-
-    def __call__(self, graph: torch.fx.Graph) -> None:
-        aten = torch.ops.aten
-        for node in list(graph.nodes):
-            if node.op != "call_function" or node.target not in (aten.bmm.default, aten.baddbmm.default):
-                continue
-            if node.target is aten.baddbmm.default:
-                if len(node.args) != 3 or any(node.kwargs.get(k, 1) != 1 for k in ("beta", "alpha")):
-                    continue
-                bias, a, b = node.args
-            else:
-                bias, (a, b) = None, node.args
-            values = [getattr(x, "meta", {}).get("val") for x in (a, b)]
-            if any(not isinstance(v, torch.Tensor) or v.dim() != 3 for v in values):
-                continue
-            (_, m, k), (_, _, n) = values[0].shape, values[1].shape
-            if not all(isinstance(d, int) for d in (m, k, n)) or values[0].device.type != "cpu":
-                continue
-            with graph.inserting_before(node):
-                emit = partial(_emit, graph)
-                if k == 1:  # outer product: [N, M, 1] * [N, 1, n]
-                    out = emit(aten.mul.Tensor, a, b)
-                elif n <= self.max_columns:  # [N, M, K, 1] * [N, 1, K, n], summed over K
-                    out = emit(aten.sum.dim_IntList, emit(aten.mul.Tensor, emit(aten.unsqueeze.default, a, 3),
-                                                          emit(aten.unsqueeze.default, b, 1)), [2])
-                elif m == 1:  # [N, K, 1] * [N, K, n], summed over K
-                    out = emit(aten.sum.dim_IntList, emit(aten.mul.Tensor, emit(aten.permute.default, a, [0, 2, 1]), b),
-                               [1], True)
-                else:
-                    continue
-                if bias is not None:
-                    out = emit(aten.add.Tensor, out, bias)
-                if out.meta["val"].shape != node.meta["val"].shape:  # broadcasting bias
-                    out = emit(aten.expand.default, out, list(node.meta["val"].shape))
-            node.replace_all_uses_with(out)
-            graph.erase_node(node)
-
-    def uuid(self) -> Any:
-        return get_hash_for_files((__file__,))
-
-
-def _emit(graph: torch.fx.Graph, target, *args):
-    """A new call_function node with its FakeTensor value (``meta["val"]``), as Inductor expects."""
-    node = graph.call_function(target, args)
-    fake = [a.meta["val"] if isinstance(a, torch.fx.Node) else a for a in args]
-    mode = next(v.fake_mode for v in fake if hasattr(v, "fake_mode"))
-    with mode:
-        node.meta["val"] = target(*fake)
-    return node
-
-
-SKINNY_MATMULS = SkinnyMatmulPass()
 
 
 def describe(exc: BaseException) -> str:
@@ -205,7 +142,7 @@ class CompiledStep:
     def __init__(self, compiler: "StepCompiler", record: StepRecord, fn: Callable):
         self.compiler, self.record, self.fn = compiler, record, fn
         self.compiled = torch.compile(fn, fullgraph=True, dynamic=False, backend=compiler.backend,
-                                      options=compiler.options)
+                                      options=compiler.inductor_options())
 
     def __call__(self, args: tuple) -> StepMetrics:
         record, fn = self.record, self.fn
@@ -267,16 +204,23 @@ class StepCompiler:
         self.precision = precision
         self.device = torch.device(algo.device)
         self.cudagraphs = self.device.type == "cuda" and backend == "inductor"
-        self.options: dict[str, Any] | None = None
-        if backend == "inductor":
-            self.options = {"post_grad_custom_pre_pass": SKINNY_MATMULS}
-            if self.cudagraphs:  # Inductor's own (Philox) random numbers: CUDA-graph safe
-                self.options["triton.cudagraphs"] = True
-            else:  # PyTorch's random numbers, the eager draws; a C++ wrapper: ~5% on TD3+BC
-                self.options.update({"fallback_random": True, "cpp_wrapper": self.device.type == "cpu"})
         self.report = CompileReport(mode, str(self.device), self.min_updates, precision)
         self.steps: dict[str, CompiledStep | None] = {}
         self.prepared = False
+
+    def inductor_options(self) -> dict[str, Any] | None:
+        """Inductor's options on this device. Inductor (and the pass) are imported here, as the
+        first step is compiled: importing them costs ~1.5 s of every process that never does."""
+        if self.backend != "inductor":
+            return None
+        from offline_rl.training.inductor_pass import SKINNY_MATMULS
+
+        options: dict[str, Any] = {"post_grad_custom_pre_pass": SKINNY_MATMULS}
+        if self.cudagraphs:  # Inductor's own (Philox) random numbers: CUDA-graph safe
+            options["triton.cudagraphs"] = True
+        else:  # PyTorch's random numbers, the eager draws; a C++ wrapper: ~5% on TD3+BC
+            options.update({"fallback_random": True, "cpp_wrapper": self.device.type == "cpu"})
+        return options
 
     def __deepcopy__(self, memo):  # a copied algorithm starts without compiled graphs
         return StepCompiler(memo.get(id(self.algo), self.algo), self.mode, self.updates,
