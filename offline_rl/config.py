@@ -7,7 +7,8 @@ value.
 The rules live beside what they check: the top-level keys' here (``TOP_LEVEL``), every other
 value's in the ``OPTIONS`` of the class (or function) its node builds through ``_target_``
 (offline_rl/options.py), collected from the composed config itself, so a new algorithm, scheme or
-fine-tuning option brings its own rules. A failing value raises one ConfigError naming the key,
+fine-tuning option brings its own rules; a component whose settings need each other says so in its
+``option_problems`` (``finetune.offline_fraction`` needs ``finetune.init_with_offline``). A failing value raises one ConfigError naming the key,
 the value and the allowed values. A rule whose key the composed config lacks does not apply; in the
 other direction every value must have a rule (or be listed in ``UNCHECKED``), so a renamed YAML key
 fails validation, naming the class that should declare it, instead of silently losing its check
@@ -32,7 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 from offline_rl.automatic import help_text as applied_help
 from offline_rl.cli_help import config_groups
 from offline_rl.errors import ConfigError, OfflineRLError
-from offline_rl.options import Rule, boolean, declared_options, int_at_least, int_in, one_of, optional
+from offline_rl.options import (Rule, boolean, declared_options, int_at_least, int_in, one_of, optional,
+                                option_problems)
 from offline_rl.precision import PRECISIONS
 
 
@@ -124,23 +126,26 @@ class Owner:
 
     path: str
     target: str
+    owner: Any
     options: dict[str, tuple[Rule, str]]
 
 
-def owners(cfg: DictConfig) -> tuple[list[Owner], list[str]]:
+def owners(cfg: DictConfig) -> tuple[list[Owner], dict[str, str]]:
     """The nodes of ``cfg`` that name a ``_target_`` (``algo``, ``algo.actor``,
-    ``finetune.algorithm``, ...), each with its class's declared options; and the targets that
-    could not be imported, as problems."""
-    found, problems = [], []
+    ``finetune.algorithm``, ...), each with its class's declared options; and the nodes whose
+    target could not be imported, with the problem."""
+    found, unimportable = [], {}
 
     def walk(node: DictConfig, path: str) -> None:
         target = node.get("_target_") if "_target_" in node else None
         if isinstance(target, str):
             try:
-                found.append(Owner(path, target, declared_options(get_object(target))))
+                owner = get_object(target)
+                found.append(Owner(path, target, owner, declared_options(owner)))
             except Exception as exc:  # noqa: BLE001 -- reported as the config's problem
-                problems.append(f"{path}._target_={target!r} cannot be imported "
-                                f"({type(exc).__name__}: {exc})")
+                unimportable[path] = (f"{path}._target_={target!r} cannot be imported "
+                                      f"({type(exc).__name__}: {exc})")
+                return  # its values' rules are unknown: the import is the problem
         for key in node.keys():
             child = node._get_node(key)
             if isinstance(child, DictConfig) and key not in MAPPING_VALUES:
@@ -150,21 +155,21 @@ def owners(cfg: DictConfig) -> tuple[list[Owner], list[str]]:
         child = cfg._get_node(key)
         if key not in NOT_SETTINGS and isinstance(child, DictConfig):
             walk(child, str(key))
-    return found, problems
+    return found, unimportable
 
 
-def rules_for(cfg: DictConfig) -> tuple[dict[str, Rule], dict[str, str], list[str]]:
+def rules_for(cfg: DictConfig) -> tuple[dict[str, Rule], dict[str, str], list[Owner], dict[str, str]]:
     """Every rule that applies to ``cfg``: the top-level ones and those the classes of its nodes
     declare, by dotted key; where each key's rule belongs (for the message of a key without one);
-    and the problems met collecting them."""
-    nodes, problems = owners(cfg)
+    the nodes' owners; and the nodes whose class could not be imported."""
+    nodes, unimportable = owners(cfg)
     rules = dict(TOP_LEVEL)
     home = {}
     for owner in sorted(nodes, key=lambda o: o.path.count(".")):
         home[owner.path] = f"OPTIONS of {owner.target.rsplit('.', 1)[-1]} ({owner.target})"
         for key, (rule, _) in owner.options.items():
             rules[f"{owner.path}.{key}"] = rule
-    return rules, home, problems
+    return rules, home, nodes, unimportable
 
 
 def _home_of(key: str, home: dict[str, str]) -> str:
@@ -178,9 +183,12 @@ def _home_of(key: str, home: dict[str, str]) -> str:
 
 def validate(cfg: DictConfig) -> None:
     """Every value of ``cfg`` against its rule; a value without a rule is an error too."""
-    by_key, home, problems = rules_for(cfg)
+    by_key, home, nodes, unimportable = rules_for(cfg)
+    problems = list(unimportable.values())
     for key in leaf_keys(cfg):
         if key.rsplit(".", 1)[-1] in UNCHECKED or key.split(".", 1)[0] in NOT_SETTINGS:
+            continue
+        if any(key.startswith(f"{path}.") for path in unimportable):
             continue
         rule = by_key.get(key)
         if rule is None:
@@ -202,6 +210,11 @@ def validate(cfg: DictConfig) -> None:
             value = OmegaConf.to_container(value, resolve=True)
         if value is _MISSING or not rule.check(value):
             problems.append(f"{key}={value!r} is not allowed: expected {rule.allowed}")
+    for owner in nodes:  # settings that need each other, as each component says
+        node = OmegaConf.select(cfg, owner.path)
+        values = {k: OmegaConf.select(node, str(k), default=None) for k in node.keys()
+                  if not isinstance(node._get_node(k), DictConfig)}
+        problems += option_problems(owner.owner, values, owner.path)
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
 

@@ -97,6 +97,14 @@ def declares(options: Mapping[str, Rule]) -> Callable:
     return mark
 
 
+def option_problems(owner: Any, values: Mapping[str, Any], path: str) -> list[str]:
+    """What a component says is wrong with its node's values taken together (a setting that
+    needs another), through its ``option_problems(values, path)`` classmethod if it has one;
+    ``validate`` reports them with the single-value problems."""
+    check = getattr(owner, "option_problems", None)
+    return list(check(values, path)) if callable(check) else []
+
+
 def declared_options(owner: Any) -> dict[str, tuple[Rule, str]]:
     """``{option: (rule, where it is declared)}`` for a class (its own ``OPTIONS`` over those of
     its bases) or a function (``declares``)."""

@@ -1,7 +1,7 @@
 """Compose one run from a Hydra config: data -> algorithm -> phases -> the loop, tracked in MLflow.
 
 Runs are preemption-safe. A run's identity is a hash of its resolved config (tracking, progress and
-checkpoint keys left out); its checkpoints live in ``<checkpoint.dir>/<name>-<identity>/``: every
+checkpoint keys left out); its checkpoints live in ``<checkpoint.dir>/<name>-<identity>-<store key>/``: every
 ``checkpoint.every`` updates and when a signal stops it (SIGTERM from scancel / ``scontrol
 requeue`` / a time limit, Ctrl-C, submitit's pre-timeout SIGUSR2, which then requeues the job),
 each written atomically, the newest ``checkpoint.keep`` kept. With ``resume=auto`` the same command
@@ -236,9 +236,9 @@ class Run:
         # page and its params columns tell runs apart by params, not tags
         params = {**flatten(self.cfg), **choices, "precision_used": self.precision}
         name = self.job.run_name() or name
-        self.run_id = start_tracking(self.tracker, self.checkpoints, name, params, tags, self.run_id,
-                                     self.job.parent_run_id, name=name)
-        self.info = self.checkpoints.read_info()
+        self.info = start_tracking(self.tracker, self.checkpoints, name, params, tags, self.run_id,
+                                   self.job.parent_run_id, name=name)
+        self.run_id = self.info["run_id"]
         if self.corrupt:
             self.tracker.set_tags({"checkpoint_corrupt": " | ".join(self.corrupt)})
         self.dataset_record = describe_dataset(self.data)

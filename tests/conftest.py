@@ -11,28 +11,18 @@ import sys
 import time
 from pathlib import Path
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs the tests in parallel workers (pytest-xdist), one per core: one thread each,
+    # for the workers and the processes they start (OpenMP threads spin: two 2-thread torch
+    # processes on 2 cores each run far slower than at half speed); set before numpy and torch load
+    for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_threads] = "1"
+
 import gymnasium as gym
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `make test` runs the tests in parallel workers (pytest-xdist), one per core: one thread each,
-    # for the workers and the processes they start (OpenMP threads spin: two 2-thread torch
-    # processes on 2 cores each run far slower than at half speed)
-    import torch
-
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-
-
-def pytest_collection_modifyitems(config, items):
-    """The tests that use the SLURM cluster run in one worker (``--dist loadgroup``): the cluster
-    is started (and stopped) once, by that worker, never by two at once."""
-    for item in items:
-        if item.get_closest_marker("slurm"):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
 def make_random_dataset(dataset_id: str, episodes: int = 12, seed: int = 0,

@@ -82,8 +82,8 @@ def test_every_value_of_every_option_has_a_rule_and_every_rule_a_value():
         validate(cfg)  # every default is allowed, and every value has a rule
         keys = set(leaf_keys(cfg))
         seen |= keys
-        nodes, problems = owners(cfg)
-        assert problems == []
+        nodes, unimportable = owners(cfg)
+        assert unimportable == {}
         for owner in nodes:
             for key, (_, where) in owner.options.items():
                 declared.add((where, key))
@@ -127,9 +127,30 @@ def test_a_new_component_brings_its_own_rules():
     with pytest.raises(ConfigError, match=r"finetune.temperature=-1.0 is not allowed: expected a "
                                           r"finite number > 0"):
         validate(cfg)
-    cfg.finetune = {"_target_": "test_config.NoSuchThing"}
-    with pytest.raises(ConfigError, match=r"finetune._target_='test_config.NoSuchThing' cannot be imported"):
+    cfg.finetune = {"_target_": "test_config.NoSuchThing", "temperature": 0.5}
+    with pytest.raises(ConfigError, match=r"finetune._target_='test_config.NoSuchThing' cannot be "
+                                          r"imported") as info:
         validate(cfg)
+    assert "has no validation rule" not in str(info.value)  # its values are not blamed
+
+
+def test_settings_that_need_each_other_are_a_value_problem_not_a_pairing():
+    """finetune.offline_fraction needs the offline data in the replay: OnlineFinetuning says so
+    (option_problems), validate reports it with the other values, and a sweep calls it an error
+    (nothing launched), never an incompatible pair that skip_incompatible would drop."""
+    from offline_rl.sweep import job_problem
+
+    cfg = composed("finetune=td3", "finetune.init_with_offline=false", "finetune.offline_fraction=0.5",
+                   "algo.tau=2")
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    assert ("finetune.offline_fraction=0.5 needs the offline data in the replay: set "
+            "finetune.init_with_offline=true or finetune.offline_fraction=null") in str(info.value)
+    assert "algo.tau=2 is not allowed" in str(info.value)  # in the same one line
+    error, incompatibility = job_problem(composed("finetune=td3", "finetune.init_with_offline=false",
+                                                  "finetune.offline_fraction=0.5"))
+    assert incompatibility is None and "needs the offline data" in error
+    validate(composed("finetune=td3", "finetune.offline_fraction=0.5"))
 
 
 @pytest.mark.slow  # starts a process

@@ -192,7 +192,7 @@ def test_values_validation_let_through_are_refused_in_one_line(override, message
 
     with pytest.raises(ConfigError) as error:
         validate(composed(Path("/tmp"), override))
-    assert message in str(error.value) and "add one" not in str(error.value)
+    assert message in str(error.value) and "has no validation rule" not in str(error.value)
 
 
 # ----- 2. one failing job in a sweep ----------------------------------------------------------

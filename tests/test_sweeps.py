@@ -266,6 +266,7 @@ def sacct_states(job_id: str) -> list[str]:
 
 
 @pytest.mark.slurm
+@pytest.mark.xdist_group("slurm")  # one worker starts (and stops) the cluster: make test's --dist loadgroup
 @pytest.mark.slow
 def test_slurm_2x2_sweep_children_under_one_parent(slurm_cluster, tmp_path, minari_root):
     result = run_sweep(["-m", "pretrain=none,ac", "seed=0,1", "hydra/launcher=slurm_local",
@@ -292,6 +293,7 @@ def test_slurm_2x2_sweep_children_under_one_parent(slurm_cluster, tmp_path, mina
 
 
 @pytest.mark.slurm
+@pytest.mark.xdist_group("slurm")  # one worker starts (and stops) the cluster: make test's --dist loadgroup
 @pytest.mark.slow
 def test_slurm_job_requeued_mid_run_finishes_as_one_run(slurm_cluster, tmp_path, minari_root,
                                                          new_store):

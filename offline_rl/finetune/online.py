@@ -68,10 +68,6 @@ class OnlineFinetuning:
         self.exploration_noise, self.batch_size = float(exploration_noise), int(batch_size)
         self.init_with_offline = bool(init_with_offline)
         self.offline_fraction = None if offline_fraction is None else float(offline_fraction)
-        if offline_fraction is not None and not init_with_offline:
-            raise ConfigError(f"invalid config: finetune.offline_fraction={offline_fraction!r} needs "
-                              f"the offline data in the replay: set finetune.init_with_offline=true "
-                              f"or finetune.offline_fraction=null")
         self.max_replay_size = int(max_replay_size)
         self.from_run = from_run or None
         # built by ``phases``: the agent, its replay, the environment loop; the offline score
@@ -80,6 +76,15 @@ class OnlineFinetuning:
         self.replay: MixedReplay | None = None
         self.loop: EnvironmentLoop | None = None
         self.offline_score: float | None = None
+
+    @classmethod
+    def option_problems(cls, values: dict, path: str) -> list[str]:
+        """Settings that need each other (collected by offline_rl.config.validate)."""
+        fraction = values.get("offline_fraction")
+        if fraction is not None and values.get("init_with_offline") is False:
+            return [f"{path}.offline_fraction={fraction!r} needs the offline data in the replay: "
+                    f"set {path}.init_with_offline=true or {path}.offline_fraction=null"]
+        return []
 
     @property
     def algorithm_class(self) -> type:

@@ -253,7 +253,9 @@ def _generate(config: GeneratorConfig, levels: list[str], ids: dict[str, str],
     rollouts: dict[str, list[dict]] = {}
     try:
         # the behaviour run's MLflow run ends FAILED (KILLED on Ctrl-C) if writing fails
-        with ended_on_failure(tracker, lambda: "interrupted (Ctrl-C) while writing the datasets"):
+        with ended_on_failure(tracker, lambda: (
+                "interrupted (Ctrl-C) while writing the datasets: nothing was published; the same "
+                "command writes them again from the behaviour run's checkpoint")):
             for level in levels:
                 episodes, snapshot_step, snapshot_return, description = _level_data(
                     level, config, run, medium, rollouts)

@@ -3,7 +3,8 @@ RL run (offline_rl/run.py) and the behaviour run whose data becomes a local data
 (offline_rl/generate/behaviour.py, then generate/datasets.py writes the datasets).
 
 - ``resume_point``: whether a checkpoint folder is continued, from which checkpoint and into which
-  MLflow run (a folder written for another store, or whose run is gone from it, starts afresh; a
+  MLflow run (a folder written for another store, or whose run is gone from it, starts afresh --
+  or, for a run whose result does not depend on the store, continues into a new MLflow run; a
   corrupt newest checkpoint is reported and the one before it used).
 - ``start_tracking``: the MLflow run started (or continued) and recorded in the folder's
   ``run.json``, so that the next process finds it.
@@ -39,7 +40,7 @@ def resume_decision(checkpoints: CheckpointDir, tracker, store_bound: bool = Tru
     reason = None
     if recorded is not None and recorded != store:
         reason = f"they were written for the MLflow store {recorded}, not {store}"
-    elif run_id and tracker.tracking_uri is not None and tracker.run_status(run_id) is None:
+    elif run_id and getattr(tracker, "tracking_uri", None) is not None and tracker.run_status(run_id) is None:
         reason = f"their MLflow run {run_id} is not in the store {store}"
     if reason is not None and not store_bound:
         return True, None
@@ -82,13 +83,15 @@ def resume_point(checkpoints: CheckpointDir, tracker, report_corrupt: Callable[[
 
 
 def start_tracking(tracker, checkpoints: CheckpointDir, run_name: str, params: dict, tags: dict,
-                   run_id: str | None, parent_run_id: str | None = None, **info: Any) -> str | None:
+                   run_id: str | None, parent_run_id: str | None = None, **info: Any) -> dict:
     """Start the MLflow run, or continue ``run_id``; its id, store and ``info`` go to the folder's
-    run.json, where the next process of the same command finds them."""
+    run.json, where the next process of the same command finds them. Returns what was written
+    (``run_id``: the MLflow run's id)."""
     run_id = tracker.start(run_name, params, tags, run_id=run_id, parent_run_id=parent_run_id)
-    checkpoints.write_info({"run_id": run_id, "identity": checkpoints.identity,
-                            "tracking_uri": str(tracker.tracking_uri), **info})
-    return run_id
+    written = {"run_id": run_id, "identity": checkpoints.identity,
+               "tracking_uri": str(getattr(tracker, "tracking_uri", None)), **info}
+    checkpoints.write_info(written)
+    return written
 
 
 @contextlib.contextmanager
@@ -129,7 +132,7 @@ def train_tracked(trainer: Trainer, tracker, checkpoints: CheckpointDir, *,
         kept = kept_step()
         what = (f"the same command continues from its checkpoint of {unit} {kept}"
                 if kept is not None else "the same command starts it again")
-        return f"interrupted (Ctrl-C) at once at {unit} {step}, before a checkpoint for it could be written: {what}"
+        return f"interrupted (Ctrl-C) at once at {unit} {step}, outside a checkpoint: {what}"
 
     with ended_on_failure(tracker, stopped, on_failure):
         with signals:
