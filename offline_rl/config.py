@@ -34,7 +34,7 @@ from offline_rl.automatic import help_text as applied_help
 from offline_rl.cli_help import config_groups
 from offline_rl.errors import ConfigError, OfflineRLError
 from offline_rl.options import (Rule, boolean, declared_options, int_at_least, int_in, one_of, optional,
-                                option_problems)
+                                option_problems, text_or_null)
 from offline_rl.precision import PRECISIONS
 
 
@@ -81,8 +81,7 @@ TOP_LEVEL: dict[str, Rule] = {
     "precision_change": one_of("refuse", "allow"),
     "resume": one_of("auto", "never"),
     "rerun": boolean(),
-    "continue_from": Rule(lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
-                          "null or the MLflow run id of a FINISHED run"),
+    "continue_from": text_or_null("the MLflow run id of a FINISHED run"),
     "checkpoint.every": int_at_least(0, " (0: no periodic checkpoints)"),
     "checkpoint.keep": int_at_least(1),
     "checkpoint.on_signal": boolean(),

@@ -84,6 +84,11 @@ def text(what: str) -> Rule:
     return Rule(lambda v: isinstance(v, str) and v.strip() != "", what)
 
 
+def text_or_null(what: str) -> Rule:
+    """null or a non-empty string (an id, a path) that is not checked further here."""
+    return Rule(lambda v: v is None or (isinstance(v, str) and v.strip() != ""), f"null or {what}")
+
+
 def optional(rule: Rule, meaning: str) -> Rule:
     """null, which means ``meaning``, or a value ``rule`` allows."""
     return Rule(lambda v: v is None or rule.check(v), f"null ({meaning}) or {rule.allowed}")

@@ -40,7 +40,7 @@ import torch
 from offline_rl.dataset.replay import Batch, MixedReplay, ReplayBuffer
 from offline_rl.errors import ConfigError
 from offline_rl.metric_names import RETURN, SCORE
-from offline_rl.options import Rule, boolean, int_at_least, non_negative, number_in, optional
+from offline_rl.options import boolean, int_at_least, non_negative, number_in, optional, text_or_null
 from offline_rl.training.loop import Phase
 from offline_rl.training.environment_loop import EnvironmentLoop
 
@@ -55,8 +55,7 @@ class OnlineFinetuning:
                "init_with_offline": boolean(),
                "offline_fraction": optional(number_in(0.0, 1.0), "uniform over the replay"),
                "max_replay_size": int_at_least(1),
-               "from_run": Rule(lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
-                                "null or an MLflow run id / checkpoint path")}
+               "from_run": text_or_null("an MLflow run id / checkpoint path")}
 
     def __init__(self, algorithm: Callable[..., Any], env_steps: int = 200_000,
                  min_replay_size: int = 1000, exploration_noise: float = 0.1,
