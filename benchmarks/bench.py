@@ -50,7 +50,7 @@ import torch
 
 from benchmarks.common import ALGOS, ROOT, SHAPES, make_algorithms, random_batch
 from benchmarks.corl import CorlEDAC, CorlIQL, CorlTD3BC, corl_batch
-from benchmarks.loops import CorlReplay, corl_loop, our_loop, random_replay
+from benchmarks.loops import CorlReplay, corl_loop, loop_cost, our_loop, random_replay
 from benchmarks.runs_per_gpu import loop_worker, runs_per_gpu, runs_table
 from offline_rl.dataset.replay import Batch
 from offline_rl.machine import cpu_model
@@ -70,6 +70,9 @@ class PoolReplay:
     def sample(self, batch_size: int) -> Batch:
         self.i += 1
         return self.batches[self.i % len(self.batches)]
+
+    def sampler(self, batch_size: int) -> Callable[[], Batch]:
+        return lambda: self.sample(batch_size)
 
 
 class BenchScheme(Scheme):
@@ -95,6 +98,7 @@ class Case:
         self.agreement = float("nan")  # max relative difference of the losses, CORL vs ours
         self.bound = float("nan")  # updates/s of the matrix products alone
         self.bf16_bound = float("nan")  # the same for the bf16 step's (bf16) products
+        self.loop_cost = float("nan")  # us per update our loop spends outside the step
 
 
 def agreement(corl: Callable[[int], dict], ours: Callable[[int], object], calls: int, seed: int) -> float:
@@ -155,7 +159,7 @@ def build_cases(algo_name: str, shape: str, steps: list[str], device: torch.devi
             loops = {}
             if replay is not None and not versions:  # around the timed versions' algorithms
                 if step == "update":
-                    updates = {name: (lambda a=algos[name]: a.update(replay.sample(256)))
+                    updates = {name: (lambda a=algos[name], sample=replay.sampler(256): a.update(sample()))
                                for name in ("compiled", "bf16") if name in algos}
                 else:
                     updates = {name: factory(algos[name], replay, 256)
@@ -402,7 +406,7 @@ def loop_table(cases: list[Case]) -> list[str]:
     if bf16:
         head += ["bf16 step upd/s", "bf16 loop upd/s", "bf16 loop / step"]
     head += ["CORL-style step upd/s", "CORL-style loop upd/s", "CORL loop / step",
-             "**our loop / CORL loop**"]
+             "**our loop / CORL loop**", "loop cost us/upd", "loop / step from the cost"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cases:
         if not c.loops:
@@ -415,7 +419,8 @@ def loop_table(cases: list[Case]) -> list[str]:
                       f"{100 * median_ratio(c, 'bf16 loop', 'bf16'):.0f}%"]
         cells += [f"{med['corl']:.1f}", f"{med['corl loop']:.1f}",
                   f"{100 * median_ratio(c, 'corl loop', 'corl'):.0f}%",
-                  f"**{median_ratio(c, 'loop', 'corl loop'):.2f}x**"]
+                  f"**{median_ratio(c, 'loop', 'corl loop'):.2f}x**", f"{c.loop_cost:.1f}",
+                  f"{100 / (1 + c.loop_cost * 1e-6 * med['compiled']):.1f}%"]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
@@ -492,12 +497,14 @@ def main(argv: list[str] | None = None) -> None:
     threads_before = torch.get_num_threads()
     for threads in (args.threads if device.type == "cpu" else [threads_before]):
         torch.set_num_threads(threads)
+        costs = {shape: loop_cost(replay) for shape, replay in replays.items()}
         for algo_name in args.algos:
             for shape in args.shapes:
                 steps = steps_of[algo_name][:1] if args.no_pretrain else steps_of[algo_name]
                 for case in build_cases(algo_name, shape, steps, device, pool_size=16,
                                         seed=args.seed, bf16=bf16, threads=threads,
                                         replay=replays.get(shape)):
+                    case.loop_cost = costs.get(shape, float("nan"))
                     run_case(case, device, args.reps, args.window, not args.no_eager)
                     cases.append(case)
                     print(table([case], peak, not args.no_eager, bf16_peak, bf16)[-1], flush=True)
@@ -537,7 +544,12 @@ def main(argv: list[str] | None = None) -> None:
             "offline RL and pre-training phases do, without evaluation or checkpoints; "
             "**CORL-style loop** is CORL's: its replay (one tensor per field, `np.random.randint`), "
             "the CORL-style step, its log dict every step. The step columns are the bare steps on a "
-            "fixed pool of batches; `loop / step` is the median of per-repetition ratios.",
+            "fixed pool of batches; `loop / step` is the median of per-repetition ratios. Those ratios "
+            "drift by about 5% either way on a shared host; **loop cost** does not: the microseconds "
+            "per update our loop spends outside the step (the Trainer's bookkeeping and a batch "
+            "sampled from the replay, run with a step that does nothing; best of 5 windows of "
+            "20,000 updates, benchmarks/loops.py: loop_cost), and `loop / step from the cost` is "
+            "the ratio it allows: step time / (step time + loop cost).",
             "",
             *loop_table(cases),
             "",

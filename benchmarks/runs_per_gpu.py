@@ -36,12 +36,13 @@ def loop_worker(go: Path, device: torch.device, seconds: float, seed: int, warmu
     for key, tensor in replay.storage.items():
         tensor.normal_() if key != "dones" else tensor.bernoulli_(0.001)
     replay.size = replay.capacity
+    sample = replay.sampler(256)
     window = MetricWindow()
     step = 0
 
     def update() -> None:
         nonlocal step
-        window.add(algo.update(replay.sample(256)), step)
+        window.add(algo.update(sample()), step)
         step += 1
         if step % 1000 == 0:
             window.read("offline_rl")

@@ -125,6 +125,7 @@ class Run:
             data, device, gamma=self.algo.gamma, normalize_states=self.algo.normalize_states,
             bootstrap_timeouts=self.pretrain.bootstrap_timeouts, seed=cfg.seed,
             reward_scale=self.algo.reward_scale(data))
+        self.sample = self.replay.sampler(self.batch_size)  # the offline phase's batches
         # fine-tuning a previous run's checkpoint: no pre-training, no offline phase
         self.source = (load_source_run(self.finetune.from_run, tracker, self.algo, self.replay)
                        if self.finetune.from_run else None)
@@ -164,7 +165,7 @@ class Run:
         return phases + self.finetune.phases(self.algo, self.replay, self.data, int(self.cfg.seed))
 
     def offline_update(self) -> dict[str, torch.Tensor]:
-        return self.algo.update(self.replay.sample(self.batch_size))
+        return self.algo.update(self.sample())
 
     # ----- resuming and tracking -----------------------------------------------------------------
     def resume_point(self) -> tuple[dict, Path] | None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs the tests in parallel workers (pytest-xdist), one per core: one thread each,
@@ -230,16 +231,41 @@ def new_store(mlflow_template):
     return make
 
 
-def interrupt_at_sample(monkeypatch, n: int, signum: int = signal.SIGTERM) -> None:
-    """Send ``signum`` to this process at the n-th replay sample (mid-run, as scancel does)."""
+def on_sample(monkeypatch, change: Callable) -> Callable[[], None]:
+    """``change(n, batch) -> batch`` sees the n-th batch (from 1) any replay draws, by ``sample``
+    or through a phase's ``sampler``, before the step does. Returns what puts both back."""
     from offline_rl.dataset.replay import ReplayBuffer
 
-    original, calls = ReplayBuffer.sample, {"n": 0}
+    sample, sampler, calls = ReplayBuffer.sample, ReplayBuffer.sampler, {"n": 0}
 
-    def sample(self, batch_size):
+    def changed(batch):
         calls["n"] += 1
-        if calls["n"] == n:
-            os.kill(os.getpid(), signum)
-        return original(self, batch_size)
+        return change(calls["n"], batch)
 
-    monkeypatch.setattr(ReplayBuffer, "sample", sample)
+    def sample_hook(self, batch_size):
+        return changed(sample(self, batch_size))
+
+    def sampler_hook(self, batch_size):
+        draw = sampler(self, batch_size)
+        return lambda: changed(draw())
+
+    monkeypatch.setattr(ReplayBuffer, "sample", sample_hook)
+    monkeypatch.setattr(ReplayBuffer, "sampler", sampler_hook)
+
+    def restore() -> None:
+        monkeypatch.setattr(ReplayBuffer, "sample", sample)
+        monkeypatch.setattr(ReplayBuffer, "sampler", sampler)
+
+    return restore
+
+
+def interrupt_at_sample(monkeypatch, n: int, signum: int = signal.SIGTERM) -> Callable[[], None]:
+    """Send ``signum`` to this process at the n-th replay batch (mid-run, as scancel does).
+    Returns what stops it."""
+
+    def interrupt(count, batch):
+        if count == n:
+            os.kill(os.getpid(), signum)
+        return batch
+
+    return on_sample(monkeypatch, interrupt)

@@ -181,6 +181,9 @@ def test_pretraining_steps_compiled_match_eager_on_cuda():
         def sample(self, batch_size):
             return next(self.data)
 
+        def sampler(self, batch_size):
+            return lambda: self.sample(batch_size)
+
     cases = [(paper_td3_bc, ActorCriticPretraining(steps=50_000, until=None), ("actor_update", "critic_update")),
              (paper_edac, SoftPretraining(steps=50_000, until=None), ("soft_actor_update",))]
     for build, scheme, makers in cases:

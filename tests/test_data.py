@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from offline_rl.dataset.episodes import discounted_cumsum, flatten_episodes, returns_to_go
-from offline_rl.dataset.replay import ReplayBuffer, StateNormalizer
+from offline_rl.dataset.replay import FIELDS, ReplayBuffer, StateNormalizer
 
 
 def test_returns_to_go_hand_computed_terminal_and_timeout():
@@ -87,6 +87,32 @@ def test_replay_samples_on_device_reproducibly_and_normalises():
     first = a.sample(8)
     a.load_state_dict(state)
     torch.testing.assert_close(a.sample(8).actions, first.actions)
+
+
+def test_a_phase_sampler_draws_what_sample_draws_into_one_batch_it_reuses():
+    """``sampler``: the batches ``sample`` would draw from the same generator state, written into
+    the same tensors at every call; it reads the replay as it is then (rows added later)."""
+    def replay():
+        buffer = ReplayBuffer(50, obs_dim=2, act_dim=1, device="cpu", seed=5)
+        buffer.add(np.arange(20.0).reshape(10, 2), np.ones((10, 1)), np.arange(10.0),
+                   np.arange(20.0).reshape(10, 2) + 1, np.zeros(10))
+        return buffer
+
+    reference, phase = replay(), replay()
+    draw = phase.sampler(16)
+    first = draw()
+    torch.testing.assert_close(first.actions, reference.sample(16).actions)
+    for _ in range(3):
+        expected, got = reference.sample(16), draw()
+        assert got is first  # the same tensors, overwritten
+        for key in FIELDS:
+            torch.testing.assert_close(getattr(got, key), getattr(expected, key), rtol=0, atol=0)
+    for buffer in (reference, phase):  # 10 more transitions, rewards 100..109
+        buffer.add(np.zeros((10, 2)), np.zeros((10, 1)), np.arange(100.0, 110.0), np.zeros((10, 2)),
+                   np.zeros(10))
+    rewards = torch.cat([draw().rewards.clone() for _ in range(20)])
+    torch.testing.assert_close(rewards, torch.cat([reference.sample(16).rewards for _ in range(20)]))
+    assert (rewards >= 100).any() and (rewards < 100).any()
 
 
 def test_read_minari_dataset_round_trip(minari_root):

@@ -18,7 +18,7 @@ import torch
 from conftest import ROOT, interrupt_at_sample, launch_env, search_runs
 from offline_rl.algo.edac import EDAC
 from offline_rl.algo.td3_bc import TD3BC
-from offline_rl.dataset.replay import Batch, ReplayBuffer
+from offline_rl.dataset.replay import Batch
 from offline_rl.errors import ConfigError
 from offline_rl.network import DeterministicActor, EnsembleCritic, TanhGaussianActor
 from offline_rl import precision as precision_module
@@ -205,12 +205,11 @@ def test_a_bf16_run_resumes_bit_identically_and_another_precision_is_refused(
     _, straight = final_state(tmp_path / "straight")
 
     store = new_store(tmp_path / "resumed")
-    original = ReplayBuffer.sample
-    interrupt_at_sample(monkeypatch, 31)
+    restore = interrupt_at_sample(monkeypatch, 31)
     with pytest.raises(SystemExit) as stopped:
         train(composed(store, *common))
     assert stopped.value.code == 128 + signal.SIGTERM
-    monkeypatch.setattr(ReplayBuffer, "sample", original)
+    restore()
 
     # the same command on a machine where auto means fp32: refused, nothing changed
     monkeypatch.setattr(precision_module, "cpu_bf16", lambda: (False, "no bf16 here"))

@@ -16,7 +16,6 @@ from mlflow.tracking import MlflowClient
 
 from conftest import (interrupt_at_sample, ROOT, SMALL_RUN, launched, metric_steps, run_launch, search_runs,
                       wait_for_checkpoint)
-from offline_rl.dataset.replay import ReplayBuffer
 from offline_rl.errors import CheckpointError
 from offline_rl.training.checkpoint import CheckpointDir
 
@@ -119,12 +118,11 @@ def test_resume_after_signal_gives_the_uninterrupted_weights(case, corrupt_lates
     straight_id, straight = final_state(tmp_path / "straight")
 
     store = new_store(tmp_path / "resumed")
-    original = ReplayBuffer.sample
-    interrupt_at_sample(monkeypatch, interrupt_at)  # SIGTERM mid-run, as scancel sends it
+    restore = interrupt_at_sample(monkeypatch, interrupt_at)  # SIGTERM mid-run, as scancel sends it
     with pytest.raises(SystemExit) as stopped:
         train(composed(store, *common))
     assert stopped.value.code == 128 + signal.SIGTERM
-    monkeypatch.setattr(ReplayBuffer, "sample", original)
+    restore()
     killed = search_runs(store).iloc[0]
     assert killed["status"] == "KILLED" and "SIGTERM" in killed["tags.interrupted"]
     files = list((store / "checkpoints").glob("*/step-*.pt"))

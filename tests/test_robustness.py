@@ -22,9 +22,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import (interrupt_at_sample, ROOT, SMALL_RUN, launched, metric_steps, run_launch, search_runs,
+from conftest import (interrupt_at_sample, on_sample, ROOT, SMALL_RUN, launched, metric_steps, run_launch, search_runs,
                       wait_for_checkpoint)
-from offline_rl.dataset.replay import ReplayBuffer
 from offline_rl.errors import CheckpointError, DatasetError, NonFiniteLossError
 from offline_rl.training.checkpoint import CheckpointDir, load_checkpoint
 
@@ -364,14 +363,10 @@ def test_a_run_that_failed_on_non_finite_values_is_not_resumed_into_the_same_fai
     store = new_store(tmp_path)
     command = composed("updates=60", "log_every=10", "eval.episodes=0", "checkpoint.every=20",
                        "compile=eager", f"tracker.store_dir={store}")
-    original, calls = ReplayBuffer.sample, {"n": 0}
+    def poisoned(count, batch):  # rewards turn NaN after update 25 (a checkpoint at 20)
+        return batch._replace(rewards=batch.rewards * float("nan")) if count > 25 else batch
 
-    def poisoned(self, batch_size):  # rewards turn NaN after update 25 (a checkpoint at 20)
-        calls["n"] += 1
-        batch = original(self, batch_size)
-        return batch._replace(rewards=batch.rewards * float("nan")) if calls["n"] > 25 else batch
-
-    monkeypatch.setattr(ReplayBuffer, "sample", poisoned)
+    on_sample(monkeypatch, poisoned)
     with pytest.raises(NonFiniteLossError, match="became non-finite"):
         train(command)
     monkeypatch.undo()

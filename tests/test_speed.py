@@ -182,6 +182,9 @@ def test_pretraining_steps_compiled_match_eager():
         def sample(self, batch_size):
             return next(self.data)
 
+        def sampler(self, batch_size):
+            return lambda: self.sample(batch_size)
+
     for make in (scheme.soft_actor_update, scheme.critic_update):
         step_eager, step_compiled = make(eager, Replay(), B), make(compiled, Replay(), B)
         compare_runs(run(lambda _: step_eager(), range(3)), run(lambda _: step_compiled(), range(3)),

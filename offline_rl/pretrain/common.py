@@ -183,7 +183,8 @@ class Scheme(abc.ABC):
         return Phase(name, update, self.steps, stop=stop, snapshot=True, **hooks)
 
     # ----- phase updates ------------------------------------------------------------------------
-    # Each phase's update samples a batch (eagerly: the replay's generator) and runs one step
+    # Each phase's update samples a batch (eagerly: the replay's generator, into the buffers of
+    # its ``replay.sampler``) and runs one step
     # function through ``algo.run_step``, which compiles it (training/compiled.py) when the run
     # asks for it and the phase is long enough (``planned``: its configured length).
     def actor_update(self, algo, replay: ReplayBuffer, batch_size: int) -> Callable[[], dict]:
@@ -195,8 +196,10 @@ class Scheme(abc.ABC):
             algo.update_actor_target()
             return {"bc_loss": loss.detach()}
 
+        sample = replay.sampler(batch_size)
+
         def update() -> dict[str, torch.Tensor]:
-            return algo.run_step("pretrain.actor", step, replay.sample(batch_size), planned=self.steps)
+            return algo.run_step("pretrain.actor", step, sample(), planned=self.steps)
 
         return update
 
@@ -211,8 +214,10 @@ class Scheme(abc.ABC):
             return {"soft_bc_loss": loss.detach(), "alpha_loss": alpha_loss.detach(),
                     "alpha": algo.entropy_temperature}
 
+        sample = replay.sampler(batch_size)
+
         def update() -> dict[str, torch.Tensor]:
-            return algo.run_step("pretrain.soft_actor", step, replay.sample(batch_size), planned=self.steps)
+            return algo.run_step("pretrain.soft_actor", step, sample(), planned=self.steps)
 
         return update
 
@@ -226,8 +231,10 @@ class Scheme(abc.ABC):
             algo.update_critic_target()
             return {"critic_loss": loss.detach(), **metrics}
 
+        sample = replay.sampler(batch_size)
+
         def update() -> dict[str, torch.Tensor]:
-            return algo.run_step("pretrain.critic", step, replay.sample(batch_size), planned=self.steps)
+            return algo.run_step("pretrain.critic", step, sample(), planned=self.steps)
 
         return update
 
