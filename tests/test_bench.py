@@ -38,5 +38,8 @@ def test_the_benchmark_runs_and_both_updates_agree(tmp_path):
     assert {row[0] for row in steps} == {"td3_bc", "edac", "iql"} == {row[0] for row in loops}
     for row in steps:
         assert float(row[-1]) < 1e-4, row  # the largest relative loss difference
-    for row in loops:  # every loop was timed: positive rates, ratios printed
-        assert float(row[5]) > 0 and float(row[-3]) > 0 and row[-1].endswith("x**"), row
+    for row in loops:  # every loop was timed: positive rates, ratios printed, its cost measured
+        assert float(row[5]) > 0 and float(row[-5]) > 0 and row[-3].endswith("x**"), row
+        cost, allowed = float(row[-2]), float(row[-1].rstrip("%"))
+        rate = float(row[4])  # the compiled step's
+        assert cost > 0 and allowed == pytest.approx(100 / (1 + cost * 1e-6 * rate), abs=0.06), row
