@@ -23,6 +23,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+import forked
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -93,7 +95,7 @@ def run_launch(args: list[str], store: Path, minari_root: Path, timeout: float =
     overrides = [a for a in args if not a.startswith("-")]
     cmd = [sys.executable, str(ROOT / "launch.py"), *flags, f"tracker.store_dir={store}",
            f"hydra.run.dir={store}/hydra/${{now:%H-%M-%S-%f}}", *overrides]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return forked.run(cmd, ROOT, env, timeout)  # as subprocess.run, without the imports each time
 
 
 def search_runs(store: Path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import forked
 from conftest import ROOT
 
 SKIP_REASON = "gymnasium-robotics is not installed (pip install '.[adroit]')"
@@ -202,7 +202,7 @@ def test_offline_the_paper_command_fails_with_the_dataset_message(tmp_path):
     env = {**os.environ, "MINARI_DATASETS_PATH": str(empty), "HYDRA_FULL_ERROR": "0"}
     cmd = [sys.executable, str(ROOT / "launch.py"), "algo=edac_bc", "pretrain=soft", "dataset=pen-human",
            "dataset.download_if_missing=false", "tracker=none", f"hydra.run.dir={tmp_path}/hydra"]
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = forked.run(cmd, ROOT, env, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "D4RL/pen/human-v2" in result.stderr and "minari download D4RL/pen/human-v2" in result.stderr
     assert "Traceback" not in result.stderr

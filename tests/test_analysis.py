@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import forked
 from tests.conftest import ROOT
 
 T_975_2 = 4.302652729911275   # Student-t 0.975 quantile, 2 degrees of freedom
@@ -488,8 +488,7 @@ def test_cli_help_for_every_command(capsys):
             main([*command, "--help"])
         assert exit_info.value.code == 0
         assert "usage: python -m analysis" in capsys.readouterr().out
-    result = subprocess.run([sys.executable, "-m", "analysis", "--help"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = forked.run([sys.executable, "-m", "analysis", "--help"], ROOT, timeout=60)
     assert result.returncode == 0 and "paper" in result.stdout and "efficiency" in result.stdout
 
 

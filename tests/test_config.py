@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import numpy as np
@@ -11,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import offline_rl.config  # noqa: F401  (resolvers)
+import forked
 from conftest import ROOT
 from offline_rl.config import validate
 from offline_rl.errors import ConfigError
@@ -155,8 +155,7 @@ def test_settings_that_need_each_other_are_a_value_problem_not_a_pairing():
 
 @pytest.mark.slow  # starts a process
 def test_help_lists_groups_and_cfg_job_prints_config():
-    out = subprocess.run([sys.executable, "launch.py", "--help"], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout
+    out = forked.run([sys.executable, "launch.py", "--help"], ROOT, check=True).stdout
     for line in ("algo: bc, cql, edac, edac_bc, iql, iql_gaussian, sac_n, td3_bc, td3_bc_cql", "pretrain:", "finetune:", "network:", "dataset:",
                  "+experiment: efficiency, finetune_study, iql_check, lambda_sweep", "hydra/launcher: local, slurm, slurm_local"):
         assert line in out
@@ -164,8 +163,7 @@ def test_help_lists_groups_and_cfg_job_prints_config():
     tuning = sorted((ROOT / "conf" / "tuning").glob("*.yaml"))
     assert len(tuning) == 48 and not any(f.stem in out for f in tuning)
     assert "(tuning: 48 files, applied automatically" in out
-    job = subprocess.run([sys.executable, "launch.py", "--cfg", "job", "algo=edac"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
+    job = forked.run([sys.executable, "launch.py", "--cfg", "job", "algo=edac"], ROOT, check=True).stdout
     assert OmegaConf.create(job).algo._target_ == "offline_rl.algo.edac.EDAC"
 
 
@@ -175,8 +173,7 @@ def test_generator_settings_are_added_with_plus_and_the_plain_form_says_so():
     """A local dataset's `generator` mapping starts empty: `+dataset.generator.<setting>=v` adds a
     setting; the plain form (what Hydra refuses) and an unknown setting each get one line."""
     def launch(*args):
-        return subprocess.run([sys.executable, "launch.py", "dataset=hopper-medium-local", *args],
-                              cwd=ROOT, capture_output=True, text=True)
+        return forked.run([sys.executable, "launch.py", "dataset=hopper-medium-local", *args], ROOT)
 
     job = launch("+dataset.generator.env_steps=300000", "--cfg", "job")
     assert job.returncode == 0, job.stderr
@@ -237,8 +234,7 @@ def test_help_says_which_values_the_automatic_files_set():
     """`--help` with a run's choices names the files conf/config.yaml applied and what each set;
     a value the command line overrides is marked."""
     def help_for(*args):
-        out = subprocess.run([sys.executable, "launch.py", *args, "--help"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout
+        out = forked.run([sys.executable, "launch.py", *args, "--help"], ROOT, check=True).stdout
         section = out.split("== Settings applied automatically")[1].split("== Config ==")[0]
         return section.strip().splitlines()[1:]
 

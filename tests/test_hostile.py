@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import forked
 from conftest import (ROOT, SMALL_RUN, launch_command, launch_env, make_random_dataset, run_launch,
                       run_sweep, search_runs)
 
@@ -299,8 +300,7 @@ def test_a_read_only_store_stops_before_training_in_one_line(tmp_path, minari_ro
     subprocess.run(["mount", "-o", "remount,ro", str(store)], check=True)
     command = [sys.executable, str(ROOT / "launch.py"), f"tracker.store_dir={store}",
                f"hydra.run.dir={tmp_path / 'hydra'}", *BASE, "updates=20", f"checkpoint.dir={tmp_path / 'ck'}"]
-    result = subprocess.run(command, cwd=ROOT, env=launch_env(minari_root), capture_output=True,
-                            text=True, timeout=300)
+    result = forked.run(command, ROOT, launch_env(minari_root), timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     line = one_line(result.stderr)
     assert "does not take writes" in line and "read" in line.lower()

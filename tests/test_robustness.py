@@ -22,6 +22,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+import forked
 from conftest import (interrupt_at_sample, on_sample, ROOT, SMALL_RUN, launched, metric_steps, run_launch, search_runs,
                       wait_for_checkpoint)
 from offline_rl.errors import CheckpointError, DatasetError, NonFiniteLossError
@@ -491,10 +492,10 @@ def test_hydra_level_mistakes_give_one_line_and_exit_status_2(args, message, tmp
     # were the mistake let through, a missing dataset would end the run at once
     fallback = ["dataset=minari", "dataset.dataset_id=tests/none/missing-v0",
                 "dataset.download_if_missing=false"]
-    result = subprocess.run([sys.executable, str(ROOT / "launch.py"), *args, *fallback,
-                             f"tracker.store_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/sweep",
-                             f"hydra.run.dir={tmp_path}/run"], cwd=ROOT, capture_output=True,
-                            text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0"}, timeout=300)
+    result = forked.run([sys.executable, str(ROOT / "launch.py"), *args, *fallback,
+                         f"tracker.store_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/sweep",
+                         f"hydra.run.dir={tmp_path}/run"], ROOT, {**os.environ, "HYDRA_FULL_ERROR": "0"},
+                        timeout=300)
     assert result.returncode == 2
     assert one_line(result.stderr).startswith(message)
     assert result.stderr.strip().count("\n") == 0

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
+import forked
 from conftest import (ROOT, SMALL_RUN, launch_command, launch_env, metric_steps, run_sweep,
                       search_runs, wait_for_checkpoint)
 
@@ -64,9 +65,8 @@ def test_sweep_files_are_multiruns_with_three_seeds(experiment):
 
 
 def dry_run(folder, *args: str) -> list[str]:
-    result = subprocess.run(launch_command([*args, "hydra.sweeper.dry_run=true"], folder, sweep=True),
-                            cwd=ROOT, env=launch_env(folder), capture_output=True, text=True,
-                            timeout=120)
+    result = forked.run(launch_command([*args, "hydra.sweeper.dry_run=true"], folder, sweep=True),
+                        ROOT, launch_env(folder), timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert list(folder.iterdir()) == []  # a dry run creates nothing
     return [line.split("job: ", 1)[1] for line in result.stdout.splitlines() if "  job: " in line]

@@ -1,0 +1,115 @@
+"""``python launch.py ...`` without paying its imports each time: a process that imported once what
+every launch imports (torch, MLflow, Hydra, gymnasium, Minari: ~8 s here) forks a child per launch
+(``multiprocessing``'s forkserver). The child is a process of its own, as ``subprocess`` gives one:
+its own environment, working directory, ``sys.argv``, signal handlers, stdout and stderr (files,
+read back), exit status (``SystemExit``'s code; ``-N`` when signal N ended it), atexit handlers.
+
+What the forkserver imported, it imported under the environment of its start, not the launch's:
+the modules below read no environment variable at import that a test sets (``TORCHDYNAMO_*``,
+``TORCHINDUCTOR_*`` and the package itself are imported by the child). Tests that need the real
+interpreter start -- Ctrl-C during the imports, a sweep's processes, SLURM -- use ``subprocess``.
+``OFFLINE_RL_TEST_FORK=0`` makes ``run`` a plain ``subprocess.run`` (to compare, or to debug).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+PRELOAD = ["numpy", "torch", "mlflow", "mlflow.tracking", "sqlalchemy", "hydra", "omegaconf",
+           "gymnasium", "minari", "scipy.stats", "pandas", "tqdm"]
+
+_context: multiprocessing.context.ForkServerContext | None = None
+
+
+def enabled() -> bool:
+    return os.environ.get("OFFLINE_RL_TEST_FORK", "1") != "0"
+
+
+def _forkserver() -> multiprocessing.context.ForkServerContext:
+    global _context
+    if _context is None:
+        _context = multiprocessing.get_context("forkserver")
+        _context.set_forkserver_preload(PRELOAD)
+    return _context
+
+
+def _child(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> None:
+    """Runs in the forked child: becomes ``argv`` as ``python`` would run it, then exits."""
+    import atexit
+    import io
+    import runpy
+    import traceback
+
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    for fd, path in ((1, out), (2, err)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(target, fd)
+        os.close(target)
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
+                                  line_buffering=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", line_buffering=True)
+    module = argv[1] if argv[0] == "-m" else None
+    sys.argv = [module, *argv[2:]] if module else list(argv)
+    # what `python script.py` / `python -m module` put first on the path
+    sys.path[0] = cwd if module else str(Path(argv[0]).resolve().parent)
+    code = 0
+    try:
+        if module:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as exit_:
+        if exit_.code is None:
+            code = 0
+        elif isinstance(exit_.code, int):
+            code = exit_.code
+        else:
+            print(exit_.code, file=sys.stderr)
+            code = 1
+    except BaseException:  # noqa: BLE001 -- what the interpreter does with an uncaught one
+        traceback.print_exc()
+        code = 1
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def run(cmd: list[str], cwd: Path | str | None = None, env: dict[str, str] | None = None,
+        timeout: float | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    check=check)`` for ``cmd = [sys.executable, script, *args]`` or ``[sys.executable, "-m",
+    module, *args]``, run in a forked child; any other command by ``subprocess.run``."""
+    cwd, env = str(cwd or os.getcwd()), dict(os.environ if env is None else env)
+    if not enabled() or cmd[0] != sys.executable or cmd[1].startswith("-") and cmd[1] != "-m":
+        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+                              check=check)
+    with tempfile.TemporaryDirectory(prefix="forked-") as folder:
+        out, err = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
+        child = _forkserver().Process(target=_child, args=([str(c) for c in cmd[1:]], env, cwd, out, err))
+        child.start()
+        child.join(timeout)
+        timed_out = child.exitcode is None
+        if timed_out:
+            child.kill()
+            child.join()
+
+        def read(path: str) -> str:
+            return Path(path).read_text(encoding="utf-8", errors="replace") if os.path.exists(path) else ""
+
+        if timed_out:
+            raise subprocess.TimeoutExpired(cmd, timeout, output=read(out), stderr=read(err))
+        result = subprocess.CompletedProcess(cmd, child.exitcode, read(out), read(err))
+    if check:
+        result.check_returncode()
+    return result
