@@ -5,10 +5,12 @@ its own environment, working directory, ``sys.argv``, signal handlers, stdout an
 read back), exit status (``SystemExit``'s code; ``-N`` when signal N ended it), atexit handlers.
 
 What the forkserver imported, it imported under the environment of its start, not the launch's:
-the modules below read no environment variable at import that a test sets (``TORCHDYNAMO_*``,
-``TORCHINDUCTOR_*`` and the package itself are imported by the child). Tests that need the real
-interpreter start -- Ctrl-C during the imports, a sweep's processes, SLURM -- use ``subprocess``.
-``OFFLINE_RL_TEST_FORK=0`` makes ``run`` a plain ``subprocess.run`` (to compare, or to debug).
+a launch whose environment differs from that one in a variable read while Python, torch or the
+libraries start (``READ_AT_START``) runs as a plain subprocess instead. What those imports print
+(warnings), they printed once, in the forkserver: tests of what a user sees on stderr keep one
+real subprocess each (``fork=False``). Tests that need the real interpreter start -- Ctrl-C during
+the imports, a sweep's processes, SLURM -- use ``subprocess``. ``OFFLINE_RL_TEST_FORK=0`` makes
+``run`` a plain ``subprocess.run`` (to compare, or to debug).
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ from pathlib import Path
 PRELOAD = ["numpy", "torch", "mlflow", "mlflow.tracking", "sqlalchemy", "hydra", "omegaconf",
            "gymnasium", "minari", "scipy.stats", "pandas", "tqdm"]
 
+# environment variables read as Python, OpenMP/BLAS, torch or MuJoCo start, not when a launch asks
+READ_AT_START = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "GOMP_", "TORCH", "MUJOCO_GL",
+                 "PYOPENGL_", "LD_")
+
 _context: multiprocessing.context.ForkServerContext | None = None
+_start_env: dict[str, str] = {}  # the forkserver's environment when it started
 
 
 def enabled() -> bool:
@@ -35,7 +42,15 @@ def _forkserver() -> multiprocessing.context.ForkServerContext:
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
         _context.set_forkserver_preload(PRELOAD)
+        _start_env.update(os.environ)
     return _context
+
+
+def _startup_differs(env: dict[str, str]) -> bool:
+    """Whether ``env`` differs from the forkserver's in a variable read at start."""
+    start = _start_env or os.environ
+    keys = {k for k in (*env, *start) if k.startswith(READ_AT_START)}
+    return any(env.get(k) != start.get(k) for k in keys)
 
 
 def _child(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> None:
@@ -43,24 +58,30 @@ def _child(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) -
     import atexit
     import io
     import runpy
+    import signal
+    import threading
     import traceback
 
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        if stream is not None:
+            stream.flush()
     for fd, path in ((1, out), (2, err)):
         target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(target, fd)
         os.close(target)
+    unbuffered = bool(env.get("PYTHONUNBUFFERED"))  # else block-buffered, as into a pipe
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
-                                  line_buffering=True)
+                                  line_buffering=unbuffered, write_through=unbuffered)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
                                   errors="backslashreplace", line_buffering=True)
     module = argv[1] if argv[0] == "-m" else None
     sys.argv = [module, *argv[2:]] if module else list(argv)
     # what `python script.py` / `python -m module` put first on the path
     sys.path[0] = cwd if module else str(Path(argv[0]).resolve().parent)
-    code = 0
+    code, interrupted = 0, False
     try:
         if module:
             runpy.run_module(module, run_name="__main__", alter_sys=True)
@@ -74,35 +95,47 @@ def _child(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) -
         else:
             print(exit_.code, file=sys.stderr)
             code = 1
-    except BaseException:  # noqa: BLE001 -- what the interpreter does with an uncaught one
+    except KeyboardInterrupt:  # the interpreter's way: the traceback, then dies of SIGINT
         traceback.print_exc()
+        interrupted = True
+    except BaseException:  # noqa: BLE001 -- what the interpreter does with an uncaught one
+        sys.excepthook(*sys.exc_info())
         code = 1
-    try:
+    try:  # what the interpreter does on its way out: wait for threads, then atexit
+        threading._shutdown()
         atexit._run_exitfuncs()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+        if interrupted:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
         os._exit(code)
 
 
 def run(cmd: list[str], cwd: Path | str | None = None, env: dict[str, str] | None = None,
-        timeout: float | None = None, check: bool = False) -> subprocess.CompletedProcess:
+        timeout: float | None = None, check: bool = False, fork: bool = True) -> subprocess.CompletedProcess:
     """``subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     check=check)`` for ``cmd = [sys.executable, script, *args]`` or ``[sys.executable, "-m",
-    module, *args]``, run in a forked child; any other command by ``subprocess.run``."""
+    module, *args]``, run in a forked child; any other command, and any with ``fork=False``, by
+    ``subprocess.run``."""
     cwd, env = str(cwd or os.getcwd()), dict(os.environ if env is None else env)
-    if not enabled() or cmd[0] != sys.executable or cmd[1].startswith("-") and cmd[1] != "-m":
+    forkable = (len(cmd) > 1 and cmd[0] == sys.executable
+                and (cmd[1] == "-m" or not str(cmd[1]).startswith("-")))
+    if not (fork and enabled() and forkable) or _startup_differs(env):
         return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
                               check=check)
     with tempfile.TemporaryDirectory(prefix="forked-") as folder:
         out, err = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
         child = _forkserver().Process(target=_child, args=([str(c) for c in cmd[1:]], env, cwd, out, err))
         child.start()
-        child.join(timeout)
-        timed_out = child.exitcode is None
-        if timed_out:
-            child.kill()
-            child.join()
+        try:
+            child.join(timeout)
+        finally:  # a timeout, or the test itself interrupted: the child does not outlive it
+            timed_out = child.exitcode is None
+            if timed_out:
+                child.kill()
+                child.join()
 
         def read(path: str) -> str:
             return Path(path).read_text(encoding="utf-8", errors="replace") if os.path.exists(path) else ""

@@ -1,0 +1,70 @@
+"""tests/forked.py: a forked launch behaves as ``subprocess.run`` of the same command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import forked
+
+SCRIPT = r"""
+import atexit, os, sys, threading, time
+atexit.register(lambda: print("atexit ran", flush=True))
+what = sys.argv[1]
+print("argv", sys.argv[1:], "cwd", os.getcwd(), "env", os.environ.get("FORKED_PROBE"))
+print("path0", sys.path[0])
+if what == "thread":  # a non-daemon thread: the interpreter waits for it before atexit
+    threading.Thread(target=lambda: (time.sleep(0.3), print("thread done", flush=True))).start()
+elif what == "exit3":
+    sys.exit(3)
+elif what == "exit-text":
+    sys.exit("a message")
+elif what == "raise":
+    raise ValueError("boom")
+elif what == "ctrl-c":
+    raise KeyboardInterrupt
+elif what == "killed":
+    os.kill(os.getpid(), 9)
+elif what == "sleep":
+    time.sleep(60)
+print("stderr line", file=sys.stderr)
+"""
+
+
+@pytest.mark.slow  # starts processes
+def test_a_forked_run_gives_what_subprocess_run_gives(tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "FORKED_PROBE": "seen"}
+    for what in ("plain", "thread", "exit3", "exit-text", "raise", "ctrl-c", "killed"):
+        cmd = [sys.executable, str(script), what, "x y"]
+        real = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        fork = forked.run(cmd, tmp_path, env, timeout=60)
+        assert fork.returncode == real.returncode, (what, fork, real)
+        assert fork.stdout == real.stdout, what
+        last = real.stderr.strip().splitlines()[-1:] if real.stderr.strip() else []
+        assert fork.stderr.strip().splitlines()[-1:] == last, (what, fork.stderr, real.stderr)
+    assert forked.run([sys.executable, str(script), "killed"], tmp_path, env).returncode == -signal.SIGKILL
+    assert "thread done" in forked.run([sys.executable, str(script), "thread"], tmp_path, env).stdout
+    with pytest.raises(subprocess.CalledProcessError):
+        forked.run([sys.executable, str(script), "exit3"], tmp_path, env, check=True)
+    with pytest.raises(subprocess.TimeoutExpired):
+        forked.run([sys.executable, str(script), "sleep"], tmp_path, env, timeout=2)
+    # python -m: the module run as __main__, the working directory first on the path
+    (tmp_path / "probe_module.py").write_text(SCRIPT)
+    cmd = [sys.executable, "-m", "probe_module", "plain"]
+    real = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    fork = forked.run(cmd, tmp_path, env, timeout=60)
+    assert (fork.returncode, fork.stdout) == (real.returncode, real.stdout)
+
+
+def test_a_launch_whose_startup_environment_differs_runs_as_a_plain_subprocess(monkeypatch):
+    monkeypatch.setattr(forked, "_start_env", {"OMP_NUM_THREADS": "1", "HOME": "/root"})
+    assert not forked._startup_differs({"OMP_NUM_THREADS": "1", "HOME": "/elsewhere", "NEW": "x"})
+    assert forked._startup_differs({"OMP_NUM_THREADS": "2", "HOME": "/root"})
+    assert forked._startup_differs({"OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"})
+    assert forked._startup_differs({"HOME": "/root"})  # unset where it was set
