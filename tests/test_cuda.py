@@ -406,6 +406,29 @@ def test_a_capturable_adam_state_loads_and_steps_eagerly_on_the_cpu():
     compiled.update(data[1])
 
 
+@needs_cuda
+def test_a_phase_sampler_draws_what_sample_draws_on_cuda():
+    """On the GPU too (a Philox generator, ``randint(out=)``, ``index_select(out=)``): the phase's
+    sampler draws the batches ``sample`` draws from the same seed, into the same tensors."""
+    from offline_rl.dataset.replay import FIELDS, ReplayBuffer
+
+    def replay():
+        buffer = ReplayBuffer(5000, obs_dim=3, act_dim=2, device="cuda", seed=11)
+        rows = torch.arange(5000 * buffer.rows.shape[1], dtype=torch.float32, device="cuda")
+        buffer.rows.copy_(rows.reshape(buffer.rows.shape))
+        buffer.size = buffer.position = 5000
+        return buffer
+
+    reference, phase = replay(), replay()
+    draw = phase.sampler(256)
+    first = draw()
+    for step in range(5):
+        expected, got = (reference.sample(256), first) if step == 0 else (reference.sample(256), draw())
+        assert got is first
+        for key in FIELDS:
+            assert torch.equal(getattr(got, key), getattr(expected, key)), (step, key)
+
+
 def test_a_replay_generator_state_from_another_device_reseeds_with_a_warning():
     """A CUDA generator's state (Philox seed and offset, 16 bytes) cannot be set on a CPU
     generator (a Mersenne Twister's 5,056 bytes) nor the reverse: loading one reseeds from its
