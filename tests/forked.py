@@ -25,8 +25,11 @@ from pathlib import Path
 PRELOAD = ["numpy", "torch", "mlflow", "mlflow.tracking", "sqlalchemy", "hydra", "omegaconf",
            "gymnasium", "minari", "scipy.stats", "pandas", "tqdm"]
 
-# environment variables read as Python, OpenMP/BLAS, torch or MuJoCo start, not when a launch asks
-READ_AT_START = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "GOMP_", "TORCH", "MUJOCO_GL",
+# environment variables read as Python, OpenMP/BLAS, torch or MuJoCo start, not when a launch asks.
+# Not TORCHDYNAMO_* / TORCHINDUCTOR_*: ``import torch`` loads neither (the child does), and
+# Inductor sets some of its own in the test worker's environment once it has compiled a step
+# (TORCHINDUCTOR_CACHE_DIR): with "TORCH" here every later launch started for real (16 min CI).
+READ_AT_START = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "GOMP_", "TORCH_", "MUJOCO_GL",
                  "PYOPENGL_", "LD_")
 
 _context: multiprocessing.context.ForkServerContext | None = None

@@ -68,3 +68,7 @@ def test_a_launch_whose_startup_environment_differs_runs_as_a_plain_subprocess(m
     assert forked._startup_differs({"OMP_NUM_THREADS": "2", "HOME": "/root"})
     assert forked._startup_differs({"OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"})
     assert forked._startup_differs({"HOME": "/root"})  # unset where it was set
+    # what Inductor sets in the worker once it compiled: read by modules the child imports itself
+    assert not forked._startup_differs({"OMP_NUM_THREADS": "1", "HOME": "/root",
+                                        "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor_root",
+                                        "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR": "1"})
