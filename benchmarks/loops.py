@@ -92,7 +92,7 @@ def corl_loop(step: Callable[[tuple], dict], replay: CorlReplay, batch_size: int
 def loop_cost(replay: ReplayBuffer, calls: int = 20_000, windows: int = 5) -> float:
     """Microseconds per update our loop spends outside the step: the Trainer's bookkeeping and a
     batch sampled into the phase's buffers (``replay.sampler``), with a step that does nothing --
-    the best of ``windows`` windows. The interleaved loop/step ratios drift by +-5% on a shared
+    the best of ``windows`` windows. The interleaved loop/step ratios drift by +-10% on a shared
     host; this cost does not, and ``step time / (step time + cost)`` is the ratio it allows."""
     sample, metrics = replay.sampler(256), StepMetrics(("loss",), torch.zeros(1, device=replay.device))
 
