@@ -22,6 +22,30 @@ from offline_rl.training.checkpoint import CheckpointDir
 # ----- the checkpoint folder ------------------------------------------------------------------
 
 
+def test_a_metric_window_written_before_packed_metrics_resumes_with_the_same_means():
+    """Checkpoints written before 2720c5f kept the window as per-key running sums; a run (or a
+    dataset's behaviour run) checkpointed then continues, and its next log point reads the means the
+    old code would have logged: (1 + 2 + 3) / 3, 5 / 1; a loss that had become NaN at step 7
+    still stops the run naming step 7."""
+    from offline_rl.errors import NonFiniteLossError
+    from offline_rl.training.metrics import MetricWindow
+
+    old = {"sums": {"critic_loss": torch.tensor(6.0), "actor_loss": torch.tensor(5.0), "q_mean": torch.tensor(-3.0)},
+           "counts": {"critic_loss": 3, "actor_loss": 1, "q_mean": 3},
+           "first_bad": {"critic_loss": torch.tensor(-1), "actor_loss": torch.tensor(-1)}}
+    window = MetricWindow()
+    window.load_state_dict(old)
+    window.add({"critic_loss": torch.tensor(10.0), "q_mean": torch.tensor(1.0)}, step=4)
+    assert window.read("offline") == pytest.approx({"critic_loss": 4.0, "actor_loss": 5.0, "q_mean": -0.5})
+
+    bad = {"sums": {"critic_loss": torch.tensor(float("nan"))}, "counts": {"critic_loss": 9},
+           "first_bad": {"critic_loss": torch.tensor(7)}}
+    window.load_state_dict(bad)
+    with pytest.raises(NonFiniteLossError, match="at update step 7 in phase 'offline'"):
+        window.read("offline")
+
+
+
 def test_checkpoints_rotate_and_a_corrupt_latest_falls_back_reported(tmp_path):
     folder = CheckpointDir(tmp_path / "run", identity="abc", keep=2)
     base = {"run_id": "r", "algo": {"w": torch.ones(3)}, "replay": {}, "trainer": {}, "rng": {}}

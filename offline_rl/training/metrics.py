@@ -83,6 +83,8 @@ class MetricWindow:
                            for names, (steps, tensors) in self._groups().items()]}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str | None = None) -> None:
+        if "groups" not in state:  # written before 2720c5f: per-key sums, counts, first bad steps
+            state = _groups_of_sums(state)
         rows = []
         for group in state["groups"]:
             values = group["values"] if device is None else group["values"].to(device)
@@ -120,3 +122,18 @@ class MetricWindow:
                 f"'{phase}'. Lower the learning rate, check the dataset's rewards/observations for "
                 f"NaNs, or enable LayerNorm (network.critic_layer_norm=true).")
         return {key: sums[key] / counts[key] for key in sums}
+
+
+def _groups_of_sums(state: dict[str, Any]) -> dict[str, Any]:
+    """The window of a checkpoint written before metrics were packed (2720c5f: per-key running
+    sums, counts, and for losses the first update step whose value was not finite, -1 while all
+    were) as rows: each key's mean repeated ``count`` times, so that the means read at the next
+    log point are the same; a loss that had turned non-finite keeps its first bad step."""
+    groups = []
+    for key, total in state["sums"].items():
+        count = int(state["counts"][key])
+        first_bad = int(state.get("first_bad", {}).get(key, -1))
+        mean = torch.as_tensor(total).detach().float().cpu() / count
+        groups.append({"names": [key], "steps": [max(first_bad, 0)] * count,
+                       "values": mean.reshape(1, 1).expand(count, 1).clone()})
+    return {"groups": groups}
