@@ -273,7 +273,17 @@ def check_overrides(overrides: Sequence[str], conf_dir: str | Path) -> None:
     allowed."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    for override in OverridesParser.create().parse_overrides(list(overrides)):
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    debug = next((o for o in parsed if o.key_or_group == "debug" and not o.is_delete()), None)
+    experiment = next((o for o in parsed if o.key_or_group == "experiment"), None)
+    if debug is not None and experiment is not None and debug.get_value_element_as_str() != "none":
+        # +experiment=... is appended after the debug group, so its own updates, evaluation and
+        # sweep would win over debug's: a "smoke" sweep of full-length jobs
+        raise ConfigError(f"{debug.input_line} cannot shorten {experiment.input_line}: the "
+                          f"experiment's own settings (updates, eval, ...) come after debug's and "
+                          f"win; check its jobs with a dry run (hydra.sweeper.dry_run=true) or run one "
+                          f"of them with {debug.input_line} and the experiment's choices as arguments")
+    for override in parsed:
         if not (override.is_add() or override.is_force_add()):
             continue
         key = override.key_or_group

@@ -82,8 +82,8 @@ def minari_root(tmp_path_factory) -> Path:
         os.environ["MINARI_DATASETS_PATH"] = old
 
 
-SMALL_RUN = ["dataset=minari", "dataset.dataset_id=tests/hopper/random-v0", "network=small",
-             "eval.episodes=2", "log_every=50", "progress=false"]
+# conf/debug/smoke.yaml (small networks, 300 updates, ...) on the tests' generated dataset
+SMALL_RUN = ["debug=smoke", "dataset=minari", "dataset.dataset_id=tests/hopper/random-v0"]
 
 
 def run_launch(args: list[str], store: Path, minari_root: Path, timeout: float = 300,

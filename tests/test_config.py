@@ -61,7 +61,7 @@ def test_edac_specific_checks_only_apply_to_edac():
 
 
 GROUP_OPTIONS = {group: sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
-                 for group in ("algo", "pretrain", "finetune", "network", "dataset", "tracker")}
+                 for group in ("algo", "pretrain", "finetune", "network", "dataset", "tracker", "debug")}
 
 
 def every_option():
@@ -94,6 +94,38 @@ def test_every_value_of_every_option_has_a_rule_and_every_rule_a_value():
     # the rules live beside their classes: none of the groups' keys is in the central table
     assert not [key for key in TOP_LEVEL if key.split(".")[0] in
                 ("algo", "pretrain", "finetune", "dataset", "tracker")]
+
+
+def test_debug_smoke_shortens_every_phase_the_run_has_and_the_command_line_still_wins():
+    lengths = lambda cfg: (cfg.updates, cfg.pretrain.steps, cfg.finetune.get("env_steps"),  # noqa: E731
+                           cfg.finetune.get("min_replay_size"), cfg.network.width, cfg.eval.episodes)
+    # (500k: conf/reference/td3_bc_hopper.yaml, which debug comes after)
+    assert lengths(composed("pretrain=ac", "finetune=td3")) == (500_000, 50_000, 200_000, 1000, 256, 10)
+    smoke = composed("debug=smoke", "pretrain=ac", "finetune=td3")
+    validate(smoke)
+    assert lengths(smoke) == (300, 100, 200, 100, 64, 2)
+    assert (smoke.pretrain.until, smoke.log_every, smoke.progress) == ("converged", 50, False)
+    # no fine-tuning chosen: no fine-tuning keys added (finetune=none declares none)
+    plain = composed("debug=smoke")
+    validate(plain)
+    assert lengths(plain) == (300, 100, None, None, 64, 2)
+    mine = composed("debug=smoke", "finetune=iql", "updates=1000", "network=default",
+                    "finetune.env_steps=7")
+    assert lengths(mine) == (1000, 100, 7, 100, 256, 2)
+
+
+@pytest.mark.parametrize("experiment", ["+experiment=iql_check", "+experiment=efficiency"])
+def test_debug_smoke_with_an_experiment_is_refused_before_composing(experiment):
+    """An experiment's own updates and sweep would win over debug's: a "smoke" sweep of
+    full-length jobs. One line, exit status 2."""
+    from offline_rl.config import check_overrides
+
+    with pytest.raises(ConfigError, match=r"debug=smoke cannot shorten \+experiment=.*dry_run=true"):
+        check_overrides(["debug=smoke", experiment, "seed=1"], ROOT / "conf")
+    check_overrides(["debug=none", experiment], ROOT / "conf")  # explicit default: fine
+    result = forked.run([sys.executable, "launch.py", experiment, "debug=smoke"], ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "cannot shorten" in result.stderr
 
 
 def test_a_value_without_a_rule_or_unset_is_an_error():
@@ -156,7 +188,7 @@ def test_settings_that_need_each_other_are_a_value_problem_not_a_pairing():
 @pytest.mark.slow  # starts a process
 def test_help_lists_groups_and_cfg_job_prints_config():
     out = forked.run([sys.executable, "launch.py", "--help"], ROOT, check=True).stdout
-    for line in ("algo: bc, cql, edac, edac_bc, iql, iql_gaussian, sac_n, td3_bc, td3_bc_cql", "pretrain:", "finetune:", "network:", "dataset:",
+    for line in ("algo: bc, cql, edac, edac_bc, iql, iql_gaussian, sac_n, td3_bc, td3_bc_cql", "pretrain:", "finetune:", "network:", "dataset:", "debug: none, smoke",
                  "+experiment: efficiency, finetune_study, iql_check, lambda_sweep", "hydra/launcher: local, slurm, slurm_local"):
         assert line in out
     # the 48 per-task tuning files are applied automatically: one note, not 48 options

@@ -209,6 +209,25 @@ def metric(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float
 
 
 @pytest.mark.slow  # starts a process
+def test_debug_smoke_runs_every_chosen_phase_shortened(tmp_path, minari_root):
+    """``debug=smoke`` as the README shows it, with nothing else but the choices: 100 pre-training
+    updates (the plateau window is longer), 300 offline updates, 200 online steps, one run."""
+    result = run_launch([*SMALL_RUN, "algo=td3_bc", "pretrain=ac", "finetune=td3", "threads=1"],
+                        tmp_path, minari_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = search_runs(tmp_path).iloc[0]
+    assert run["status"] == "FINISHED" and run["tags.network"] == "small"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    rid = run["run_id"]
+    assert metric(client, rid, "phase_start/offline_rl") == [(100, 100)]
+    assert metric(client, rid, "phase_start/finetune") == [(400, 400)]
+    assert metric(client, rid, "phase_end/finetune") == [(600, 600)]
+    assert metric(client, rid, "finetune/env_steps")[-1] == (600, 200)
+    assert metric(client, rid, "finetune/offline_score")[0][0] == 400
+    assert [step for step, _ in metric(client, rid, "eval/normalized_score_mean")] == [600]
+
+
+@pytest.mark.slow  # starts a process
 def test_pretrain_offline_and_online_finetuning_in_one_run(tmp_path, minari_root, new_store):
     store = new_store(tmp_path / "store")
     result = run_launch([*FINETUNE_RUN, "pretrain=ac", "pretrain.steps=50", "pretrain.until=null",
