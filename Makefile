@@ -41,8 +41,8 @@ PARALLEL = -n $(TEST_WORKERS) --dist loadgroup
 test: $(INSTALLED)  ## the whole test suite (CPU; see README "Development" for its time)
 	$(PYTHON) -m pytest -q $(PARALLEL) $(TEST_FLAGS)
 
-test-fast: $(INSTALLED)  ## the fast tier for the edit-test loop: every test that starts no process (pytest -m "not slow")
-	$(PYTHON) -m pytest -q -m "not slow" $(PARALLEL) $(TEST_FLAGS)
+test-fast: $(INSTALLED)  ## the fast tier for the edit-test loop: every test that starts no process and compiles nothing (tests/conftest.py enforces the marks)
+	$(PYTHON) -m pytest -q -m "not slow and not compiles" $(PARALLEL) $(TEST_FLAGS)
 
 bench: $(INSTALLED)  ## TD3+BC and EDAC update and pre-training steps: CORL-style eager vs ours, table to docs/bench.md (BENCH_FLAGS=--quick)
 	$(PYTHON) -m benchmarks.bench $(BENCH_FLAGS)

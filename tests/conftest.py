@@ -27,6 +27,47 @@ import forked
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# ----- the fast tier stays fast: what a test does decides its marks ------------------------------
+# `make test-fast` (-m "not slow and not compiles") is the edit-test loop. A test that starts a
+# process and is not marked slow, or compiles an update step (torch.compile: Inductor, seconds per
+# graph) and is not marked compiles, fails, naming the mark it needs.
+_popen_init = subprocess.Popen.__init__
+
+
+def _counted_popen_init(self, *args, **kwargs):
+    caller = sys._getframe(1)
+    while caller is not None and caller.f_globals.get("__name__") == "subprocess":
+        caller = caller.f_back
+    if caller is None or not caller.f_globals.get("__name__", "").startswith("torch"):
+        forked.started += 1  # Inductor's own compiler processes count as compiling
+    _popen_init(self, *args, **kwargs)
+
+
+subprocess.Popen.__init__ = _counted_popen_init
+
+
+def _graphs_compiled() -> int:
+    if "torch._dynamo" not in sys.modules:  # nothing imported Dynamo: nothing was compiled
+        return 0
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    started, compiled = forked.started, _graphs_compiled()
+    outcome = yield
+    marks = {mark.name for mark in item.iter_markers()}
+    missing = [mark for mark, did in (("slow", forked.started > started),
+                                      ("compiles", _graphs_compiled() > compiled))
+               if did and mark not in marks]
+    if missing and outcome.excinfo is None:
+        what = {"slow": "starts a process", "compiles": "compiles update steps (torch.compile)"}
+        pytest.fail(f"{item.nodeid} {' and '.join(what[m] for m in missing)}: mark it "
+                    f"{', '.join('@pytest.mark.' + m for m in missing)} (the fast tier, "
+                    f"-m \"not slow and not compiles\", leaves it out)", pytrace=False)
+
 
 def make_random_dataset(dataset_id: str, episodes: int = 12, seed: int = 0,
                         env_id: str = "Hopper-v5", nan_reward: bool = False,

@@ -36,6 +36,10 @@ _context: multiprocessing.context.ForkServerContext | None = None
 _start_env: dict[str, str] = {}  # the forkserver's environment when it started
 
 
+#: processes run so far (tests/conftest.py: a fast-tier test that starts one fails)
+started = 0
+
+
 def enabled() -> bool:
     return os.environ.get("OFFLINE_RL_TEST_FORK", "1") != "0"
 
@@ -122,6 +126,8 @@ def run(cmd: list[str], cwd: Path | str | None = None, env: dict[str, str] | Non
     check=check)`` for ``cmd = [sys.executable, script, *args]`` or ``[sys.executable, "-m",
     module, *args]``, run in a forked child; any other command, and any with ``fork=False``, by
     ``subprocess.run``."""
+    global started
+    started += 1
     cwd, env = str(cwd or os.getcwd()), dict(os.environ if env is None else env)
     forkable = (len(cmd) > 1 and cmd[0] == sys.executable
                 and (cmd[1] == "-m" or not str(cmd[1]).startswith("-")))

@@ -123,7 +123,11 @@ def test_debug_smoke_with_an_experiment_is_refused_before_composing(experiment):
     with pytest.raises(ConfigError, match=r"debug=smoke cannot shorten \+experiment=.*dry_run=true"):
         check_overrides(["debug=smoke", experiment, "seed=1"], ROOT / "conf")
     check_overrides(["debug=none", experiment], ROOT / "conf")  # explicit default: fine
-    result = forked.run([sys.executable, "launch.py", experiment, "debug=smoke"], ROOT)
+
+
+@pytest.mark.slow  # starts a process
+def test_debug_smoke_with_an_experiment_exits_2_in_one_line():
+    result = forked.run([sys.executable, "launch.py", "+experiment=iql_check", "debug=smoke"], ROOT)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "cannot shorten" in result.stderr
 

@@ -151,6 +151,7 @@ class _StateOnCpu:
 @needs_cuda
 @pytest.mark.parametrize("name", ["td3_bc", "edac"])
 @pytest.mark.usefixtures("strict_cudagraphs")
+@pytest.mark.compiles
 def test_compiled_update_matches_eager_on_cuda(name):
     eager = paper_td3_bc("cuda") if name == "td3_bc" else paper_edac("cuda")
     compiled = copy.deepcopy(eager)
@@ -170,6 +171,7 @@ def test_compiled_update_matches_eager_on_cuda(name):
 
 @needs_cuda
 @pytest.mark.usefixtures("strict_cudagraphs")
+@pytest.mark.compiles
 def test_pretraining_steps_compiled_match_eager_on_cuda():
     """Algorithm 1's two steps (TD3+BC: BC of the actor, MC regression of the critic) and
     Algorithm 2's soft BC step (EDAC, fixed actor noise), compiled against eager on the GPU."""
@@ -202,6 +204,7 @@ def test_pretraining_steps_compiled_match_eager_on_cuda():
 
 @needs_cuda
 @pytest.mark.usefixtures("strict_cudagraphs")
+@pytest.mark.compiles
 def test_inductor_random_numbers_in_cuda_graphs_are_fresh_normal_and_reproducible():
     """TD3+BC's critic step draws N(0, 1) noise inside its CUDA graph (here through the
     ``target_transform`` hook, which runs inside the compiled step): a new draw at every replay,
@@ -253,6 +256,7 @@ def test_inductor_random_numbers_in_cuda_graphs_are_fresh_normal_and_reproducibl
 
 @needs_cuda
 @pytest.mark.usefixtures("strict_cudagraphs")
+@pytest.mark.compiles
 def test_a_compiled_cuda_checkpoint_continues_on_the_cpu_and_back(tmp_path):
     """TD3+BC compiled on the GPU for 3 updates -> checkpoint (save_checkpoint / load_checkpoint,
     mapped to the CPU as resuming does) -> eager on the CPU for 3 more, equal to the GPU run's own
@@ -374,6 +378,7 @@ def test_launch_with_device_cuda_compiles_and_finishes(tmp_path, minari_root):
 # ----- what a CUDA run writes, loaded on the CPU (run everywhere) --------------------------------
 
 
+@pytest.mark.compiles
 def test_a_capturable_adam_state_loads_and_steps_eagerly_on_the_cpu():
     """A compiled CUDA run's optimiser state dicts say ``capturable=True`` (Adam's counters on the
     device); mapped to the CPU and loaded, eager Adam there would refuse to step. Loading resets the
@@ -482,6 +487,7 @@ def test_auto_resolves_to_bf16_exactly_where_the_gpu_has_bf16_tensor_cores():
 @pytest.mark.skipif(not BF16_GPU, reason="bf16 needs compute capability >= 8.0")
 @pytest.mark.parametrize("name", ["td3_bc", "edac"])
 @pytest.mark.usefixtures("strict_cudagraphs")
+@pytest.mark.compiles
 def test_compiled_bf16_cuda_steps_stay_float32_and_follow_the_float32_ones(name):
     """The CPU test's promises (tests/test_precision.py) on the GPU, in CUDA graphs: every
     parameter, optimiser state and logged value float32; 4 updates' losses within 5% of the

@@ -72,3 +72,44 @@ def test_a_launch_whose_startup_environment_differs_runs_as_a_plain_subprocess(m
     assert not forked._startup_differs({"OMP_NUM_THREADS": "1", "HOME": "/root",
                                         "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor_root",
                                         "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR": "1"})
+
+
+PROBE_MARKS = '''
+import subprocess, sys
+import pytest, torch
+
+def test_starts_a_process():
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+@pytest.mark.slow
+def test_starts_a_process_marked_slow():
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+def test_compiles():
+    torch.compile(lambda x: x * 2 + 1, backend="eager")(torch.ones(2))
+
+@pytest.mark.compiles
+def test_compiles_marked():
+    torch.compile(lambda x: x * 3 - 1, backend="eager")(torch.ones(2))
+
+def test_neither():
+    torch.ones(2) * 2
+'''
+
+
+@pytest.mark.slow  # starts a process
+def test_the_fast_tier_marks_are_enforced(tmp_path):
+    """tests/conftest.py fails a test that starts a process without ``slow``, or compiles a graph
+    without ``compiles``, naming the mark; marked tests and plain ones pass."""
+    (tmp_path / "test_probe_marks.py").write_text(PROBE_MARKS)
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": tests + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OFFLINE_RL_TEST_FORK": "0"}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider",
+                             "-W", "ignore::pytest.PytestUnknownMarkWarning", "test_probe_marks.py"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = result.stdout
+    assert "2 failed, 3 passed" in out, out[-3000:]
+    assert "test_starts_a_process starts a process: mark it @pytest.mark.slow" in out
+    assert "test_compiles compiles update steps (torch.compile): mark it @pytest.mark.compiles" in out

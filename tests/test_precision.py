@@ -107,6 +107,7 @@ def _state_tensors(algo) -> list[tuple[str, torch.Tensor]]:
 
 
 @pytest.mark.parametrize("name", ["td3_bc", "edac"])
+@pytest.mark.compiles
 def test_compiled_bf16_steps_keep_every_state_tensor_float32(name):
     fp32, bf16 = make(name), make(name)
     attach_compiler(fp32, "compile", precision="fp32")
@@ -245,6 +246,7 @@ def test_an_allowed_precision_change_is_recorded(tmp_path, minari_root, monkeypa
     assert run["params.precision_used"] == "bf16"  # the run's first precision: params never change
 
 
+@pytest.mark.compiles
 def test_bf16_eager_and_compiled_steps_agree(bf16_cpu):
     """compile=eager in bf16 is the compiled step's arithmetic run op by op (for debugging)."""
     eager, compiled = make("td3_bc"), make("td3_bc")

@@ -125,6 +125,7 @@ STEP_NAMES = {TD3BCCQL: {"td3_bc_cql.critic", "td3_bc_cql.critic_actor"},
                                           (GaussianIQL, {})],
                          ids=["td3_bc", "td3_bc_cql", "edac", "edac_bc", "cql", "bc", "iql",
                               "iql_gaussian"])
+@pytest.mark.compiles
 def test_compiled_update_matches_eager(cls, options):
     eager = tiny(cls, **options)
     compiled = copy.deepcopy(eager)
@@ -143,6 +144,7 @@ def test_compiled_update_matches_eager(cls, options):
     assert eager.total_updates == compiled.total_updates == 4
 
 
+@pytest.mark.compiles
 def test_subclass_with_an_extra_parameter_group_compiles_its_override():
     """A subclass overriding actor_loss with a second parameter group in the actor's optimiser
     (as a Lagrange multiplier would be): the compiled step traces the override and steps both
@@ -168,6 +170,7 @@ def test_subclass_with_an_extra_parameter_group_compiles_its_override():
     assert not torch.equal(compiled.weight.detach(), torch.tensor(0.5))  # it was stepped
 
 
+@pytest.mark.compiles
 def test_pretraining_steps_compiled_match_eager():
     """Soft pre-training's two steps (alpha + soft BC; MC critic with the diversity term)."""
     eager = tiny(EDAC)
@@ -237,6 +240,7 @@ def test_a_compile_failure_warns_and_runs_eagerly():
         strict.update(data[0])
 
 
+@pytest.mark.compiles
 def test_compiled_run_resumed_from_a_checkpoint_is_bit_identical():
     data = batches(6)
     straight = tiny(TD3BC)
@@ -305,6 +309,7 @@ def test_launch_records_the_compile_choice_and_rejects_a_bad_one(tmp_path, minar
     assert bad.returncode == 2 and "compile='sometimes' is not allowed" in bad.stderr
 
 
+@pytest.mark.compiles
 def test_compile_auto_compiles_a_whole_run_end_to_end(tmp_path, minari_root, new_store, monkeypatch):
     """compile=auto through train(): pre-training and offline phases long enough to repay
     compilation (the threshold lowered, as a 1M-update run meets it) run compiled, logged in the

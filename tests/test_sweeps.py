@@ -92,6 +92,7 @@ HARD, SOFT = ("none", "actor", "critic", "ac"), ("none", "soft_actor", "soft_cri
     # the grid is overridable from the command line
     ("pretrain_ablation", ["algo=edac", "seed=0,1,2,3,4"], 20, {("edac", p) for p in SOFT}),
 ])
+@pytest.mark.slow  # a sweep's dry run: starts a process
 def test_sweeps_pair_each_algorithm_with_its_own_pretraining(experiment, extra, count, expected_pairs,
                                                              tmp_path):
     jobs = dry_run(tmp_path, f"+experiment={experiment}", *extra)
