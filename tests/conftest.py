@@ -35,11 +35,11 @@ _popen_init = subprocess.Popen.__init__
 
 
 def _counted_popen_init(self, *args, **kwargs):
-    caller = sys._getframe(1)
-    while caller is not None and caller.f_globals.get("__name__") == "subprocess":
-        caller = caller.f_back
-    if caller is None or not caller.f_globals.get("__name__", "").startswith("torch"):
-        forked.started += 1  # Inductor's own compiler processes count as compiling
+    frame, by_torch = sys._getframe(1), False
+    while frame is not None and not by_torch:  # Inductor's own compiler processes are compiling
+        by_torch = frame.f_globals.get("__name__", "").startswith("torch.")
+        frame = frame.f_back
+    forked.started += not by_torch
     _popen_init(self, *args, **kwargs)
 
 
@@ -54,19 +54,20 @@ def _graphs_compiled() -> int:
     return counters["stats"]["unique_graphs"]
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
     started, compiled = forked.started, _graphs_compiled()
-    outcome = yield
+    result = yield  # a test that failed raises here: its own failure is the one to read
     marks = {mark.name for mark in item.iter_markers()}
     missing = [mark for mark, did in (("slow", forked.started > started),
                                       ("compiles", _graphs_compiled() > compiled))
                if did and mark not in marks]
-    if missing and outcome.excinfo is None:
+    if missing:
         what = {"slow": "starts a process", "compiles": "compiles update steps (torch.compile)"}
         pytest.fail(f"{item.nodeid} {' and '.join(what[m] for m in missing)}: mark it "
                     f"{', '.join('@pytest.mark.' + m for m in missing)} (the fast tier, "
                     f"-m \"not slow and not compiles\", leaves it out)", pytrace=False)
+    return result
 
 
 def make_random_dataset(dataset_id: str, episodes: int = 12, seed: int = 0,
@@ -213,25 +214,21 @@ def launch_env(minari_root: Path, extra_env: dict | None = None) -> dict:
 
 def run_sweep(args: list[str], store: Path, minari_root: Path, timeout: float = 600,
               extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    """A multirun through launch.py with its sweep folder and MLflow store in ``store``."""
-    return subprocess.run(launch_command(args, store, sweep=True), cwd=ROOT,
-                          env=launch_env(minari_root, extra_env), capture_output=True, text=True,
-                          timeout=timeout)
+    """A multirun through launch.py with its sweep folder and MLflow store in ``store``; the sweep's
+    own process forked as ``run_launch``'s are (its jobs start as the launcher starts them)."""
+    return forked.run(launch_command(args, store, sweep=True), ROOT, launch_env(minari_root, extra_env),
+                      timeout)
 
 
 @contextlib.contextmanager
 def launched(args: list[str], store: Path, minari_root: Path):
-    """launch.py running in the background as ``run_launch`` would run it (stdout dropped, stderr
-    kept); killed (-9) on the way out if it still runs."""
-    proc = subprocess.Popen(launch_command(args, store), cwd=ROOT, env=launch_env(minari_root),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    """launch.py running in the background as ``run_launch`` would run it (forked; stdout and
+    stderr readable, ``pid`` to signal); killed (-9) on the way out if it still runs."""
+    proc = forked.start(launch_command(args, store), ROOT, launch_env(minari_root))
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-        proc.stderr.close()
+        forked.close(proc)
 
 
 def wait_for_checkpoint(proc: subprocess.Popen, store: Path, timeout: float = 240) -> None:

@@ -9,14 +9,16 @@ a launch whose environment differs from that one in a variable read while Python
 libraries start (``READ_AT_START``) runs as a plain subprocess instead. What those imports print
 (warnings), they printed once, in the forkserver: tests of what a user sees on stderr keep one
 real subprocess each (``fork=False``). Tests that need the real interpreter start -- Ctrl-C during
-the imports, a sweep's processes, SLURM -- use ``subprocess``. ``OFFLINE_RL_TEST_FORK=0`` makes
-``run`` a plain ``subprocess.run`` (to compare, or to debug).
+the imports, SLURM's jobs -- use ``subprocess``. ``start`` is ``subprocess.Popen`` the same way
+(a launch to signal or kill while it runs). ``OFFLINE_RL_TEST_FORK=0`` makes ``run`` a plain
+``subprocess.run`` and ``start`` a plain ``Popen`` (to compare, or to debug).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,6 +122,87 @@ def _child(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) -
         os._exit(code)
 
 
+def _forkable(cmd: list[str], env: dict[str, str], fork: bool) -> bool:
+    return (fork and enabled() and len(cmd) > 1 and cmd[0] == sys.executable
+            and (cmd[1] == "-m" or not str(cmd[1]).startswith("-")) and not _startup_differs(env))
+
+
+class Forked:
+    """A launch running in a forked child: what ``subprocess.Popen`` gives that the tests use --
+    ``pid`` (to signal it), ``poll``, ``wait``, ``kill``, ``communicate``, ``returncode``, and
+    ``stdout``/``stderr`` readable while it runs (files the child writes)."""
+
+    def __init__(self, cmd: list[str], cwd: str, env: dict[str, str]):
+        self.args = cmd
+        self._folder = tempfile.mkdtemp(prefix="forked-")
+        out, err = os.path.join(self._folder, "stdout"), os.path.join(self._folder, "stderr")
+        for path in (out, err):  # made here, so that they can be read from the start
+            open(path, "w").close()
+        self.stdout = open(out, encoding="utf-8", errors="replace")
+        self.stderr = open(err, encoding="utf-8", errors="replace")
+        self._process = _forkserver().Process(target=_child, args=([str(c) for c in cmd[1:]], env, cwd,
+                                                                    out, err))
+        self._process.start()
+        self.pid = self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self._process.exitcode
+
+    def kill(self) -> None:
+        self._process.kill()
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        """Waits, then (stdout, stderr) from the start (a read ``stdout``/``stderr`` too)."""
+        self.wait(timeout)
+        return (Path(self.stdout.name).read_text(encoding="utf-8", errors="replace"),
+                Path(self.stderr.name).read_text(encoding="utf-8", errors="replace"))
+
+    def close(self) -> None:
+        """Kills it if it still runs; removes its output files."""
+        if self._process.exitcode is None:
+            self.kill()
+            self._process.join()
+        self.stdout.close()
+        self.stderr.close()
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def start(cmd: list[str], cwd: Path | str | None = None,
+          env: dict[str, str] | None = None, fork: bool = True) -> Forked | subprocess.Popen:
+    """``subprocess.Popen(cmd, cwd=cwd, env=env, stdout=PIPE, stderr=PIPE, text=True)``, forked
+    where ``run`` would fork it (close it with ``close``)."""
+    global started
+    started += 1
+    cwd, env = str(cwd or os.getcwd()), dict(os.environ if env is None else env)
+    if not _forkable(cmd, env, fork):
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    return Forked(cmd, cwd, env)
+
+
+def close(proc: Forked | subprocess.Popen) -> None:
+    """A ``start``ed process done with: killed (-9) if it still runs, its output closed."""
+    if isinstance(proc, Forked):
+        proc.close()
+        return
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
 def run(cmd: list[str], cwd: Path | str | None = None, env: dict[str, str] | None = None,
         timeout: float | None = None, check: bool = False, fork: bool = True) -> subprocess.CompletedProcess:
     """``subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
@@ -127,31 +210,22 @@ def run(cmd: list[str], cwd: Path | str | None = None, env: dict[str, str] | Non
     module, *args]``, run in a forked child; any other command, and any with ``fork=False``, by
     ``subprocess.run``."""
     global started
-    started += 1
-    cwd, env = str(cwd or os.getcwd()), dict(os.environ if env is None else env)
-    forkable = (len(cmd) > 1 and cmd[0] == sys.executable
-                and (cmd[1] == "-m" or not str(cmd[1]).startswith("-")))
-    if not (fork and enabled() and forkable) or _startup_differs(env):
-        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-                              check=check)
-    with tempfile.TemporaryDirectory(prefix="forked-") as folder:
-        out, err = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
-        child = _forkserver().Process(target=_child, args=([str(c) for c in cmd[1:]], env, cwd, out, err))
-        child.start()
-        try:
-            child.join(timeout)
-        finally:  # a timeout, or the test itself interrupted: the child does not outlive it
-            timed_out = child.exitcode is None
-            if timed_out:
-                child.kill()
-                child.join()
-
-        def read(path: str) -> str:
-            return Path(path).read_text(encoding="utf-8", errors="replace") if os.path.exists(path) else ""
-
-        if timed_out:
-            raise subprocess.TimeoutExpired(cmd, timeout, output=read(out), stderr=read(err))
-        result = subprocess.CompletedProcess(cmd, child.exitcode, read(out), read(err))
+    env = dict(os.environ if env is None else env)
+    if not _forkable(cmd, env, fork):
+        started += 1
+        return subprocess.run(cmd, cwd=str(cwd or os.getcwd()), env=env, capture_output=True, text=True,
+                              timeout=timeout, check=check)
+    child = start(cmd, cwd, env)
+    try:  # a timeout, or the test itself interrupted: the child does not outlive it
+        out, err = child.communicate(timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+        out, err = child.communicate()
+        raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err) from None
+    finally:
+        child.close()
+    result = subprocess.CompletedProcess(cmd, child.returncode, out, err)
     if check:
         result.check_returncode()
     return result

@@ -62,6 +62,32 @@ def test_a_forked_run_gives_what_subprocess_run_gives(tmp_path):
     assert (fork.returncode, fork.stdout) == (real.returncode, real.stdout)
 
 
+@pytest.mark.slow  # starts processes
+def test_a_started_launch_gives_what_popen_gives(tmp_path):
+    """``forked.start`` (conftest.launched) against ``subprocess.Popen`` of the same script: its
+    output, the pid a signal reaches, -N for signal N, a timeout."""
+    script = tmp_path / "probe.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "FORKED_PROBE": "seen"}
+    for fork in (True, False):
+        proc = forked.start([sys.executable, str(script), "thread"], tmp_path, env, fork=fork)
+        assert isinstance(proc, forked.Forked) == fork
+        try:
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == proc.poll() == 0 and "thread done" in out and "stderr line" in err
+        finally:
+            forked.close(proc)
+        proc = forked.start([sys.executable, str(script), "sleep"], tmp_path, env, fork=fork)
+        try:
+            with pytest.raises(subprocess.TimeoutExpired):
+                proc.wait(timeout=1)
+            assert proc.poll() is None and proc.returncode is None
+            os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait(timeout=30) == proc.returncode == -signal.SIGKILL
+        finally:
+            forked.close(proc)
+
+
 def test_a_launch_whose_startup_environment_differs_runs_as_a_plain_subprocess(monkeypatch):
     monkeypatch.setattr(forked, "_start_env", {"OMP_NUM_THREADS": "1", "HOME": "/root"})
     assert not forked._startup_differs({"OMP_NUM_THREADS": "1", "HOME": "/elsewhere", "NEW": "x"})
@@ -113,3 +139,35 @@ def test_the_fast_tier_marks_are_enforced(tmp_path):
     assert "2 failed, 3 passed" in out, out[-3000:]
     assert "test_starts_a_process starts a process: mark it @pytest.mark.slow" in out
     assert "test_compiles compiles update steps (torch.compile): mark it @pytest.mark.compiles" in out
+
+
+PROBE_GROUPS = '''
+import os, time, pytest
+
+@pytest.mark.xdist_group("together")
+@pytest.mark.parametrize("i", range(3))
+def test_grouped(i):
+    print("worker", os.environ["PYTEST_XDIST_WORKER"], flush=True)
+    time.sleep(0.3)
+
+@pytest.mark.parametrize("i", range(3))
+def test_free(i):
+    time.sleep(0.3)
+'''
+
+
+@pytest.mark.slow  # starts a process
+def test_loadgroup_keeps_a_group_on_one_worker(tmp_path):
+    """make test's ``--dist loadgroup`` runs the SLURM tests (``xdist_group("slurm")``) on one
+    worker, whose session fixture starts and stops the cluster. pytest 9.2.0 broke that silently
+    (pytest-dev/pytest-xdist#1386: the tests spread over the workers and one stopped SLURM under
+    the other's job); pyproject.toml pins pytest below it, and this fails if it breaks again."""
+    (tmp_path / "test_probe_groups.py").write_text(PROBE_GROUPS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-v", "-n", "2", "--dist", "loadgroup",
+                             "-p", "no:cacheprovider", "test_probe_groups.py"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert "6 passed" in result.stdout, result.stdout[-3000:]
+    workers = {line.split()[0] for line in result.stdout.splitlines()
+               if "PASSED" in line and "test_grouped" in line}
+    assert len(workers) == 1, result.stdout[-3000:]
