@@ -38,13 +38,19 @@ def settings_of(path: Path) -> dict[str, object]:
 def applied(choices: Mapping[str, object], overrides: Iterable[str] = ()) -> list[str]:
     """One line per file applied for these Hydra choices: the file and what it sets; values the
     command line overrides are marked as such."""
-    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+    pairs = [o.split("=", 1) for o in overrides if "=" in o]
+    given = {key.lstrip("+~") for key, _ in pairs}
+    # conf/debug/<option>.yaml comes after these files in conf/config.yaml: its values win too
+    debug = next((value for key, value in pairs if key == "debug"), "none")
+    debug_file = conf_dir() / "debug" / f"{debug}.yaml"
+    by_debug = set(settings_of(debug_file)) if debug != "none" and debug_file.is_file() else set()
     lines = []
     for group in AUTOMATIC_GROUPS:
         path = conf_dir() / group / f"{choices.get(group)}.yaml"
         if not path.is_file():
             continue
-        values = [f"{k}={v}" + (" (overridden on the command line)" if k in given else "")
+        values = [f"{k}={v}" + (" (overridden on the command line)" if k in given else
+                                f" (overridden by debug={debug})" if k in by_debug else "")
                   for k, v in settings_of(path).items()]
         lines.append(f"{path.relative_to(conf_dir().parent)}: {', '.join(values)}")
     return lines

@@ -276,7 +276,9 @@ def check_overrides(overrides: Sequence[str], conf_dir: str | Path) -> None:
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     debug = next((o for o in parsed if o.key_or_group == "debug" and not o.is_delete()), None)
     experiment = next((o for o in parsed if o.key_or_group == "experiment"), None)
-    if debug is not None and experiment is not None and debug.get_value_element_as_str() != "none":
+    debug_options = ([] if debug is None else list(debug.sweep_string_iterator())
+                     if debug.is_sweep_override() else [debug.get_value_element_as_str()])
+    if experiment is not None and any(option != "none" for option in debug_options):
         # +experiment=... is appended after the debug group, so its own updates, evaluation and
         # sweep would win over debug's: a "smoke" sweep of full-length jobs
         raise ConfigError(f"{debug.input_line} cannot shorten {experiment.input_line}: the "

@@ -62,6 +62,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     tracker = from_config(cfg.tracker)
     tracker.ensure_store()  # a server that does not answer fails here, in seconds
     choices = group_choices(cfg)
+    debug = group_choices(cfg, ("debug",))["debug"]
+    if debug not in ("none", "None", "?"):  # tagged (and a param): told apart from real runs
+        choices["debug"] = debug
     unapplied = missing_reference(group_choices(cfg, (*GROUPS, FAMILY)), cfg)
     if unapplied:
         warn(unapplied)

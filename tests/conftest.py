@@ -35,12 +35,16 @@ _popen_init = subprocess.Popen.__init__
 
 
 def _counted_popen_init(self, *args, **kwargs):
-    frame, by_torch = sys._getframe(1), False
-    while frame is not None and not by_torch:  # Inductor's own compiler processes are compiling
-        by_torch = frame.f_globals.get("__name__", "").startswith("torch.")
+    _popen_init(self, *args, **kwargs)  # a command that cannot start raises: nothing started
+    frame, exempt = sys._getframe(1), False
+    while frame is not None and not exempt:
+        # Inductor's compiler processes are compiling; a module's first import may start one
+        # (glfw checks its library with `python -c`, platform.platform() runs `uname -p`): which
+        # test imports it first depends on the order the tests ran in
+        exempt = (frame.f_globals.get("__name__", "").startswith("torch.")
+                  or frame.f_code.co_filename.startswith("<frozen importlib"))
         frame = frame.f_back
-    forked.started += not by_torch
-    _popen_init(self, *args, **kwargs)
+    forked.started += not exempt
 
 
 subprocess.Popen.__init__ = _counted_popen_init
@@ -224,7 +228,7 @@ def run_sweep(args: list[str], store: Path, minari_root: Path, timeout: float = 
 def launched(args: list[str], store: Path, minari_root: Path):
     """launch.py running in the background as ``run_launch`` would run it (forked; stdout and
     stderr readable, ``pid`` to signal); killed (-9) on the way out if it still runs."""
-    proc = forked.start(launch_command(args, store), ROOT, launch_env(minari_root))
+    proc = forked.start(launch_command(args, store), ROOT, launch_env(minari_root), stdout=subprocess.DEVNULL)
     try:
         yield proc
     finally:

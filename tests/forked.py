@@ -19,6 +19,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,7 @@ def _child(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) -
     import threading
     import traceback
 
+    os.setsid()  # a group of its own: what it starts (a sweep's job processes) is killed with it
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
@@ -142,8 +144,19 @@ class Forked:
         self.stderr = open(err, encoding="utf-8", errors="replace")
         self._process = _forkserver().Process(target=_child, args=([str(c) for c in cmd[1:]], env, cwd,
                                                                     out, err))
-        self._process.start()
+        try:
+            self._process.start()
+        except BaseException:  # not started (or interrupted while starting): nothing left behind
+            self._process = None
+            self.close()
+            raise
         self.pid = self._process.pid
+
+    def __enter__(self) -> "Forked":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def returncode(self) -> int | None:
@@ -159,7 +172,11 @@ class Forked:
         return self._process.exitcode
 
     def kill(self) -> None:
-        self._process.kill()
+        """SIGKILL to it and to every process of its group (it leads one: ``_child``)."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):  # the whole group is gone already
+            pass
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
         """Waits, then (stdout, stderr) from the start (a read ``stdout``/``stderr`` too)."""
@@ -168,8 +185,8 @@ class Forked:
                 Path(self.stderr.name).read_text(encoding="utf-8", errors="replace"))
 
     def close(self) -> None:
-        """Kills it if it still runs; removes its output files."""
-        if self._process.exitcode is None:
+        """Kills it (and what it started) if it still runs; removes its output files."""
+        if self._process is not None and self._process.exitcode is None:
             self.kill()
             self._process.join()
         self.stdout.close()
@@ -177,16 +194,16 @@ class Forked:
         shutil.rmtree(self._folder, ignore_errors=True)
 
 
-def start(cmd: list[str], cwd: Path | str | None = None,
-          env: dict[str, str] | None = None, fork: bool = True) -> Forked | subprocess.Popen:
-    """``subprocess.Popen(cmd, cwd=cwd, env=env, stdout=PIPE, stderr=PIPE, text=True)``, forked
-    where ``run`` would fork it (close it with ``close``)."""
+def start(cmd: list[str], cwd: Path | str | None = None, env: dict[str, str] | None = None,
+          fork: bool = True, stdout: int = subprocess.PIPE) -> Forked | subprocess.Popen:
+    """``subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout, stderr=PIPE, text=True)``, forked
+    where ``run`` would fork it (its stdout then goes to a file whatever ``stdout`` says); close
+    it with ``close``."""
     global started
     started += 1
     cwd, env = str(cwd or os.getcwd()), dict(os.environ if env is None else env)
     if not _forkable(cmd, env, fork):
-        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
     return Forked(cmd, cwd, env)
 
 

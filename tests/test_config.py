@@ -122,6 +122,8 @@ def test_debug_smoke_with_an_experiment_is_refused_before_composing(experiment):
 
     with pytest.raises(ConfigError, match=r"debug=smoke cannot shorten \+experiment=.*dry_run=true"):
         check_overrides(["debug=smoke", experiment, "seed=1"], ROOT / "conf")
+    with pytest.raises(ConfigError, match=r"debug=none,smoke cannot shorten"):  # swept: any of them
+        check_overrides([experiment, "debug=none,smoke"], ROOT / "conf")
     check_overrides(["debug=none", experiment], ROOT / "conf")  # explicit default: fine
 
 
@@ -281,6 +283,9 @@ def test_help_says_which_values_the_automatic_files_set():
         "conf/tuning/edac_bc_pen-human.yaml: algo.num_critics=20, algo.eta=1000.0"]
     assert help_for("dataset=minari", "dataset.dataset_id=x/y-v0") == [
         "none for this algo and dataset"]
+    # conf/debug/ comes after them: debug=smoke's updates win too
+    assert help_for("dataset=walker2d-medium-local", "debug=smoke") == [
+        "conf/reference/td3_bc_walker2d.yaml: algo.alpha=5.0, updates=500000 (overridden by debug=smoke)"]
 
 
 def test_a_minari_id_of_a_known_family_is_told_what_it_goes_without():

@@ -217,6 +217,7 @@ def test_debug_smoke_runs_every_chosen_phase_shortened(tmp_path, minari_root):
     assert result.returncode == 0, result.stderr[-3000:]
     run = search_runs(tmp_path).iloc[0]
     assert run["status"] == "FINISHED" and run["tags.network"] == "small"
+    assert run["tags.debug"] == run["params.debug"] == "smoke"  # told apart from real runs
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     rid = run["run_id"]
     assert metric(client, rid, "phase_start/offline_rl") == [(100, 100)]

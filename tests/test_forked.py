@@ -120,14 +120,21 @@ def test_compiles_marked():
 
 def test_neither():
     torch.ones(2) * 2
+
+def test_imports_a_module_that_starts_one_on_import():
+    import starts_a_process_on_import  # as glfw does: whichever test imports it first
+    assert starts_a_process_on_import.ran
 '''
 
 
 @pytest.mark.slow  # starts a process
 def test_the_fast_tier_marks_are_enforced(tmp_path):
     """tests/conftest.py fails a test that starts a process without ``slow``, or compiles a graph
-    without ``compiles``, naming the mark; marked tests and plain ones pass."""
+    without ``compiles``, naming the mark; marked tests and plain ones pass, and so does one that
+    imports a module which starts a process as it is imported."""
     (tmp_path / "test_probe_marks.py").write_text(PROBE_MARKS)
+    (tmp_path / "starts_a_process_on_import.py").write_text(
+        "import subprocess, sys\nran = subprocess.run([sys.executable, '-c', 'pass']).returncode == 0\n")
     tests = os.path.dirname(os.path.abspath(__file__))
     env = {**os.environ, "PYTHONPATH": tests + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OFFLINE_RL_TEST_FORK": "0"}
@@ -136,7 +143,7 @@ def test_the_fast_tier_marks_are_enforced(tmp_path):
                              "-W", "ignore::pytest.PytestUnknownMarkWarning", "test_probe_marks.py"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     out = result.stdout
-    assert "2 failed, 3 passed" in out, out[-3000:]
+    assert "2 failed, 4 passed" in out, out[-3000:]
     assert "test_starts_a_process starts a process: mark it @pytest.mark.slow" in out
     assert "test_compiles compiles update steps (torch.compile): mark it @pytest.mark.compiles" in out
 
