@@ -651,11 +651,12 @@ def test_committed_results_page_is_regenerated_from_its_committed_data(page, csv
         str(tmp_path), "docs") == committed
 
 
-def test_committed_comparison_page_is_regenerated_from_its_committed_data(tmp_path):
-    """docs/iql_hopper.md is what `analysis compare` writes from the committed files it names."""
+@pytest.mark.parametrize("page", ["iql_hopper", "iql_walker2d"])
+def test_committed_comparison_page_is_regenerated_from_its_committed_data(page, tmp_path):
+    """docs/iql_*.md is what `analysis compare` writes from the committed files it names."""
     from analysis.__main__ import main
 
-    committed = (ROOT / "docs" / "iql_hopper.md").read_text()
+    committed = (ROOT / "docs" / f"{page}.md").read_text()
     quoted = re.search(r"`python -m analysis (compare [^`]*)` writes this page again", committed)
     assert quoted, "the page names the command that writes it again from its data"
     args = shlex.split(quoted.group(1))
@@ -664,7 +665,7 @@ def test_committed_comparison_page_is_regenerated_from_its_committed_data(tmp_pa
             args[i] = str(ROOT / arg)
     args[args.index("--out") + 1] = str(tmp_path)
     assert main([*args, "--command", quoted.group(1)]) == 0
-    assert (tmp_path / "iql_hopper.md").read_text() == committed
+    assert (tmp_path / f"{page}.md").read_text() == committed
 
 
 def test_compare_gives_each_algorithm_its_seeds_intervals_and_improvement_probability(tmp_path):
