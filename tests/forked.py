@@ -172,11 +172,14 @@ class Forked:
         return self._process.exitcode
 
     def kill(self) -> None:
-        """SIGKILL to it and to every process of its group (it leads one: ``_child``)."""
+        """SIGKILL to it and to every process of its group (it leads one: ``_child``), and to it
+        alone too: a kill in the child's first instants, before its ``setsid()``, finds no group."""
         try:
             os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):  # the whole group is gone already
+        except (ProcessLookupError, PermissionError):  # the group is gone already, or not made yet
             pass
+        if self._process is not None and self._process.exitcode is None:
+            self._process.kill()
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
         """Waits, then (stdout, stderr) from the start (a read ``stdout``/``stderr`` too)."""

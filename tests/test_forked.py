@@ -88,6 +88,21 @@ def test_a_started_launch_gives_what_popen_gives(tmp_path):
             forked.close(proc)
 
 
+@pytest.mark.slow  # starts processes
+def test_a_launch_killed_the_instant_it_started_ends(tmp_path):
+    """``kill`` right after ``start``, before the child's ``setsid()`` made its process group
+    (there is no group to kill yet): the child still gets the SIGKILL."""
+    script = tmp_path / "probe.py"
+    script.write_text(SCRIPT)
+    for _ in range(5):
+        proc = forked.start([sys.executable, str(script), "sleep"], tmp_path, dict(os.environ))
+        try:
+            proc.kill()
+            assert proc.wait(timeout=20) == -signal.SIGKILL
+        finally:
+            forked.close(proc)
+
+
 def test_a_launch_whose_startup_environment_differs_runs_as_a_plain_subprocess(monkeypatch):
     monkeypatch.setattr(forked, "_start_env", {"OMP_NUM_THREADS": "1", "HOME": "/root"})
     assert not forked._startup_differs({"OMP_NUM_THREADS": "1", "HOME": "/elsewhere", "NEW": "x"})
