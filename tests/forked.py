@@ -25,15 +25,24 @@ import sys
 import tempfile
 from pathlib import Path
 
+# what every launch imports, imported once in the forkserver. The last four cost a forked smoke
+# launch 3.4 of its 6.9 s of CPU when they were left to the child (python -X importtime, measured
+# 2026-12-03): MLflow's sqlite store (1.5 s), Dynamo (1.4 s: torch.optim imports it), Minari's
+# HDF5 storage, gymnasium's MuJoCo environments. None starts a thread or a process.
 PRELOAD = ["numpy", "torch", "mlflow", "mlflow.tracking", "sqlalchemy", "hydra", "omegaconf",
-           "gymnasium", "minari", "scipy.stats", "pandas", "tqdm"]
+           "gymnasium", "minari", "scipy.stats", "pandas", "tqdm",
+           "mlflow.store.tracking.sqlalchemy_store", "torch._dynamo",
+           "minari.dataset._storages.hdf5_storage", "gymnasium.envs.mujoco.mujoco_env"]
 
-# environment variables read as Python, OpenMP/BLAS, torch or MuJoCo start, not when a launch asks.
-# Not TORCHDYNAMO_* / TORCHINDUCTOR_*: ``import torch`` loads neither (the child does), and
-# Inductor sets some of its own in the test worker's environment once it has compiled a step
-# (TORCHINDUCTOR_CACHE_DIR): with "TORCH" here every later launch started for real (16 min CI).
-READ_AT_START = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "GOMP_", "TORCH_", "MUJOCO_GL",
-                 "PYOPENGL_", "LD_")
+# environment variables read as Python, OpenMP/BLAS, torch, Dynamo/Inductor (their configs, loaded
+# with torch._dynamo above) or MuJoCo start, not when a launch asks. A launch whose environment
+# differs from the forkserver's in one of them starts for real.
+READ_AT_START = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "GOMP_", "TORCH_", "TORCHDYNAMO_",
+                 "TORCHINDUCTOR_", "MUJOCO_GL", "PYOPENGL_", "LD_")
+# ... except what Inductor sets in the test worker's environment once it has compiled a step and
+# reads on every use (runtime/cache_dir_utils.py: cache_dir()): were it counted, every launch after
+# a worker's first compile would start for real (a 16 min CI, measured)
+READ_WHEN_USED = {"TORCHINDUCTOR_CACHE_DIR"}
 
 _context: multiprocessing.context.ForkServerContext | None = None
 _start_env: dict[str, str] = {}  # the forkserver's environment when it started
@@ -59,7 +68,7 @@ def _forkserver() -> multiprocessing.context.ForkServerContext:
 def _startup_differs(env: dict[str, str]) -> bool:
     """Whether ``env`` differs from the forkserver's in a variable read at start."""
     start = _start_env or os.environ
-    keys = {k for k in (*env, *start) if k.startswith(READ_AT_START)}
+    keys = {k for k in (*env, *start) if k.startswith(READ_AT_START) and k not in READ_WHEN_USED}
     return any(env.get(k) != start.get(k) for k in keys)
 
 
@@ -199,24 +208,30 @@ class Forked:
 
 def start(cmd: list[str], cwd: Path | str | None = None, env: dict[str, str] | None = None,
           fork: bool = True, stdout: int = subprocess.PIPE) -> Forked | subprocess.Popen:
-    """``subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout, stderr=PIPE, text=True)``, forked
-    where ``run`` would fork it (its stdout then goes to a file whatever ``stdout`` says); close
-    it with ``close``."""
+    """``subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout, stderr=PIPE, text=True,
+    start_new_session=True)``, forked where ``run`` would fork it (its stdout then goes to a file
+    whatever ``stdout`` says); close it with ``close``. Either way it leads a process group of its
+    own: ``os.killpg(proc.pid, ...)`` reaches it and what it started, and nothing else."""
     global started
     started += 1
     cwd, env = str(cwd or os.getcwd()), dict(os.environ if env is None else env)
     if not _forkable(cmd, env, fork):
-        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
     return Forked(cmd, cwd, env)
 
 
 def close(proc: Forked | subprocess.Popen) -> None:
-    """A ``start``ed process done with: killed (-9) if it still runs, its output closed."""
+    """A ``start``ed process done with: killed (-9) with its group if it still runs, its output
+    closed."""
     if isinstance(proc, Forked):
         proc.close()
         return
     if proc.poll() is None:
-        proc.kill()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
         proc.wait()
     for stream in (proc.stdout, proc.stderr):
         if stream is not None:

@@ -109,6 +109,9 @@ def test_a_launch_whose_startup_environment_differs_runs_as_a_plain_subprocess(m
     assert forked._startup_differs({"OMP_NUM_THREADS": "2", "HOME": "/root"})
     assert forked._startup_differs({"OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"})
     assert forked._startup_differs({"HOME": "/root"})  # unset where it was set
+    # read when torch._dynamo (preloaded) loads its config
+    assert forked._startup_differs({"OMP_NUM_THREADS": "1", "TORCHDYNAMO_VERBOSE": "1"})
+    assert forked._startup_differs({"OMP_NUM_THREADS": "1", "TORCHINDUCTOR_FX_GRAPH_CACHE": "0"})
     # what Inductor sets in the worker once it compiled: read by modules the child imports itself
     assert not forked._startup_differs({"OMP_NUM_THREADS": "1", "HOME": "/root",
                                         "TORCHINDUCTOR_CACHE_DIR": "/tmp/torchinductor_root",

@@ -45,16 +45,17 @@ def _half_made_store(path: Path) -> None:
 @pytest.mark.slow
 def test_a_store_killed_while_it_was_created_is_never_left_half_made(tmp_path, minari_root):
     store = tmp_path / "st"
-    proc = subprocess.Popen(launch_command([*BASE, "updates=2000"], store), cwd=ROOT,
-                            env=launch_env(minari_root), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not list(store.glob("mlflow.db.creating-*")) and not (store / "mlflow.db").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)  # in the middle of building the store
-    proc.wait(timeout=30)
-    proc.stderr.close()
+    proc = forked.start(launch_command([*BASE, "updates=2000"], store), ROOT, launch_env(minari_root),
+                        stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(store.glob("mlflow.db.creating-*")) and not (store / "mlflow.db").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)  # in the middle of building the store
+        proc.wait(timeout=30)
+    finally:
+        forked.close(proc)
     assert not (store / "mlflow.db").exists() or sqlite3.connect(store / "mlflow.db").execute(
         "select count(*) from alembic_version").fetchone()
     again = run_launch([*BASE, "updates=20"], store, minari_root)
@@ -365,7 +366,9 @@ def _launch_and_wait_for_the_loop(args, tmp_path, minari_root):
 def test_two_ctrl_c_within_10_ms_still_checkpoint_and_end_the_run(tmp_path, minari_root, new_store):
     new_store(tmp_path)
     child, checkpoints = _launch_and_wait_for_the_loop(
-        [*BASE, "updates=1000000", "checkpoint.every=50", "eval.every=100000"], tmp_path, minari_root)
+        [*BASE, "updates=1000000", "checkpoint.every=50", "eval.every=100000",
+         "compile=eager"],  # 1M updates would compile (compile=auto): ~20 s of Inductor, not tested here
+        tmp_path, minari_root)
     os.kill(child.pid, signal.SIGINT)
     time.sleep(0.005)
     os.kill(child.pid, signal.SIGINT)  # the same press, twice
@@ -432,19 +435,21 @@ def _kill_once_the_run_exists(command, tmp_path, minari_root) -> str:
     seconds, no checkpoint yet); the run id left RUNNING."""
     from mlflow.tracking import MlflowClient
 
-    child = subprocess.Popen(command, cwd=ROOT, env=launch_env(minari_root), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    deadline = time.monotonic() + 240
     known = set(search_runs(tmp_path)["run_id"]) if client.get_experiment_by_name("offline_rl") else set()
     named = {p.read_text() for p in (tmp_path / "ck").glob("*/run.json")}
-    while not (client.get_experiment_by_name("offline_rl")
-               and set(search_runs(tmp_path)["run_id"]) - known
-               and {p.read_text() for p in (tmp_path / "ck").glob("*/run.json")} - named):
-        assert child.poll() is None and time.monotonic() < deadline, child.stderr.read()[-2000:]
-        time.sleep(0.1)
-    child.kill()
-    child.communicate(timeout=60)
+    child = forked.start(command, ROOT, launch_env(minari_root), stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not (client.get_experiment_by_name("offline_rl")
+                   and set(search_runs(tmp_path)["run_id"]) - known
+                   and {p.read_text() for p in (tmp_path / "ck").glob("*/run.json")} - named):
+            assert child.poll() is None and time.monotonic() < deadline, child.stderr.read()[-2000:]
+            time.sleep(0.1)
+        child.kill()
+        child.wait(timeout=60)
+    finally:
+        forked.close(child)
     runs = search_runs(tmp_path).set_index("run_id")
     (ghost,) = set(runs.index) - known
     assert runs.loc[ghost, "status"] == "RUNNING"

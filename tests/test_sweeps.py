@@ -196,8 +196,7 @@ def test_a_killed_sweep_started_again_continues_under_the_same_parent(tmp_path, 
     args = ["-m", "hydra/launcher=local", "hydra.launcher.n_jobs=1", "seed=0,1", "updates=600",
             "checkpoint.every=50", "eval.every=300", *[a for a in TINY if not a.startswith("updates")]]
     command = launch_command(args, tmp_path, sweep=True)
-    proc = subprocess.Popen(command, cwd=ROOT, env=launch_env(minari_root), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = forked.start(command, ROOT, launch_env(minari_root), stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
         while True:  # seed 0 finished (its checkpoints gone), seed 1 checkpointed
@@ -214,15 +213,12 @@ def test_a_killed_sweep_started_again_continues_under_the_same_parent(tmp_path, 
         os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its job processes
         proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.stderr.close()
+        forked.close(proc)
     parent, children = children_and_parent(tmp_path)
     first_parent = parent["run_id"]
     assert sorted(children["status"]) == ["FINISHED", "RUNNING"]
 
-    again = subprocess.run(command, cwd=ROOT, env=launch_env(minari_root), capture_output=True,
-                           text=True, timeout=600)
+    again = forked.run(command, ROOT, launch_env(minari_root), timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     parent, children = children_and_parent(tmp_path)  # still one parent ...
     assert parent["run_id"] == first_parent and parent["status"] == "FINISHED"
