@@ -299,9 +299,8 @@ def test_slurm_job_requeued_mid_run_finishes_as_one_run(slurm_cluster, tmp_path,
             "dataset.dataset_id=tests/hopper/random-v0", "network=small", "eval.episodes=1",
             "eval.every=500", "log_every=50", "progress=false", "updates=1500", "checkpoint.every=50",
             "threads=1", "batch_size=32"]
-    driver = subprocess.Popen(launch_command(args, tmp_path, sweep=True), cwd=ROOT,
-                              env=launch_env(minari_root), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    driver = forked.start(launch_command(args, tmp_path, sweep=True), ROOT, launch_env(minari_root))
+    job_id = None
     try:
         wait_for_checkpoint(driver, tmp_path)
         children = search_runs(tmp_path)
@@ -309,12 +308,11 @@ def test_slurm_job_requeued_mid_run_finishes_as_one_run(slurm_cluster, tmp_path,
         job_id = child["tags.slurm_job_id"]
         requeue = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
         assert requeue.returncode == 0, requeue.stderr
-        output, _ = driver.communicate(timeout=400)
+        output = "".join(driver.communicate(timeout=400))
     finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
+        if driver.poll() is None and job_id is not None:
             subprocess.run(["scancel", str(job_id)], capture_output=True)
+        forked.close(driver)
     assert driver.returncode == 0, output[-3000:]
 
     runs = search_runs(tmp_path)
