@@ -237,10 +237,10 @@ def launched(args: list[str], store: Path, minari_root: Path):
 
 def wait_for_checkpoint(proc: subprocess.Popen, store: Path, timeout: float = 240) -> None:
     """Until the launch.py process ``proc`` has written a checkpoint under ``store``; its output
-    (stderr, else stdout) in the failure if it ends first."""
+    (stdout then stderr, what of them it keeps) in the failure if it ends first."""
     deadline = time.monotonic() + timeout
     while not list(store.glob("checkpoints/*/step-*.pt")):
-        assert proc.poll() is None, (proc.stderr or proc.stdout).read()[-3000:]
+        assert proc.poll() is None, "".join(s.read() for s in (proc.stdout, proc.stderr) if s)[-3000:]
         assert time.monotonic() < deadline, f"no checkpoint within {timeout:.0f} s"
         time.sleep(0.02)
 

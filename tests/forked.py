@@ -38,10 +38,11 @@ PRELOAD = ["numpy", "torch", "mlflow", "mlflow.tracking", "sqlalchemy", "hydra",
 # with torch._dynamo above) or MuJoCo start, not when a launch asks. A launch whose environment
 # differs from the forkserver's in one of them starts for real.
 READ_AT_START = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "GOMP_", "TORCH_", "TORCHDYNAMO_",
-                 "TORCHINDUCTOR_", "MUJOCO_GL", "PYOPENGL_", "LD_")
-# ... except what Inductor sets in the test worker's environment once it has compiled a step and
-# reads on every use (runtime/cache_dir_utils.py: cache_dir()): were it counted, every launch after
-# a worker's first compile would start for real (a 16 min CI, measured)
+                 "TORCHINDUCTOR_", "INDUCTOR_", "AOT", "CXX", "MUJOCO_GL", "PYOPENGL_", "LD_")
+# ... except what Inductor sets in the environment itself -- in the test worker once it compiles,
+# in the forkserver as torch._dynamo loads -- and reads again on every use
+# (runtime/cache_dir_utils.py: cache_dir()): were it counted, a worker's launches would start for
+# real once it had compiled (a 16 min CI, measured)
 READ_WHEN_USED = {"TORCHINDUCTOR_CACHE_DIR"}
 
 _context: multiprocessing.context.ForkServerContext | None = None
@@ -85,6 +86,7 @@ def _child(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) -
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
+    tempfile.tempdir = None  # chosen again from this TMPDIR (importing torch._dynamo fixed it in the server)
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         if stream is not None:
             stream.flush()
@@ -227,12 +229,13 @@ def close(proc: Forked | subprocess.Popen) -> None:
     if isinstance(proc, Forked):
         proc.close()
         return
+    try:  # also when it has ended: what it started (compile or joblib workers) may not have
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
     if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            proc.kill()
-        proc.wait()
+        proc.kill()
+    proc.wait()
     for stream in (proc.stdout, proc.stderr):
         if stream is not None:
             stream.close()
