@@ -33,11 +33,10 @@ install:  ## (re)install into .venv: the CPU torch wheel (pip), then this packag
 run: $(INSTALLED)  ## the paper's method: TD3+BC with Algorithm 1 pre-training on local Hopper medium (~10 min once the data exist; ARGS="seed=1" adds overrides)
 	$(PYTHON) -m offline_rl.first_run $(ARGS)
 
-# tests run in parallel workers, one per core and one more (pytest-xdist; the SLURM tests share one
-# worker): many tests wait on processes they started (SLURM jobs, servers, launches), and the
-# extra worker fills those waits -- on 2 cores 491 s against 540-586 s with 2 workers (2026-12-03,
-# docs/setup.md). TEST_WORKERS=0 runs them in this process, one after the other
-TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
+# tests run in parallel workers, one per core (pytest-xdist; the SLURM tests share one worker);
+# a third worker on 2 cores gained nothing measurable (docs/setup.md). TEST_WORKERS=0 runs them in
+# this process, one after the other
+TEST_WORKERS ?= auto
 PARALLEL = -n $(TEST_WORKERS) --dist loadgroup
 
 test: $(INSTALLED)  ## the whole test suite (CPU; see README "Development" for its time)

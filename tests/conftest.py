@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Callable
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `make test` runs the tests in parallel workers (pytest-xdist), one per core and one more: one
-    # thread each, for the workers and the processes they start (OpenMP threads spin: two 2-thread
-    # torch processes on 2 cores each run far slower than at half speed); set before numpy and
-    # torch load
+    # `make test` runs the tests in parallel workers (pytest-xdist), one per core: one thread each,
+    # for the workers and the processes they start (OpenMP threads spin: two 2-thread torch
+    # processes on 2 cores each run far slower than at half speed); set before numpy and torch load
     for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[_threads] = "1"
 
