@@ -63,7 +63,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     tracker.ensure_store()  # a server that does not answer fails here, in seconds
     choices = group_choices(cfg)
     debug = group_choices(cfg, ("debug",))["debug"]
-    if debug not in ("none", "None", "?"):  # tagged (and a param): told apart from real runs
+    if debug not in NOT_CHOSEN:  # tagged (and a param): told apart from real runs
         choices["debug"] = debug
     unapplied = missing_reference(group_choices(cfg, (*GROUPS, FAMILY)), cfg)
     if unapplied:
@@ -374,6 +374,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# what group_choices gives for a group that is off (none), left null, or unknown outside Hydra
+NOT_CHOSEN = ("none", "None", "?")
+
+
 def group_choices(cfg: DictConfig, groups: Sequence[str] = GROUPS) -> dict[str, str]:
     """Which option of each config group this run uses (from Hydra, else from the config)."""
     try:
@@ -390,7 +394,7 @@ def run_name(choices: dict[str, str], seed: int, dataset_id: str) -> str:
     online fine-tuning); a dataset given by id shows its id."""
     dataset = choices["dataset"] if choices["dataset"] != "minari" else dataset_id.replace("/", "-")
     finetune = choices.get("finetune")
-    tail = f"-{finetune}" if finetune not in (None, "none", "?", "None") else ""
+    tail = f"-{finetune}" if finetune is not None and finetune not in NOT_CHOSEN else ""
     return f"{choices['algo']}-{choices['pretrain']}-{dataset}{tail}-s{seed}"
 
 

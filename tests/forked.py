@@ -199,8 +199,9 @@ class Forked:
                 Path(self.stderr.name).read_text(encoding="utf-8", errors="replace"))
 
     def close(self) -> None:
-        """Kills it (and what it started) if it still runs; removes its output files."""
-        if self._process is not None and self._process.exitcode is None:
+        """Kills it and what it started (which may outlive it: a sweep's job processes) if still
+        running; removes its output files."""
+        if self._process is not None:
             self.kill()
             self._process.join()
         self.stdout.close()

@@ -208,6 +208,17 @@ def metric(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
+def test_a_run_name_carries_its_finetuning_option_only_when_one_is_chosen():
+    from offline_rl.run import run_name
+
+    choices = {"algo": "td3_bc", "pretrain": "ac", "dataset": "hopper-medium-local"}
+    assert run_name({**choices, "finetune": "td3_c"}, 0, "x") == "td3_bc-ac-hopper-medium-local-td3_c-s0"
+    for off in ({}, {"finetune": "none"}, {"finetune": "None"}, {"finetune": "?"}):
+        assert run_name({**choices, **off}, 3, "x") == "td3_bc-ac-hopper-medium-local-s3"
+    assert run_name({**choices, "dataset": "minari"}, 1, "tests/hopper/random-v0") == (
+        "td3_bc-ac-tests-hopper-random-v0-s1")
+
+
 @pytest.mark.slow  # starts a process
 def test_debug_smoke_runs_every_chosen_phase_shortened(tmp_path, minari_root):
     """``debug=smoke`` as the README shows it, with nothing else but the choices: 100 pre-training
