@@ -69,19 +69,34 @@ def run(step, data: list[Batch], seed: int = 1) -> list[dict[str, torch.Tensor]]
     return [{k: v.detach().clone() for k, v in step(batch).items()} for batch in data]
 
 
-def assert_close_state(a, b, exact: bool = False, where: str = "") -> None:
+# With ``stray`` (CUDA: Inductor's kernels sum in another order than eager's), at most that fraction
+# of a tensor's elements may exceed RTOL/ATOL, each still within STRAY_ATOL: Adam turns a rounding
+# difference in a gradient near zero into a step-sized one (seen on an H200, 2026-12-04: EDAC, 1 of
+# 655,360 critic weights off by 2.1e-5 after 6 updates). A real difference moves many elements by
+# an Adam step (lr 3e-4) or more.
+STRAY_ATOL = 1e-4
+
+
+def assert_close_state(a, b, exact: bool = False, where: str = "", stray: float = 0.0) -> None:
     if isinstance(a, torch.Tensor):
         if exact:
             assert torch.equal(a, b), where
+        elif stray and a.is_floating_point() and a.shape == b.shape:
+            off = ~torch.isclose(a, b, rtol=RTOL, atol=ATOL)
+            allowed = max(1, int(stray * a.numel()))
+            worst = (a - b).abs().max().item() if a.numel() else 0.0
+            assert int(off.sum()) <= allowed and worst <= STRAY_ATOL, (
+                f"{where}: {int(off.sum())} of {a.numel()} elements beyond rtol {RTOL} / atol {ATOL} "
+                f"(at most {allowed} allowed), largest difference {worst:.2e} (at most {STRAY_ATOL})")
         else:
-            torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL, msg=where)
+            torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL, msg=lambda m: f"{where}: {m}")
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), where
         for k in a:
-            assert_close_state(a[k], b[k], exact, f"{where}.{k}")
+            assert_close_state(a[k], b[k], exact, f"{where}.{k}", stray)
     elif isinstance(a, (list, tuple)):
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_close_state(x, y, exact, f"{where}[{i}]")
+            assert_close_state(x, y, exact, f"{where}[{i}]", stray)
     else:
         assert a == b, where
 
@@ -98,16 +113,16 @@ def same_optimiser_states(eager_state: dict, compiled_state: dict) -> dict:
     return eager_state
 
 
-def compare_runs(eager_metrics, compiled_metrics, eager_algo, compiled_algo) -> None:
+def compare_runs(eager_metrics, compiled_metrics, eager_algo, compiled_algo, stray: float = 0.0) -> None:
     for step, (m_eager, m_compiled) in enumerate(zip(eager_metrics, compiled_metrics, strict=True)):
         assert m_eager.keys() == m_compiled.keys()
         for key in m_eager:
             torch.testing.assert_close(m_compiled[key], m_eager[key], rtol=RTOL, atol=ATOL,
-                                       msg=f"update {step + 1}: {key}")
+                                       msg=lambda m, where=f"update {step + 1}: {key}": f"{where}: {m}")
     # parameters, targets and Adam's moments and step counts
     compiled_state = compiled_algo.state_dict()
     assert_close_state(same_optimiser_states(eager_algo.state_dict(), compiled_state), compiled_state,
-                       where="state")
+                       where="state", stray=stray)
 
 
 # ----- compiled == eager -----------------------------------------------------------------------
@@ -117,6 +132,25 @@ STEP_NAMES = {TD3BCCQL: {"td3_bc_cql.critic", "td3_bc_cql.critic_actor"},
               TD3BC: {"td3_bc.critic", "td3_bc.critic_actor"}, EDAC: {"edac.update"},
               CQL: {"cql.update"}, BC: {"bc.update"}, GaussianIQL: {"iql_gaussian.update"},
               IQL: {"iql.update"}}
+
+
+def test_the_stray_tolerance_passes_a_few_rounding_strays_and_nothing_more():
+    """What the CUDA comparisons accept (CI has no GPU to run them): a few small strays, not many,
+    not a large one; without ``stray``, none."""
+    a = torch.zeros(10, 100_000)  # a million elements: 10 strays allowed at 1e-5
+    strays = a.clone()
+    strays[0, :3] = 2e-5
+    assert_close_state({"w": a}, {"w": strays}, stray=1e-5)
+    with pytest.raises(AssertionError, match="w"):
+        assert_close_state({"w": a}, {"w": strays})
+    many = a.clone()
+    many[0, :11] = 2e-5
+    with pytest.raises(AssertionError, match="11 of 1000000 elements"):
+        assert_close_state(a, many, stray=1e-5)
+    large = a.clone()
+    large[0, 0] = 2 * STRAY_ATOL
+    with pytest.raises(AssertionError, match="largest difference 2.00e-04"):
+        assert_close_state(a, large, stray=1e-5)
 
 
 @pytest.mark.parametrize("cls, options", [(TD3BC, {}), (TD3BCCQL, {"cql_weight": 1.0}),

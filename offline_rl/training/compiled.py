@@ -218,6 +218,11 @@ class StepCompiler:
         options: dict[str, Any] = {"post_grad_custom_pre_pass": SKINNY_MATMULS}
         if self.cudagraphs:  # Inductor's own (Philox) random numbers: CUDA-graph safe
             options["triton.cudagraphs"] = True
+            # Inductor's loop reordering after fusion failed every step here on an H200 (torch
+            # 2.11: AssertionError in Scheduler.reorder_loops_by_dep_pair, 2026-12-04); off, the
+            # steps compiled and ran as CUDA graphs (TD3+BC 3,820 upd/s). These launch-bound
+            # steps have no loops worth reordering (docs/device_check.md).
+            options["loop_ordering_after_fusion"] = False
         else:  # PyTorch's random numbers, the eager draws; a C++ wrapper: ~5% on TD3+BC
             options.update({"fallback_random": True, "cpp_wrapper": self.device.type == "cpu"})
         return options
