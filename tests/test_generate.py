@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
@@ -35,7 +36,7 @@ from offline_rl.generate.datasets import (LEVELS, REFERENCE_RETURNS, GeneratorCo
                                           generate_local_datasets, local_dataset_id,
                                           replay_episodes)
 from offline_rl.generate.local import load_local
-from offline_rl.generate.rollouts import collect_episodes, random_policy, select_snapshot
+from offline_rl.generate.rollouts import collect_episodes, evaluate_policy, random_policy, select_snapshot
 from offline_rl.training.evaluation import normalized_score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -401,6 +402,77 @@ def test_ensure_local_dataset_reuses_a_match_and_names_what_differs(datasets, mo
         load_local("Hopper-v5", "medium", generator={**TINY, "env_steps": 500})
     with pytest.raises(ConfigError, match="critic_widht"):
         load_local("Hopper-v5", "medium", generator={**TINY, "critic_widht": 8})
+
+
+def test_medium_by_is_checked_and_datasets_made_before_it_existed_stay_valid(datasets):
+    with pytest.raises(ConfigError, match="medium_by must be one of deterministic, rollouts"):
+        GeneratorConfig.for_env("Hopper-v5", medium_by="stochastic")
+    assert "medium_by" not in GeneratorConfig.for_env("Hopper-v5").data_settings()
+    assert GeneratorConfig.for_env("Walker2d-v5").data_settings()["medium_by"] == "rollouts"
+    rollouts = GeneratorConfig.for_env("Hopper-v5", **{**TINY, "medium_by": "rollouts"})
+    assert checkpoint_folder(rollouts) != checkpoint_folder(GeneratorConfig.for_env("Hopper-v5", **TINY))
+    # a dataset whose metadata predates the setting: valid for the old rule, not for the new one
+    path = dataset_path(IDS["medium"]) / "data" / "metadata.json"
+    saved = path.read_text()
+    try:
+        stored = json.loads(saved)
+        config = json.loads(stored["generator_config"])
+        assert config.pop("medium_by") == "deterministic"
+        stored["generator_config"] = json.dumps(config)
+        path.write_text(json.dumps(stored))
+        generation.check_generator_settings(IDS["medium"], GeneratorConfig.for_env("Hopper-v5", **TINY))
+        with pytest.raises(DatasetError, match="medium_by = \\(not recorded\\) in the dataset, 'rollouts'"):
+            generation.check_generator_settings(IDS["medium"], rollouts)
+    finally:
+        path.write_text(saved)
+
+
+def test_a_generation_by_rollouts_records_what_it_compared_and_picks_from_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    config = GeneratorConfig.for_env("Hopper-v5", **{**TINY, "medium_by": "rollouts"})
+    assert generation.generate_local_datasets(config, ["medium"]) == {"medium": IDS["medium"]}
+    stored = metadata(IDS["medium"])
+    pairs = json.loads(stored["snapshot_rollout_returns"])
+    assert [s for s, _ in pairs] == [s for s, _ in json.loads(stored["snapshot_returns"])]
+    chosen = pairs[select_snapshot(pairs, stored["final_policy_rollout_return"])][0]
+    assert stored["medium_snapshot_step"] == stored["snapshot_step"] == chosen
+    assert json.loads(stored["generator_config"])["medium_by"] == "rollouts"
+    import minari
+
+    assert "stochastic episodes' mean return" in minari.load_dataset(IDS["medium"]).storage.metadata["description"]
+
+
+class _ConstantActor:
+    """An actor whose mean action is 0 and whose sampled action is ``value`` in every dimension."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def act(self, obs: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        return torch.full((obs.shape[0], 3), 0.0 if deterministic else self.value)
+
+
+def test_medium_by_rollouts_compares_the_returns_of_stochastic_episodes():
+    """Each snapshot's and the final policy's sampled actions, on the same seeded episodes; the
+    expected returns come from plain numpy policies through evaluate_policy."""
+    config = GeneratorConfig.for_env("Hopper-v5", **{**TINY, "medium_by": "rollouts"})
+    actors = {100: _ConstantActor(-1.0), 200: _ConstantActor(0.5), 300: _ConstantActor(1.0)}
+    logged: dict = {}
+    run = SimpleNamespace(snapshots=[SimpleNamespace(step=step) for step in actors],
+                          actor_at=lambda snapshot: actors[snapshot.step], final_actor=_ConstantActor(0.25),
+                          tracker=SimpleNamespace(log_metrics=lambda metrics, step: logged.update(metrics)))
+    pairs, final = generation.snapshot_rollout_returns(config, run)
+    seed = config.seed + generation.ROLLOUT_SEED_OFFSET["snapshot_rollouts"]
+
+    def expected(value: float) -> float:
+        return float(np.mean(evaluate_policy(lambda obs: np.full((len(obs), 3), value, np.float32),
+                                             "Hopper-v5", config.eval_episodes, seed, config.num_envs)))
+
+    assert [step for step, _ in pairs] == [100, 200, 300]
+    assert [r for _, r in pairs] == pytest.approx([expected(a.value) for a in actors.values()])
+    assert final == pytest.approx(expected(0.25)) and logged == {"final/rollout_return": final}
+    assert len({round(r, 6) for _, r in pairs}) == 3  # the sampled actions: the mean ones are all 0
 
 
 @pytest.mark.slow  # starts a process

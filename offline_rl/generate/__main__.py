@@ -22,6 +22,9 @@ HELP = {
     "random_steps": "uniform-random warm-up steps before the first update",
     "batch_size": "batch size (one update per env step)",
     "snapshot_every": "evaluate the policy and keep a snapshot every N env steps",
+    "medium_by": "the medium snapshot is the one closest to medium_fraction x the final policy by "
+                 "deterministic evaluation return ('deterministic') or by the mean return of "
+                 "stochastic episodes, as the data are collected ('rollouts'; Walker2d's default)",
     "eval_episodes": "deterministic evaluation episodes per snapshot",
     "ref_episodes": "episodes for the random and final policies' returns",
     "num_envs": "environments side by side for evaluation and rollouts",

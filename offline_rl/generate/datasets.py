@@ -3,7 +3,9 @@
 One behaviour run per environment (``offline_rl.generate.behaviour``) gives D4RL's levels:
 
 * ``medium``: ``dataset_size`` transitions of stochastic rollouts of the policy snapshot whose
-  deterministic evaluation return is closest to a third (``medium_fraction``) of the final one's;
+  deterministic evaluation return is closest to a third (``medium_fraction``) of the final one's
+  (``medium_by=rollouts``, Walker2d's default: whose stochastic episodes' mean return is closest to
+  a third of the final policy's);
 * ``medium-replay``: every transition the agent collected (its replay buffer, warm-up included) up
   to that snapshot's step, episode by episode; the episode still running then is cut, marked
   truncated;
@@ -54,7 +56,7 @@ from offline_rl.errors import ConfigError, DatasetError
 from offline_rl.generate.behaviour import (BehaviourConfig, BehaviourRun, data_settings_hash,
                                            make_tracker, train_behaviour)
 from offline_rl.dataset.levels import LEVELS
-from offline_rl.generate.rollouts import actor_policy, collect_episodes, select_snapshot
+from offline_rl.generate.rollouts import actor_policy, collect_episodes, evaluate_policy, select_snapshot
 from offline_rl.training.checkpoint import CheckpointDir
 from offline_rl.training.lifecycle import ended_on_failure
 
@@ -67,7 +69,12 @@ RUNTIME_SETTINGS = ("device", "num_threads", "progress", "compile", "precision",
                     "checkpoint_every", "tracking_uri", "track")
 NAMESPACE = "local"
 STAGING_PREFIX = ".staging-"
-ROLLOUT_SEED_OFFSET = {"medium": 40_000, "expert": 50_000}
+ROLLOUT_SEED_OFFSET = {"medium": 40_000, "expert": 50_000, "snapshot_rollouts": 60_000}
+#: settings added after datasets were made without them, with the value that reproduces those
+#: datasets: at that value a setting is left out of ``data_settings`` (and of the behaviour run's
+#: checkpoint identity), so the datasets and checkpoints made before it existed stay valid
+ADDED_LATER = {"medium_by": "deterministic"}
+MEDIUM_BY = ("deterministic", "rollouts")
 #: D4RL's reference returns (uniform-random policy, expert policy) that define its normalised
 #: score, from d4rl/infos.py (REF_MIN_SCORE / REF_MAX_SCORE of the v2 MuJoCo datasets)
 REFERENCE_RETURNS = {"Hopper-v5": (-20.272305, 3234.3),
@@ -78,7 +85,10 @@ REFERENCE_RETURNS = {"Hopper-v5": (-20.272305, 3234.3),
 #: 2 x 256 networks learned slowly (2,069 after 60k steps) and TD3 got furthest per second
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "Hopper-v5": {"algorithm": "crossq", "env_steps": 100_000},
-    "Walker2d-v5": {"algorithm": "crossq", "env_steps": 200_000, "snapshot_every": 5_000},
+    # medium by rollouts: the snapshot whose deterministic return was 1/3 of the expert's collected
+    # medium data at 80.0 (D4RL's 62): its stochastic episodes scored 3.2x its deterministic ones
+    "Walker2d-v5": {"algorithm": "crossq", "env_steps": 200_000, "snapshot_every": 5_000,
+                    "medium_by": "rollouts"},
     "HalfCheetah-v5": {"algorithm": "td3", "env_steps": 500_000, "random_steps": 10_000,
                        "snapshot_every": 10_000},
 }
@@ -96,6 +106,10 @@ class GeneratorConfig(BehaviourConfig):
 
     dataset_size: int = 1_000_000  # transitions in each rollout dataset (medium, expert): D4RL's
     medium_fraction: float = 1.0 / 3.0  # medium = snapshot closest to this x the final return
+    # which returns that "closest" compares: each snapshot's deterministic evaluation
+    # ("deterministic"), or the mean return of its stochastic episodes against the final policy's
+    # ("rollouts": as the datasets are collected; eval_episodes each, after training)
+    medium_by: str = "deterministic"
     num_threads: int | None = None  # torch CPU threads while generating (None / 0: torch's)
     progress: bool = True  # progress bars for training and rollouts
 
@@ -114,6 +128,9 @@ class GeneratorConfig(BehaviourConfig):
         if not 0.0 < float(self.medium_fraction) <= 1.0:
             raise ConfigError(f"generator setting medium_fraction must be in (0, 1], got "
                               f"{self.medium_fraction!r}")
+        if self.medium_by not in MEDIUM_BY:
+            raise ConfigError(f"generator setting medium_by must be one of {', '.join(MEDIUM_BY)}, "
+                              f"got {self.medium_by!r}")
 
     @classmethod
     def for_env(cls, env_id: str, **overrides: Any) -> "GeneratorConfig":
@@ -130,7 +147,8 @@ class GeneratorConfig(BehaviourConfig):
 
     def data_settings(self) -> dict[str, Any]:
         """The settings that decide the data: compared before reusing a dataset."""
-        settings = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_SETTINGS}
+        settings = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_SETTINGS
+                    and not (k in ADDED_LATER and v == ADDED_LATER[k])}
         settings["generator_version"] = GENERATOR_VERSION
         return settings
 
@@ -241,7 +259,11 @@ def _generate(config: GeneratorConfig, levels: list[str], ids: dict[str, str],
                           progress=config.progress)
     tracker = run.tracker
     pairs = [(s.step, s.eval_return) for s in run.snapshots]
-    medium = run.snapshots[select_snapshot(pairs, run.final_return, config.medium_fraction)]
+    by_rollouts = snapshot_rollout_returns(config, run) if config.medium_by == "rollouts" else None
+    if by_rollouts:
+        medium = run.snapshots[select_snapshot(by_rollouts[0], by_rollouts[1], config.medium_fraction)]
+    else:
+        medium = run.snapshots[select_snapshot(pairs, run.final_return, config.medium_fraction)]
     ref_min, ref_max = REFERENCE_RETURNS.get(config.env_id,
                                              (run.random_return, run.final_return))
     logger.info("%s: %d env steps in %.0f s; final policy %.1f, random policy %.1f; medium "
@@ -277,6 +299,10 @@ def _generate(config: GeneratorConfig, levels: list[str], ids: dict[str, str],
                     "ref_scores_source": "D4RL" if config.env_id in REFERENCE_RETURNS else "generated",
                     "episode_return_mean": float(returns.mean()),
                 }
+                if by_rollouts:
+                    metadata["snapshot_rollout_returns"] = json.dumps(
+                        [[int(s), float(r)] for s, r in by_rollouts[0]])
+                    metadata["final_policy_rollout_return"] = float(by_rollouts[1])
                 start = time.perf_counter()
                 with _minari_root(staging):
                     write_minari_dataset(ids[level], episodes, config.env_id, ref_min, ref_max,
@@ -331,6 +357,28 @@ def replay_episodes(replay: ReplayBuffer, num_steps: int, seed: int) -> list[dic
     return episodes
 
 
+def snapshot_rollout_returns(config: GeneratorConfig, run: BehaviourRun):
+    """((step, mean return of stochastic episodes) of every snapshot, the final policy's): what
+    ``medium_by=rollouts`` compares. ``eval_episodes`` episodes each, the same seeds for every
+    policy, the actor's sampling noise seeded too: the same run gives the same choice."""
+    seed = config.seed + ROLLOUT_SEED_OFFSET["snapshot_rollouts"]
+
+    def mean_return(actor) -> float:
+        torch.manual_seed(seed)
+        return float(np.mean(evaluate_policy(actor_policy(actor, config.device, deterministic=False),
+                                             config.env_id, config.eval_episodes, seed,
+                                             config.num_envs)))
+
+    start = time.perf_counter()
+    pairs = [(s.step, mean_return(run.actor_at(s))) for s in run.snapshots]
+    final = mean_return(run.final_actor)
+    logger.info("medium_by=rollouts: %d snapshots and the final policy, %d stochastic episodes each, "
+                "in %.0f s; final policy %.1f", len(pairs), config.eval_episodes,
+                time.perf_counter() - start, final)
+    run.tracker.log_metrics({"final/rollout_return": final}, config.env_steps)
+    return pairs, final
+
+
 def _level_data(level: str, config: GeneratorConfig, run: BehaviourRun, medium,
                 rollouts: dict[str, list[dict]]):
     """(episodes, snapshot step, snapshot return, description) of one level; the rollouts of
@@ -355,9 +403,13 @@ def _level_data(level: str, config: GeneratorConfig, run: BehaviourRun, medium,
             f"together ({2 * config.dataset_size} transitions). Generated by offline_rl.generate.")
     if level == "medium":
         actor, step, ret = run.actor_at(medium), medium.step, medium.eval_return
+        closest = ("" if config.medium_by == "rollouts" else
+                   f", closest to {frac:.3g} x the final policy's {run.final_return:.1f}")
         what = (f"the {config.algorithm} snapshot at env step {step} of {env_steps} (deterministic "
-                f"return {ret:.1f}, closest to {frac:.3g} x the final policy's "
-                f"{run.final_return:.1f})")
+                f"return {ret:.1f}{closest})")
+        if config.medium_by == "rollouts":
+            what += (f", whose stochastic episodes' mean return was the closest to {frac:.3g} x "
+                     f"the final policy's (see the metadata's snapshot_rollout_returns)")
     else:
         actor, step, ret = run.final_actor, env_steps, run.final_return
         what = (f"the final {config.algorithm} policy after {env_steps} env steps: the mean of its "
