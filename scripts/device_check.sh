@@ -24,7 +24,10 @@
 #   4. bench_cuda.md: `make bench` on CUDA (python -m benchmarks.bench --device cuda): TD3+BC and
 #      EDAC updates on Hopper shapes, CORL-style vs ours eager vs ours compiled, absolute updates/s,
 #      share of the measured float32 and bf16 matmul peaks.
-#   5. runs_per_gpu.md: how many independent TD3+BC runs the GPU sustains side by side (1, 4, 16
+#   4b. profile_loop.md: torch.profiler over TD3+BC's run loop and its bare compiled step: the
+#      loop's time per update split into sampling, the step and the Trainer's bookkeeping, and the
+#      top entries (kernels on the GPU) of each (issue 26: why the GPU loop keeps 73% of the step).
+#   5. runs_per_gpu.md: how many independent TD3+BC runs the GPU sustains side by side (1 and 8
 #      processes, each a full update loop; aggregate updates/s).
 #   6. summary.md: the lines that matter from each; device_check.log: everything printed.
 # Results go to $OUT (set by the device tool; default device_check_out/ in the checkout).
@@ -116,6 +119,15 @@ fi
 timeout -k 10 "$(limit 190 1800)" "$PYTHON" -m benchmarks.bench "${bench[@]}" --out "$OUT/bench_cuda.md"
 ran $? bench || status=1
 
+step "4b. where a loop iteration goes (torch.profiler, TD3+BC)"
+if [ "$CUDA" = 1 ]; then
+  profile=(--device cuda --updates 2000)
+else  # the CPU smoke: the machinery only
+  profile=(--device cpu --updates 50 --transitions 10000 --rows 5)
+fi
+timeout -k 10 "$(limit 60 1800)" "$PYTHON" -m benchmarks.profile_loop "${profile[@]}" --out "$OUT/profile_loop.md"
+ran $? profile || status=1
+
 step "5. independent runs side by side"
 if [ "$CUDA" = 1 ]; then
   runs=(--device cuda --runs-per-gpu 1 8 --runs-seconds 6)
@@ -136,8 +148,8 @@ step "6. summary ($OUT/summary.md)"
   echo "tests/test_cuda.py: $(grep -E '^=+ .*(passed|failed|error|skipped).* =+$' "$OUT/cuda_tests.log" | tail -1 | tr -d '=')"
   grep -E "^(FAILED|ERROR) " "$OUT/cuda_tests.log" || true
   echo
-  for f in bench_cuda.md runs_per_gpu.md; do
-    [ -f "$OUT/$f" ] && grep -E "^\||^[0-9]+x[0-9]+|^Measured|^Independent|^Failed" "$OUT/$f"
+  for f in bench_cuda.md profile_loop.md runs_per_gpu.md; do
+    [ -f "$OUT/$f" ] && grep -E "^\||^[0-9]+x[0-9]+|^Measured|^Independent|^Failed|^Loop" "$OUT/$f"
     echo
   done
 } > "$OUT/summary.md"

@@ -43,3 +43,20 @@ def test_the_benchmark_runs_and_both_updates_agree(tmp_path):
         cost, allowed = float(row[-2]), float(row[-1].rstrip("%"))
         rate = float(row[4])  # the compiled step's
         assert cost > 0 and allowed == pytest.approx(100 / (1 + cost * 1e-6 * rate), abs=0.06), row
+
+
+def test_the_loop_profile_accounts_for_every_part_of_an_iteration(tmp_path, capsys):
+    """benchmarks/profile_loop.py in process (eager, a small replay): the loop's time per update
+    is its sampling, its step and the Trainer's rest; the report and its tables are written."""
+    from benchmarks.profile_loop import main
+
+    out = tmp_path / "profile.md"
+    parts = main(["--compile", "eager", "--updates", "16", "--warmup", "2", "--transitions", "2000", "--rows", "5",
+                  "--threads", "1", "--out", str(out)])
+    assert parts["sample_us"] > 0 and parts["step_us"] > parts["sample_us"] and parts["bare_us"] > 0
+    assert parts["loop_us"] == pytest.approx(parts["sample_us"] + parts["step_us"] + parts["rest_us"])
+    shares = [float(row[2].rstrip("%")) for row in tables(out.read_text())[0][1:4]]
+    assert sum(shares) == pytest.approx(100, abs=0.2)  # sample, step and the rest: the whole loop
+    text = out.read_text()
+    assert "## Our loop: top entries" in text and "## The bare step: top entries" in text
+    assert text in capsys.readouterr().out
