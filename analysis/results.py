@@ -87,6 +87,23 @@ def _wall_time(runs: pd.DataFrame, history: pd.DataFrame) -> str:
             f"min per run by the clock")
 
 
+def mixed_data(runs: pd.DataFrame) -> list[str]:
+    """One warning per panel whose runs were trained on different data files (the runs'
+    ``dataset_digest`` tag; runs from before the tag have none): their seeds do not measure one
+    dataset. A generated dataset made again by other code can differ (docs/datasets.md)."""
+    if "dataset_digest" not in runs:
+        return []
+    found = []
+    for panel, rows in runs.groupby("panel", sort=False):
+        digests = sorted(rows["dataset_digest"].dropna().astype(str).unique())
+        unknown = int(rows["dataset_digest"].isna().sum())
+        if len(digests) > 1 or (digests and unknown):
+            found.append(f"{panel}: its runs were trained on different data (digests "
+                         f"{', '.join(digests)}" + (f"; {unknown} runs record none" if unknown else "")
+                         + "): their seeds do not all measure one dataset")
+    return found
+
+
 def results_page(rs: RunSet, out: str | Path = "docs", *, name: str = "results",
                  metric: str = SCORE, baseline: str | None = None, command: str | None = None,
                  data: str | None = None,
@@ -151,7 +168,7 @@ def results_page(rs: RunSet, out: str | Path = "docs", *, name: str = "results",
         column = "precision_used" if "precision_used" in runs else "precision"
         lines += [f"- Precision: {', '.join(sorted(map(str, runs[column].dropna().unique())))}"]
     lines += [f"- Wall time: {_wall_time(runs, history)}", ""]
-    warnings = list(dict.fromkeys(rs.warnings + agg.warnings))
+    warnings = list(dict.fromkeys(rs.warnings + agg.warnings + mixed_data(agg.grouping.runs)))
     if warnings:
         lines += ["## Warnings", "", *(f"- {w}" for w in warnings), ""]
     path = out / f"{name}.md"

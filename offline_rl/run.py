@@ -247,6 +247,9 @@ class Run:
             self.tracker.set_tags({"checkpoint_corrupt": " | ".join(self.corrupt)})
         self.dataset_record = describe_dataset(self.data)
         self.tracker.log_dataset(self.dataset_record)  # the MLflow dataset input
+        # also a tag: exported with the run (analysis results), so runs of one dataset name
+        # trained on different data files are told apart when their seeds are pooled
+        self.tracker.set_tags({"dataset_digest": self.dataset_record.digest})
 
     @property
     def store(self) -> str | None:

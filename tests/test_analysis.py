@@ -573,6 +573,28 @@ def test_results_page_states_whether_the_claim_holds(clean, tmp_path):
     assert "- Wall time:" in text
 
 
+def test_results_page_warns_when_one_dataset_s_runs_trained_on_different_data(clean, tmp_path):
+    import copy as copy_module
+
+    from analysis.results import results_page
+
+    rs = copy_module.copy(clean)
+    runs = clean.runs.copy()
+    hopper = runs["dataset_name"] == "hopper-medium-local"
+    runs["dataset_digest"] = "aaaa"
+    runs.loc[hopper & (runs["seed"].astype(str) == "2"), "dataset_digest"] = "bbbb"
+    rs.runs = runs
+    page = results_page(rs, tmp_path)
+    assert page.warnings == ["hopper-medium-local: its runs were trained on different data (digests "
+                             "aaaa, bbbb): their seeds do not all measure one dataset"]
+    assert "## Warnings" in page.path.read_text()
+    runs["dataset_digest"] = "aaaa"
+    runs.loc[hopper & (runs["seed"].astype(str) == "0"), "dataset_digest"] = None  # from before the tag
+    assert any("walker2d" not in w and "2 runs record none" in w for w in results_page(rs, tmp_path).warnings)
+    rs.runs = clean.runs.assign(dataset_digest="aaaa")
+    assert results_page(rs, tmp_path).warnings == []
+
+
 def test_compute_time_leaves_out_a_pause_and_the_convergence_rule():
     from analysis.efficiency import compute_seconds, converged
 

@@ -50,6 +50,7 @@ def test_short_run_is_tracked_in_mlflow(algo, tmp_path, minari_root):
     data_file = minari_root / "tests/hopper/random-v0/data/main_data.hdf5"
     assert dataset.name == "tests/hopper/random-v0"
     assert dataset.digest == hashlib.sha256(data_file.read_bytes()).hexdigest()[:10]
+    assert run["tags.dataset_digest"] == dataset.digest  # a column of the exported results too
     assert json.loads(dataset.source)["uri"] == str(data_file)
     profile = json.loads(dataset.profile)
     from offline_rl.dataset.minari_source import read_minari_dataset
