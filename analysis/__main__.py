@@ -202,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, help="e.g. pretrain=none (the default when present)")
     p.add_argument("--export", default=None, metavar="FILE",
                    help="write the runs' evaluations to FILE (.csv.gz) and build the page from it")
-    p.add_argument("--from-csv", default=None, metavar="FILE",
-                   help="build the page from FILE (written by --export), without the store")
+    p.add_argument("--from-csv", default=None, metavar="FILE", nargs="+",
+                   help="build the page from FILE (written by --export), or from several such files "
+                        "together (a sweep continued under a new parent run), without the store")
     p.add_argument("--command", dest="reproduce", default=None,  # not `command`: the subcommand's
                    help="the command that reproduces the runs, quoted on the page")
     p = sub.add_parser("aggregate", help="IQM / median / mean / optimality gap with bootstrap CIs",
@@ -438,8 +439,8 @@ def _run(args) -> int:
         if data is None:
             rs = _load(args)
             if args.export:
-                data = str(export_csv(rs, args.export, [args.metric], extra={"machine": machine()}))
-                print(f"wrote {data}")
+                data = [str(export_csv(rs, args.export, [args.metric], extra={"machine": machine()}))]
+                print(f"wrote {data[0]}")
         rs = from_csv(data) if data else rs
         page = results_page(rs, args.out, name=args.name, metric=args.metric,
                             baseline=args.baseline, command=args.reproduce, data=data)

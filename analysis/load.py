@@ -430,12 +430,21 @@ def export_csv(rs: RunSet, path: str | Path, metrics: Sequence[str] = (SCORE,),
     return path
 
 
-def from_csv(path: str | Path) -> RunSet:
-    """A RunSet read from ``export_csv``'s file (no store; ``add_metrics`` fetches nothing)."""
-    path = Path(path)
-    if not path.exists():
-        raise AnalysisError(f"no results file {path}")
-    frame = pd.read_csv(path, low_memory=False)
+def from_csv(path: str | Path | Sequence[str | Path]) -> RunSet:
+    """A RunSet read from ``export_csv``'s file, or several (one sweep continued under another
+    parent run, say: their runs together); no store, ``add_metrics`` fetches nothing."""
+    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    for path in paths:
+        if not path.exists():
+            raise AnalysisError(f"no results file {path}")
+    frames = [pd.read_csv(path, low_memory=False) for path in paths]
+    frame = frames[0]
+    if len(frames) > 1:  # in export_csv's order, as if one file held them all
+        frame = pd.concat(frames, ignore_index=True).sort_values(
+            ["run_name", "metric", "step"], kind="stable").reset_index(drop=True)
+    if len(frames) > 1 and frame["run_id"].nunique() < sum(f["run_id"].nunique() for f in frames):
+        raise AnalysisError(f"a run is in more than one of {', '.join(map(str, paths))}: give each "
+                            f"run's evaluations once")
     run_columns = [c for c in frame.columns if c not in CSV_METRIC_COLUMNS]
     runs = frame[run_columns].drop_duplicates("run_id").reset_index(drop=True)
     params = [c for c in runs.columns if "." in c and c not in ("sweep.axes",)]

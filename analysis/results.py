@@ -18,6 +18,7 @@ import platform
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -87,6 +88,11 @@ def _wall_time(runs: pd.DataFrame, history: pd.DataFrame) -> str:
             f"min per run by the clock")
 
 
+def _link(data: str | Path, out: Path) -> str:
+    path = Path(data)
+    return f"[{path.name}]({path.relative_to(out) if path.is_relative_to(out) else path})"
+
+
 def mixed_data(runs: pd.DataFrame) -> list[str]:
     """One warning per panel whose runs were trained on different data files (the runs'
     ``dataset_digest`` tag; runs from before the tag have none): their seeds do not measure one
@@ -106,13 +112,14 @@ def mixed_data(runs: pd.DataFrame) -> list[str]:
 
 def results_page(rs: RunSet, out: str | Path = "docs", *, name: str = "results",
                  metric: str = SCORE, baseline: str | None = None, command: str | None = None,
-                 data: str | None = None,
+                 data: str | Sequence[str] | None = None,
                  title: str = "Does pre-training make offline RL more efficient here?") -> ResultsPage:
     """The page (``<out>/<name>.md`` and ``<name>.png``). Deterministic for the same runs (no
     date of generation: the date the runs ended), so that it can be regenerated from the
     committed data and compared (tests/test_analysis.py)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    data = [data] if isinstance(data, (str, Path)) else list(data or [])
     agg = aggregate(rs, metric, ci="t", level=0.95)
     figure = plot_learning_curves(rs, metric, agg=agg, band="ci", out=out / f"{name}.png")
     runs = rs.runs
@@ -134,8 +141,8 @@ def results_page(rs: RunSet, out: str | Path = "docs", *, name: str = "results",
              + (f" of the sweep '{runs['sweep'].iloc[0]}'" if "sweep" in runs and runs['sweep'].notna().any() else "")
              + (f" (MLflow parent run {rs.parent_run_id})" if rs.parent_run_id else "")
              + f"{ended}."
-             + (f" Their evaluations: [{Path(data).name}]({Path(data).relative_to(out) if Path(data).is_relative_to(out) else data}); "
-                f"`python -m analysis results --from-csv {data} --out {out}"
+             + (f" Their evaluations: {', '.join(_link(f, out) for f in data)}; "
+                f"`python -m analysis results --from-csv {' '.join(map(str, data))} --out {out}"
                 + (f" --name {name}" if name != "results" else "")
                 + (f" --command {shlex.quote(command)}" if command else "") + "` writes this page again "
                 f"from them, without the MLflow store." if data else ""), ""]

@@ -623,6 +623,16 @@ def test_results_page_from_the_exported_file_needs_no_store(clean, tmp_path):
     assert main(["results", "--from-csv", str(data), "--out", str(tmp_path / "a")]) == 0
     assert (tmp_path / "a" / "results.md").read_text() == first
     frame = pd.read_csv(data)
+    # the same runs in two files (a sweep continued under another parent): the same page
+    seeds_0_1 = frame["seed"].astype(str).isin(["0", "1"])
+    part1, part2 = tmp_path / "part1.csv.gz", tmp_path / "part2.csv.gz"
+    frame[seeds_0_1].to_csv(part1, index=False, compression="gzip")
+    frame[~seeds_0_1].to_csv(part2, index=False, compression="gzip")
+    assert main(["results", "--from-csv", str(part1), str(part2), "--out", str(tmp_path / "b")]) == 0
+    both = (tmp_path / "b" / "results.md").read_text()
+    assert f"--from-csv {part1} {part2} --out" in both and "[part1.csv.gz]" in both
+    assert both.split("\n", 3)[3] == first.split("\n", 3)[3]  # all but the sources
+    assert main(["results", "--from-csv", str(part1), str(data), "--out", str(tmp_path / "b")]) == 2
     assert set(frame["metric"]) == {"eval/normalized_score_mean"} and frame["run_id"].nunique() == 12
     assert "machine" in frame and "pretrain.lambda" not in frame  # constant params left out
     # and the curves of those evaluations, still without the store
