@@ -421,8 +421,9 @@ def test_medium_by_is_checked_and_datasets_made_before_it_existed_stay_valid(dat
         stored["generator_config"] = json.dumps(config)
         path.write_text(json.dumps(stored))
         generation.check_generator_settings(IDS["medium"], GeneratorConfig.for_env("Hopper-v5", **TINY))
-        with pytest.raises(DatasetError, match="medium_by = \\(not recorded\\) in the dataset, 'rollouts'"):
+        with pytest.raises(DatasetError, match="medium_by = \\(not recorded\\) in the dataset, 'rollouts'") as error:
             generation.check_generator_settings(IDS["medium"], rollouts)
+        assert "+dataset.generator.medium_by=deterministic" in str(error.value)  # how to keep it
     finally:
         path.write_text(saved)
 

@@ -532,7 +532,9 @@ def check_generator_settings(dataset_id: str, config: GeneratorConfig) -> None:
         return
     listing = "; ".join(f"{k} = {'(not recorded)' if s is missing else repr(s)} in the dataset, "
                         f"{v!r} requested" for k, s, v in diffs)
-    matching = " ".join(f"+dataset.generator.{k}={s}" for k, s, _ in diffs
+    # a setting the dataset predates was, in effect, at the value that reproduces it
+    made_with = {k: (ADDED_LATER[k] if s is missing and k in ADDED_LATER else s) for k, s, _ in diffs}
+    matching = " ".join(f"+dataset.generator.{k}={s}" for k, s in made_with.items()
                         if s is not missing and k != "generator_version")
     raise DatasetError(
         f"local dataset '{dataset_id}' at {path} was generated with different settings than "
