@@ -426,6 +426,19 @@ def test_medium_by_is_checked_and_datasets_made_before_it_existed_stay_valid(dat
         assert "+dataset.generator.medium_by=deterministic" in str(error.value)  # how to keep it
     finally:
         path.write_text(saved)
+    # and the other way round: a dataset made by rollouts is not reused for the old rule
+    # (data_settings leaves medium_by out at its old value; the check must not)
+    stored = json.loads(saved)
+    config = json.loads(stored["generator_config"])
+    config["medium_by"] = "rollouts"
+    stored["generator_config"] = json.dumps(config)
+    try:
+        path.write_text(json.dumps(stored))
+        generation.check_generator_settings(IDS["medium"], rollouts)
+        with pytest.raises(DatasetError, match="medium_by = 'rollouts' in the dataset, 'deterministic'"):
+            generation.check_generator_settings(IDS["medium"], GeneratorConfig.for_env("Hopper-v5", **TINY))
+    finally:
+        path.write_text(saved)
 
 
 def test_a_generation_by_rollouts_records_what_it_compared_and_picks_from_it(tmp_path, monkeypatch):

@@ -524,17 +524,22 @@ def check_generator_settings(dataset_id: str, config: GeneratorConfig) -> None:
     if stored is None:
         raise DatasetError(f"dataset '{dataset_id}' at {path} records no generator settings (it was "
                            f"not made by offline_rl.generate); delete {path} to generate it here")
-    requested = config.data_settings()
+    # settings added later count on both sides (data_settings leaves them out at their old value):
+    # a dataset that predates one was made at that old value
+    requested = {**config.data_settings(), **{k: getattr(config, k) for k in ADDED_LATER}}
     missing = object()
-    diffs = [(k, stored.get(k, missing), v) for k, v in requested.items()
-             if stored.get(k, missing) != v]
+
+    def made_with(key: str) -> Any:
+        return stored.get(key, ADDED_LATER.get(key, missing))
+
+    diffs = [(k, made_with(k), v) for k, v in requested.items() if made_with(k) != v]
     if not diffs:
         return
-    listing = "; ".join(f"{k} = {'(not recorded)' if s is missing else repr(s)} in the dataset, "
-                        f"{v!r} requested" for k, s, v in diffs)
-    # a setting the dataset predates was, in effect, at the value that reproduces it
-    made_with = {k: (ADDED_LATER[k] if s is missing and k in ADDED_LATER else s) for k, s, _ in diffs}
-    matching = " ".join(f"+dataset.generator.{k}={s}" for k, s in made_with.items()
+    listing = "; ".join(
+        f"{k} = {'(not recorded)' if k not in stored else repr(s)} in the dataset, {v!r} requested"
+        + (f" (the dataset predates the setting: {s!r})" if k not in stored and s is not missing else "")
+        for k, s, v in diffs)
+    matching = " ".join(f"+dataset.generator.{k}={s}" for k, s, _ in diffs
                         if s is not missing and k != "generator_version")
     raise DatasetError(
         f"local dataset '{dataset_id}' at {path} was generated with different settings than "
