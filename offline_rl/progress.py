@@ -8,12 +8,18 @@ in the launching terminal while its jobs run.
 
 from __future__ import annotations
 
+import statistics
+import time
 from dataclasses import dataclass
 
 from offline_rl.metric_names import SCORE
 
 #: metric whose history gives a job's step and rate (every phase logs losses at log points)
 RATE_WINDOW = 10  # log points the current rate is measured over
+#: a RUNNING job that logged nothing for this long, and for SILENT_INTERVALS of its own intervals
+#: between log points, is reported silent: a killed process leaves its run RUNNING in the store
+SILENT_AFTER_S = 600
+SILENT_INTERVALS = 10
 
 
 @dataclass
@@ -25,6 +31,11 @@ class JobProgress:
     rate: float | None  # updates/s over its last log points (running jobs)
     score: float | None  # its last evaluation
     error: str | None = None
+    silent_s: float | None = None  # RUNNING but nothing logged for this long: its process is gone?
+
+    @property
+    def live(self) -> bool:
+        return self.status == "RUNNING" and self.silent_s is None
 
 
 @dataclass
@@ -52,8 +63,12 @@ class SweepProgress:
         return int(sum(planned) + self.waiting * mean)
 
     @property
+    def silent(self) -> list[JobProgress]:
+        return [c for c in self.children if c.status == "RUNNING" and c.silent_s is not None]
+
+    @property
     def rate(self) -> float:
-        return sum(c.rate or 0.0 for c in self.children if c.status == "RUNNING")
+        return sum(c.rate or 0.0 for c in self.children if c.live)
 
     def eta_seconds(self) -> float | None:
         left = self.total_updates() - sum(c.total if c.status == "FINISHED" else c.step
@@ -68,10 +83,15 @@ class SweepProgress:
         total = self.total_updates()
         eta = self.eta_seconds()
         best = self.best()
-        parts = [f"{self.count('FINISHED')}/{self.jobs} finished, {self.count('RUNNING')} running, "
-                 f"{self.waiting} waiting, {self.count('FAILED', 'KILLED')} failed",
-                 f"{self.done_updates / 1e6:.2f}M of {total / 1e6:.2f}M updates "
-                 f"({100 * self.done_updates / max(total, 1):.0f}%)"]
+        silent = self.silent
+        parts = [f"{self.count('FINISHED')}/{self.jobs} finished, {self.count('RUNNING') - len(silent)} running, "
+                 f"{self.waiting} waiting, {self.count('FAILED', 'KILLED')} failed"]
+        if silent:
+            parts.append(f"{len(silent)} silent (RUNNING in the store, nothing logged for "
+                         f"{format_seconds(min(c.silent_s for c in silent))} or more: their processes are "
+                         "gone? the sweep's command started again continues them)")
+        parts.append(f"{self.done_updates / 1e6:.2f}M of {total / 1e6:.2f}M updates "
+                     f"({100 * self.done_updates / max(total, 1):.0f}%)")
         if self.rate:
             parts.append(f"{self.rate:.0f} updates/s")
         if eta is not None:
@@ -84,8 +104,9 @@ class SweepProgress:
         rows = ["| job | status | updates | of | rate (upd/s) | last score | note |",
                 "|---|---|---|---|---|---|---|"]
         for c in sorted(self.children, key=lambda c: c.name):
-            rows.append(f"| {c.name} | {c.status} | {c.step:,} | {c.total:,} | "
-                        f"{'' if c.rate is None else f'{c.rate:.0f}'} | "
+            status = c.status if c.silent_s is None else f"{c.status}, silent {format_seconds(c.silent_s)}"
+            rows.append(f"| {c.name} | {status} | {c.step:,} | {c.total:,} | "
+                        f"{'' if c.rate is None or not c.live else f'{c.rate:.0f}'} | "
                         f"{'' if c.score is None else f'{c.score:.1f}'} | {(c.error or '')[:120]} |")
         return rows
 
@@ -110,13 +131,24 @@ def _planned(params: dict[str, str], metrics: dict[str, float]) -> int:
     return updates + pretrain
 
 
-def job_progress(client, run) -> JobProgress:
+def silent_seconds(history, now: float) -> float | None:
+    """How long a RUNNING job has logged nothing, if longer than SILENT_AFTER_S and than
+    SILENT_INTERVALS of its recent intervals between log points; None while it is alive."""
+    if not history:
+        return None
+    quiet = now - history[-1].timestamp / 1e3
+    stamps = [m.timestamp / 1e3 for m in history[-RATE_WINDOW:]]
+    interval = statistics.median(b - a for a, b in zip(stamps, stamps[1:])) if len(stamps) > 1 else 0.0
+    return quiet if quiet > max(SILENT_AFTER_S, SILENT_INTERVALS * interval) else None
+
+
+def job_progress(client, run, now: float | None = None) -> JobProgress:
     """One child run's progress, from its params, latest metrics and one loss history."""
     metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
     name = tags.get("mlflow.runName", run.info.run_id)
     phase = tags.get("phase", "")  # the phase it is in (or ended in): its losses are the newest
     keys = sorted(k for k in metrics if k.endswith("loss") and k.startswith(f"{phase}/"))
-    step, rate = 0, None
+    step, rate, silent = 0, None, None
     if keys:
         history = sorted(client.get_metric_history(run.info.run_id, keys[0]), key=lambda m: m.step)
         if history:
@@ -124,14 +156,16 @@ def job_progress(client, run) -> JobProgress:
             recent = history[-RATE_WINDOW:]
             if run.info.status == "RUNNING" and len(recent) >= 2 and recent[-1].timestamp > recent[0].timestamp:
                 rate = (recent[-1].step - recent[0].step) / ((recent[-1].timestamp - recent[0].timestamp) / 1e3)
+            if run.info.status == "RUNNING":
+                silent = silent_seconds(history, time.time() if now is None else now)
     total = _planned({**params, **({"updates": tags["updates"]} if "updates" in tags else {})}, metrics)
     if run.info.status == "FINISHED":
         step = total = max(step, total)
     return JobProgress(name, run.info.status, int(step), int(total), rate, metrics.get(SCORE),
-                       tags.get("error") or tags.get("killed"))
+                       tags.get("error") or tags.get("killed"), silent)
 
 
-def sweep_progress(client, experiment_id: str, parent_run_id: str) -> SweepProgress:
+def sweep_progress(client, experiment_id: str, parent_run_id: str, now: float | None = None) -> SweepProgress:
     """The sweep of ``parent_run_id``: its children's progress (the latest attempt of each job)."""
     parent = client.get_run(parent_run_id)
     runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
@@ -143,7 +177,7 @@ def sweep_progress(client, experiment_id: str, parent_run_id: str) -> SweepProgr
             latest[key] = run
     jobs = int(float(parent.data.params.get("sweep.jobs", len(latest))))
     return SweepProgress(parent.data.tags.get("mlflow.runName", parent_run_id), parent_run_id, jobs,
-                         [job_progress(client, run) for run in latest.values()])
+                         [job_progress(client, run, now) for run in latest.values()])
 
 
 def find_parent(client, experiment_id: str, sweep: str) -> str | None:

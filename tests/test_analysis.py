@@ -802,3 +802,46 @@ def test_no_verdict_from_fewer_than_three_runs_per_variant(clean, tmp_path, caps
            "interval needs: the paper's \"< 1/2\" **cannot be told** yet" in printed
     rows = [l for l in (tmp_path / "results.md").read_text().splitlines() if l.startswith("| pretrain=ac | 1 |")]
     assert rows and all("[—, —]" in row for row in rows)
+
+
+def test_progress_tells_a_silent_job_from_a_running_one(store, capsys):
+    """A killed sweep leaves its runs RUNNING in the store: `analysis progress` reports a RUNNING
+    job that logged nothing for 2 h as silent (no rate, not in the ETA), and one logging every
+    200 s, last 1,000 s ago, still as running (silence is measured against its own pace)."""
+    import time
+
+    from mlflow.entities import Metric, Param
+
+    from analysis.__main__ import main
+
+    client, now = store["client"], time.time()
+    exp = client.create_experiment("progress")
+    parent = client.create_run(exp, run_name="prog", tags={"sweep": "prog", "sweep.role": "parent"})
+    client.log_batch(parent.info.run_id, params=[Param("sweep.jobs", "4")])
+
+    def child(name, *, last_s_ago, every_s, status="RUNNING"):
+        run = client.create_run(exp, run_name=name, tags={
+            "mlflow.parentRunId": parent.info.run_id, "phase": "offline_rl", "run_identity": name})
+        rid = run.info.run_id
+        client.log_batch(rid, params=[Param("updates", "500000")], metrics=[
+            Metric("offline_rl/critic_loss", 1.0, int(1000 * (now - last_s_ago - (10 - i) * every_s)), 1000 * i)
+            for i in range(1, 11)])
+        if status != "RUNNING":
+            client.set_terminated(rid, status=status)
+
+    child("alive", last_s_ago=5, every_s=10)  # 9,000 updates in 90 s: 100 updates/s
+    child("dead", last_s_ago=2 * 3600, every_s=10)
+    child("slow", last_s_ago=1000, every_s=200)  # 9,000 updates in 1,800 s: 5 updates/s
+    child("done", last_s_ago=3 * 3600, every_s=10, status="FINISHED")
+    assert main(["progress", "--tracking-uri", store["uri"], "--experiment", "progress",
+                 "--sweep", "prog", "--jobs"]) == 0
+    out = capsys.readouterr().out
+    line, rows = out.splitlines()[0], {r.split(" | ")[0].strip("| "): r for r in out.splitlines()[3:]}
+    assert "1/4 finished, 2 running, 0 waiting, 0 failed; 1 silent (RUNNING in the store, nothing " \
+           "logged for 2.0 h or more" in line and "started again continues them" in line
+    assert "; 105 updates/s;" in line  # alive + slow, not the silent one
+    left = 3 * 500_000 - 3 * 10_000  # updates left of the three unfinished jobs
+    assert f"ETA {left / 105 / 3600:.1f} h" in line
+    assert rows["dead"].startswith("| dead | RUNNING, silent 2.0 h | 10,000 | 500,000 |  |")
+    assert rows["alive"].startswith("| alive | RUNNING | 10,000 | 500,000 | 100 |")
+    assert rows["slow"].startswith("| slow | RUNNING | 10,000 | 500,000 | 5 |")
