@@ -388,8 +388,10 @@ def group_choices(cfg: DictConfig, groups: Sequence[str] = GROUPS) -> dict[str, 
 
         choices = HydraConfig.get().runtime.choices
         return {g: str(choices.get(g)) for g in groups}
-    except ValueError:  # composed outside @hydra.main (tests, notebooks)
-        return {g: str(cfg.get("choices", {}).get(g, "?")) for g in groups}
+    except ValueError:  # composed outside @hydra.main (tests, notebooks): hydra.compose(...,
+        # return_hydra_config=True) keeps the choices in the config; without them a group is "?"
+        choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None) or cfg.get("choices", {})
+        return {g: str(choices.get(g, "?")) for g in groups}
 
 
 def run_name(choices: dict[str, str], seed: int, dataset_id: str) -> str:
@@ -402,6 +404,10 @@ def run_name(choices: dict[str, str], seed: int, dataset_id: str) -> str:
 
 
 def flatten(cfg: DictConfig) -> dict[str, Any]:
+    """The run's config as flat ``a.b.c`` keys (its params, its identity). Hydra's own settings,
+    in a config composed with ``return_hydra_config=True``, are not the run's: left out."""
+    if "hydra" in cfg:
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     container = OmegaConf.to_container(cfg, resolve=True)
     flat: dict[str, Any] = {}
 

@@ -337,3 +337,21 @@ def test_hard_pretraining_completes_timeouts_as_the_reference_code(tmp_path):
     last = 4.0 / (1 - 0.5)  # 8: the last reward repeated forever
     expected = [1 + 0.5 * 2 + 0.25 * last, 2 + 0.5 * last, last]  # 4.0, 6.0, 8.0
     assert replay.storage["returns_to_go"][:3].tolist() == pytest.approx(expected)
+
+
+def test_a_run_composed_outside_hydra_main_is_named_from_its_group_choices():
+    """hydra.compose(..., return_hydra_config=True) in a notebook or a test: the run gets the name
+    launch.py would give it (so launch.py's same command finds its checkpoints), not ?-?-?-s0."""
+    from offline_rl.run import flatten, group_choices, run_identity, run_name
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["algo=edac", "pretrain=soft", "seed=3"],
+                      return_hydra_config=True)
+        bare = compose(config_name="config", overrides=["algo=edac"])
+    assert run_name(group_choices(cfg), cfg.seed, "") == "edac-soft-hopper-medium-local-s3"
+    assert run_name(group_choices(bare), bare.seed, "") == "?-?-?-s0"  # no choices to read
+    # Hydra's own settings are not the run's: neither params nor identity (launch.py's is the same)
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        plain = compose(config_name="config", overrides=["algo=edac", "pretrain=soft", "seed=3"])
+    assert flatten(cfg) == flatten(plain) and not any(k.startswith("hydra.") for k in flatten(cfg))
+    assert run_identity(cfg) == run_identity(plain)
