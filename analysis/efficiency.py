@@ -3,29 +3,33 @@
 Definitions (stated on the page too):
 
 - **curve**: the seed mean of ``eval/normalized_score_mean`` against gradient updates, pre-training
-  included (``analysis.aggregate``'s common step grid);
-- **asymptote** of a curve: its mean over the last 10% of its evaluations (at least 2);
-- **converged**: the curve's asymptote is not above the mean of the 10% of evaluations before
-  them by more than max(2 points, 5% of the asymptote); otherwise it is *still rising* and its
-  end is not called an asymptote;
+  included (``analysis.aggregate``'s common step grid), at the steps where every run of the
+  variant has a value (a run that stopped early ends its variant's curve);
+- **asymptote** of a curve: its mean over the last 10% of its evaluations (rounded up, at least 2);
+- **converged**: the curve's asymptote is not above the mean of as many evaluations before them
+  by more than max(2 points, 5% of the asymptote); otherwise it is *still rising* and its end is
+  not called an asymptote; a curve with fewer than twice that many evaluations is too short to
+  tell;
 - **updates to 90%**: the first evaluation step at which a curve reaches 90% of the *baseline's*
   (no pre-training) asymptote; the **ratio** is a variant's updates over the baseline's own, with
   a 95% percentile bootstrap interval over seeds (the runs of each variant resampled with
   replacement, 2,000 times, the baseline's asymptote recomputed each time; a resample whose curve
   never reaches the threshold counts as an infinite ratio). The paper's "< 1/2" **holds** when the
   interval lies below 0.5, **does not hold** when it lies above, and **cannot be told** when it
-  contains 0.5, or when a variant or the baseline has fewer than 3 runs (no interval is given);
+  contains 0.5, or when a variant or the baseline has fewer than 3 runs (no interval is given).
+  A baseline asymptote that is not positive (in the data or in a resample) makes 90% of it no
+  bar: no ratio, no interval, cannot be told;
 - **compute time** to a step: the run's evaluation timestamps from its start, every interval
   between two evaluations capped at 3x the run's median interval, so that a run paused by
   SIGSTOP (while tests ran beside it) or stopped and resumed does not count its pause; the same
-  ratio and interval as for updates;
+  ratio, interval and verdict as for updates (the paper claims both);
 - **stability**: each run's standard deviation of its evaluations over its last 100k updates,
   averaged over seeds (the paper: pre-training makes the final performance more stable).
 """
 
 from __future__ import annotations
 
-import warnings
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,17 +50,21 @@ PAUSE_CAP = 3.0  # an interval between evaluations longer than this x the median
 
 
 def tail_mean(values: np.ndarray, share: float = TAIL) -> tuple[float, float]:
-    """(mean of the last ``share`` of ``values``, mean of the same number before them)."""
+    """(mean of the last ``share`` of ``values`` (rounded up, at least 2), mean of as many before
+    them -- NaN when there are not that many)."""
     values = np.asarray(values, dtype=float)
-    k = max(2, int(round(share * len(values))))
+    k = max(2, math.ceil(share * len(values) - 1e-9))
     last, before = values[-k:], values[-2 * k:-k]
-    return float(np.mean(last)), float(np.mean(before)) if len(before) else float("nan")
+    return float(np.mean(last)), float(np.mean(before)) if len(before) == k else float("nan")
 
 
-def converged(values: np.ndarray) -> tuple[bool, float, float]:
-    """(converged?, asymptote, rise over the last two tail windows)."""
+def converged(values: np.ndarray) -> tuple[bool | None, float, float]:
+    """(converged? -- None when the curve is too short to tell, asymptote, rise over the last two
+    tail windows)."""
     end, before = tail_mean(values)
     rise = end - before
+    if np.isnan(rise):
+        return None, end, rise
     return (not rise > max(RISE_POINTS, RISE_SHARE * abs(end))), end, rise
 
 
@@ -78,7 +86,7 @@ def compute_seconds(history: pd.DataFrame, start_ms: float) -> pd.Series:
 class VariantResult:
     variant: str
     seeds: int
-    converged: bool
+    converged: bool | None
     asymptote: float
     rise: float
     updates_to_90: float
@@ -102,35 +110,46 @@ class DatasetResult:
     def verdict(self) -> str:
         base = next(v for v in self.variants if v.variant == self.baseline)
         parts = []
-        if not base.converged:
+        if base.converged is None:
+            parts.append("the baseline has too few evaluations to tell whether it converged")
+        elif not base.converged:
             parts.append(f"the baseline is still rising at the end (+{base.rise:.1f} over its last "
                          f"{2 * TAIL:.0%} of evaluations): its end is not an asymptote, so 90% of it "
                          f"is a lower bar than the paper's")
+        if not base.asymptote > 0:
+            parts.append(f"the baseline's asymptote ({base.asymptote:.1f}) is not positive: 90% of it "
+                         f"is no bar, the paper's \"< 1/2\" **cannot be told**")
+            return f"**{self.panel}**: " + "; ".join(parts) + "."
         for v in self.variants:
             if v.variant == self.baseline:
                 continue
-            low, high = v.update_ci
             if min(v.seeds, base.seeds) < MIN_SEEDS:
                 parts.append(f"{v.variant}: {v.seeds} run(s) against the baseline's {base.seeds}, "
                              f"fewer than the {MIN_SEEDS} per variant an interval needs: the "
                              f"paper's \"< 1/2\" **cannot be told** yet (updates ratio of the "
                              f"seed means {_num(v.update_ratio)})")
                 continue
-            if high < CLAIM:
-                said = "holds"
-            elif low > CLAIM:
-                said = "does not hold"
-            else:
-                said = "cannot be told"
-            interval = f"[{_num(low)}, {_num(high)}]"
+            interval = f"[{_num(v.update_ci[0])}, {_num(v.update_ci[1])}]"
             if np.isfinite(v.update_ratio):
                 reach = (f"reaches 90% of the baseline's asymptote ({self.threshold:.1f}) at an "
                          f"updates ratio of {v.update_ratio:.2f} {interval}")
             else:
                 reach = (f"never reaches 90% of the baseline's asymptote ({self.threshold:.1f}) on "
-                         f"its seed-mean curve (updates ratio ∞, 95% CI {interval})")
-            parts.append(f"{v.variant} {reach}: the paper's \"< 1/2\" **{said}**")
+                         f"its seed-mean curve (updates ratio {_num(v.update_ratio)}, 95% CI {interval})")
+            if any(np.isnan(v.update_ci)):
+                reach += " (no interval: the baseline's asymptote is not positive in some resamples)"
+            parts.append(f"{v.variant} {reach}: the paper's \"< 1/2\" of the updates **{said(v.update_ci)}**; "
+                         f"of the compute time (ratio {_num(v.time_ratio)} [{_num(v.time_ci[0])}, "
+                         f"{_num(v.time_ci[1])}]) **{said(v.time_ci)}**")
         return f"**{self.panel}**: " + "; ".join(parts) + "."
+
+
+def said(interval: tuple[float, float]) -> str:
+    """The paper's "< 1/2" for a ratio's 95% interval."""
+    low, high = interval
+    if np.isnan(low) or np.isnan(high):
+        return "cannot be told"
+    return "holds" if high < CLAIM else ("does not hold" if low > CLAIM else "cannot be told")
 
 
 def _num(x: float) -> str:
@@ -143,29 +162,42 @@ def _matrix(aligned: pd.DataFrame, variant: str, grid: np.ndarray) -> np.ndarray
     return rows.reindex(columns=grid).to_numpy(dtype=float)
 
 
+def _curve(matrix: np.ndarray) -> np.ndarray:
+    """The seed-mean curve of a variant's runs (rows) on the grid: NaN at a step where any run has
+    no value (before it started evaluating, after it stopped)."""
+    return matrix.mean(axis=0)
+
+
 def _steps_to(matrix: np.ndarray, grid: np.ndarray, threshold: float) -> float:
-    with warnings.catch_warnings():  # a step no run reached: NaN, no warning
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(matrix, axis=0)
-    return first_reach(grid, np.nan_to_num(mean, nan=-np.inf), threshold)
+    """The first grid step at which the runs' seed-mean curve reaches ``threshold`` (inf: never)."""
+    return first_reach(grid, np.nan_to_num(_curve(matrix), nan=-np.inf), threshold)
+
+
+def _threshold(base_matrix: np.ndarray) -> float:
+    """90% of the baseline curve's asymptote; NaN when that is not positive (no bar)."""
+    curve = _curve(base_matrix)
+    asymptote = tail_mean(curve[~np.isnan(curve)])[0]
+    return FRACTION * asymptote if asymptote > 0 else float("nan")
+
+
+def _ratio(variant: float, baseline: float) -> float:
+    """A variant's updates (or seconds) over the baseline's; NaN without a baseline to divide by."""
+    return variant / baseline if np.isfinite(baseline) and baseline > 0 else float("nan")
 
 
 def dataset_result(agg: Aggregated, rs_history: pd.DataFrame, runs: pd.DataFrame, panel: str,
                    baseline: str, seed: int = 0) -> DatasetResult:
     """Everything the page says about one dataset (``panel``) of an aggregate."""
-    curves = agg.curves[agg.curves["panel"] == panel]
     aligned = agg.aligned[agg.aligned["panel"] == panel]
     panel_runs = agg.grouping.runs[agg.grouping.runs["panel"] == panel]
     grid = np.sort(aligned["step"].unique())
-    base_curve = curves[curves["variant"] == baseline].sort_values("step")
-    ok, asymptote, rise = converged(base_curve["mean"].to_numpy())
-    threshold = FRACTION * asymptote
     seconds = {}  # run -> compute seconds by step
     for run_id, h in rs_history[rs_history["run_id"].isin(panel_runs["run_id"])].groupby("run_id"):
         start = float(runs.loc[runs["run_id"] == run_id, "start_time"].iloc[0])
         seconds[run_id] = compute_seconds(h, start)
-    result = DatasetResult(panel, baseline, threshold)
     matrices = {v: _matrix(aligned, v, grid) for v in panel_runs["variant"].unique()}
+    threshold = _threshold(matrices[baseline])
+    result = DatasetResult(panel, baseline, threshold)
     ids = {v: list(aligned[aligned["variant"] == v].pivot_table(index="run_id", columns="step",
                                                              values="value").index)
            for v in matrices}
@@ -181,8 +213,8 @@ def dataset_result(agg: Aggregated, rs_history: pd.DataFrame, runs: pd.DataFrame
     base_m = matrices[baseline]
     draws = {v: [rng.integers(0, len(m), len(m)) for _ in range(RESAMPLES)] for v, m in matrices.items()}
     for variant, matrix in matrices.items():
-        curve = curves[curves["variant"] == variant].sort_values("step")
-        v_ok, v_end, v_rise = converged(curve["mean"].to_numpy())
+        curve = _curve(matrix)
+        v_ok, v_end, v_rise = converged(curve[~np.isnan(curve)])
         every = np.arange(len(matrix))
         steps = _steps_to(matrix, grid, threshold)
         group = panel_runs[panel_runs["variant"] == variant]
@@ -202,31 +234,32 @@ def dataset_result(agg: Aggregated, rs_history: pd.DataFrame, runs: pd.DataFrame
         result.variants.append(res)
     base = next(v for v in result.variants if v.variant == baseline)
     for res in result.variants:
-        res.update_ratio = res.updates_to_90 / base.updates_to_90
-        res.time_ratio = res.seconds_to_90 / base.seconds_to_90
-        if res.variant == baseline or min(res.seeds, base.seeds) < MIN_SEEDS:
-            continue  # no interval from fewer runs (MIN_SEEDS): the table shows "—"
+        res.update_ratio = _ratio(res.updates_to_90, base.updates_to_90)
+        res.time_ratio = _ratio(res.seconds_to_90, base.seconds_to_90)
+        if res.variant == baseline or min(res.seeds, base.seeds) < MIN_SEEDS or np.isnan(threshold):
+            continue  # no interval from fewer runs (MIN_SEEDS) or without a bar: the table shows "—"
         update_ratios, time_ratios = [], []
         for b_rows, v_rows in zip(draws[baseline], draws[res.variant]):
             b_matrix = base_m[b_rows]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                b_curve = np.nanmean(b_matrix, axis=0)
-            b_curve = b_curve[~np.isnan(b_curve)]
-            t = FRACTION * tail_mean(b_curve)[0]
+            t = _threshold(b_matrix)  # the baseline's asymptote recomputed in each resample
+            if np.isnan(t):
+                update_ratios.append(t)
+                time_ratios.append(t)
+                continue
             b_steps = _steps_to(b_matrix, grid, t)
             v_steps = _steps_to(matrices[res.variant][v_rows], grid, t)
-            update_ratios.append(v_steps / b_steps)
-            time_ratios.append(time_at(res.variant, v_rows, v_steps) / time_at(baseline, b_rows, b_steps))
+            update_ratios.append(_ratio(v_steps, b_steps))
+            time_ratios.append(_ratio(time_at(res.variant, v_rows, v_steps), time_at(baseline, b_rows, b_steps)))
         res.update_ci = _percentiles(update_ratios)
         res.time_ci = _percentiles(time_ratios)
     return result
 
 
 def _percentiles(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of the resamples' ratios; none (NaN) if any resample has no ratio
+    (the baseline's asymptote not positive there): dropping them would bias the interval."""
     values = np.asarray(values, dtype=float)
-    values = values[~np.isnan(values)]
-    if not len(values):
+    if not len(values) or np.isnan(values).any():
         return float("nan"), float("nan")
     alpha = (1 - level) / 2
     # 'inverted_cdf' picks observed values (no interpolation), so an end made of resamples that
@@ -240,7 +273,8 @@ def table(result: DatasetResult) -> list[str]:
             "time ratio [95% CI] | stability (std over last 100k) |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for v in result.variants:
-        conv = "yes" if v.converged else f"no, still rising (+{v.rise:.1f})"
+        conv = ("too short to tell" if v.converged is None else
+                "yes" if v.converged else f"no, still rising (+{v.rise:.1f})")
         updates = "not reached" if not np.isfinite(v.updates_to_90) else f"{int(v.updates_to_90):,}"
         seconds = "—" if not np.isfinite(v.seconds_to_90) else f"{v.seconds_to_90 / 60:.1f} min"
         base = v.variant == result.baseline

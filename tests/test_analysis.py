@@ -845,3 +845,82 @@ def test_progress_tells_a_silent_job_from_a_running_one(store, capsys):
     assert rows["dead"].startswith("| dead | RUNNING, silent 2.0 h | 10,000 | 500,000 |  |")
     assert rows["alive"].startswith("| alive | RUNNING | 10,000 | 500,000 | 100 |")
     assert rows["slow"].startswith("| slow | RUNNING | 10,000 | 500,000 | 5 |")
+
+
+def _export(path, runs):
+    """An export file (analysis results --export's columns) of hand-made runs: ``runs`` maps
+    (dataset, pretrain, seed) to {step: value}; evaluations 10 s apart from the run's start."""
+    rows, t0 = [], 1_800_000_000_000
+    for (dataset, pretrain, seed), values in runs.items():
+        run_id = f"{dataset[:6]}{pretrain}{seed}"
+        for step, value in sorted(values.items()):
+            rows.append({"run_id": run_id, "metric": "eval/normalized_score_mean", "step": step,
+                         "value": value, "timestamp": t0 + step, "run_name": f"{pretrain} s{seed}",
+                         "status": "FINISHED", "start_time": t0, "end_time": t0 + max(values),
+                         "parent_run_id": "p", "algo": "td3_bc", "pretrain": pretrain,
+                         "dataset": dataset, "network": "default", "finetune": "none",
+                         "dataset_name": dataset, "seed": seed})
+    pd.DataFrame(rows).to_csv(path, index=False, compression="gzip")
+    return path
+
+
+def test_efficiency_interval_verdicts_and_stability_against_hand_computed_values(tmp_path):
+    """Hand-made runs whose bootstrap distribution is known exactly. Evaluations every 10k to 200k.
+    'boundary': the baseline's 3 runs jump from 0 to 100 at 20k, 40k and 60k; pre-training's 3
+    runs score 100 from 10k. A resample's baseline curve reaches 90 when all its runs have jumped,
+    at the largest jump drawn: 60k with probability 19/27, 40k 7/27, 20k 1/27, so the ratio is
+    1/6, 1/4 or 1/2 and the 95% interval [1/6, 1/2] touches 0.5: cannot be told. 'slower':
+    pre-training's runs jump at 40k, the baseline's all at 60k: 2/3 in every resample, does not
+    hold. Past 100k every baseline evaluation alternates 95 / 105: its stability over the last 100k
+    (110k..200k, 10 evaluations) is the sample std of five 95s and five 105s, sqrt(250 / 9)."""
+    from analysis.load import from_csv
+    from analysis.results import results_page
+
+    steps = range(10_000, 200_001, 10_000)
+
+    def jump(at):
+        return {s: (0.0 if s < at else 100.0 if s <= 100_000 else (95.0 if s // 10_000 % 2 else 105.0))
+                for s in steps}
+
+    runs = {}
+    for seed, at in enumerate((20_000, 40_000, 60_000)):
+        runs[("boundary", "none", seed)] = jump(at)
+        runs[("boundary", "ac", seed)] = {s: 100.0 for s in steps}
+        runs[("slower", "none", seed)] = jump(60_000)
+        runs[("slower", "ac", seed)] = jump(40_000)
+    page = results_page(from_csv(_export(tmp_path / "runs.csv.gz", runs)), tmp_path / "out")
+    boundary, slower = page.verdicts["boundary"], page.verdicts["slower"]
+    assert "at an updates ratio of 0.17 [0.17, 0.50]" in boundary
+    assert "of the updates **cannot be told**" in boundary
+    assert "of the compute time (ratio 0.17 [0.17, 0.50]) **cannot be told**" in boundary
+    assert "updates ratio of 0.67 [0.67, 0.67]" in slower and "of the updates **does not hold**" in slower
+    text = page.path.read_text()
+    section = text.split("## boundary")[1].split("\n## ")[0]
+    none_row = next(line for line in section.splitlines() if line.startswith("| pretrain=none"))
+    # the asymptote: the last 2 of 20 evaluations (95, 105), as the 2 before: converged at 100
+    assert none_row.startswith("| pretrain=none | 3 | 100.0 | yes | 60,000 | — | 1 (baseline) | 1.0 min |")
+    assert none_row.endswith(f"| {math.sqrt(250 / 9):.1f} ± 0.0 |")  # 5.3, not 5.0 with 100k in
+
+
+def test_a_baseline_that_never_scores_above_zero_is_no_bar():
+    """90% of a non-positive asymptote is above it: no ratio, no interval, cannot be told (the
+    ratio was 0 before: 'holds'); and a step where only some runs have a value is not on the curve."""
+    from analysis.efficiency import _percentiles, _steps_to, _threshold
+
+    assert _steps_to(np.array([[10, 20, np.nan], [10, 20, 95]]), np.array([1, 2, 3]), 50) == math.inf
+    assert np.isnan(_threshold(np.array([[-5.0, -3, -3, -3]] * 3)))
+    assert _threshold(np.array([[0.0, 10, 20, 20]] * 3)) == pytest.approx(18.0)
+    assert all(np.isnan(_percentiles([0.2] * 50 + [np.nan])))
+
+
+def test_results_page_says_a_non_positive_baseline_cannot_be_told(tmp_path):
+    from analysis.load import from_csv
+    from analysis.results import results_page
+
+    steps = range(10_000, 100_001, 10_000)
+    runs = {("flat", p, seed): {s: (-5.0 if p == "none" else 10.0) for s in steps}
+            for p in ("none", "ac") for seed in range(3)}
+    page = results_page(from_csv(_export(tmp_path / "runs.csv.gz", runs)), tmp_path / "out")
+    assert page.verdicts["flat"] == ("**flat**: the baseline's asymptote (-5.0) is not positive: 90% of "
+                                     "it is no bar, the paper's \"< 1/2\" **cannot be told**.")
+    assert "| pretrain=ac | 3 | 10.0 | yes | not reached | — | — [—, —] |" in page.path.read_text()
