@@ -16,7 +16,6 @@ its checkpoints. In a sweep (offline_rl.sweep) the run is a child of the sweep's
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import sys
@@ -33,6 +32,7 @@ from offline_rl.config import check, from_config
 from offline_rl.dataset.record import describe as describe_dataset
 from offline_rl.dataset.replay import ReplayBuffer, StateNormalizer
 from offline_rl.errors import ConfigError, DiskFullError, NonFiniteLossError, OfflineRLError, warn
+from offline_rl.identity import IDENTITY_EXCLUDED, flatten, run_identity
 from offline_rl.job import job_context
 from offline_rl.metric_names import EVAL_PREFIX, SCORE
 from offline_rl.precision import resolve as resolve_precision
@@ -185,7 +185,10 @@ class Run:
         that run's (its params); the metrics it logged stay as they are."""
         key = f"continue_from={run_id!r}"
         status = self.tracker.run_status(run_id)
-        if status != "FINISHED":
+        # this very command, stopped before its first checkpoint: the run is RUNNING, this
+        # identity's run.json names it, and it starts again from the finished run's final state
+        restarting = status == "RUNNING" and (self.checkpoints.read_info() or {}).get("run_id") == run_id
+        if status != "FINISHED" and not restarting:
             raise ConfigError(f"{key}: " + (f"no MLflow run {run_id} in the store {self.store}"
                               if status is None else f"the run is {status}, not FINISHED (an "
                               f"unfinished run resumes by itself: run its own command again)"))
@@ -210,12 +213,19 @@ class Run:
             shown = ", ".join(f"{k}={theirs.get(k)!s} there, {ours.get(k)!s} here" for k in differ[:5])
             raise ConfigError(f"{key}: only updates may differ from that run's config; also "
                               f"different: {shown}{' ...' if len(differ) > 5 else ''}")
-        old = int(float(theirs.get("updates", 0)))
+        old = int(float(state["updates"] if "updates" in state else self.budget_before(run_id, status, theirs)))
         if int(self.cfg.updates) <= old:
             raise ConfigError(f"{key}: that run already did updates={old}; give a larger updates=")
         self.run_id, self.extension = run_id, (old, int(self.cfg.updates))
         self.precision_change = precision_change(state, path, self.precision, self.cfg)
         return state, path
+
+    def budget_before(self, run_id: str, status: str | None, params: dict[str, str]) -> str:
+        """The offline updates a run's final checkpoint was written at, for checkpoints from before
+        they recorded it: a continued FINISHED run's ``updates`` tag (its param keeps the first
+        budget), else the param."""
+        tags = self.tracker.run_tags(run_id) if status == "FINISHED" else {}
+        return tags.get("updates") or params.get("updates", "0")
 
     def _report_corrupt(self, message: str) -> None:
         self.corrupt.append(message)
@@ -260,7 +270,7 @@ class Run:
         """Everything an exact continuation needs: the networks, optimisers, replay sampling
         generator, (soft) returns-to-go, fine-tuning, the loop's position and the global RNGs."""
         replay = self.replay
-        return {"run_id": self.run_id, "tracking_uri": str(self.store),
+        return {"run_id": self.run_id, "tracking_uri": str(self.store), "updates": int(self.cfg.updates),
                 "global_step": self.trainer.state.global_step, "algo": self.algo.state_dict(),
                 "replay": replay.state_dict(),
                 "returns_to_go": replay.column("returns_to_go"),
@@ -401,38 +411,6 @@ def run_name(choices: dict[str, str], seed: int, dataset_id: str) -> str:
     finetune = choices.get("finetune")
     tail = f"-{finetune}" if finetune is not None and finetune not in NOT_CHOSEN else ""
     return f"{choices['algo']}-{choices['pretrain']}-{dataset}{tail}-s{seed}"
-
-
-def flatten(cfg: DictConfig) -> dict[str, Any]:
-    """The run's config as flat ``a.b.c`` keys (its params, its identity). Hydra's own settings,
-    in a config composed with ``return_hydra_config=True``, are not the run's: left out."""
-    if "hydra" in cfg:
-        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    container = OmegaConf.to_container(cfg, resolve=True)
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), value)
-        else:
-            flat[prefix] = node
-
-    walk("", container)
-    return flat
-
-
-# config keys that do not change what a run computes: left out of its identity
-IDENTITY_EXCLUDED = ("tracker", "progress", "summary", "checkpoint", "resume", "threads", "precision_change",
-                     "rerun", "continue_from")
-
-
-def run_identity(cfg: DictConfig) -> str:
-    """A hash of the resolved config minus tracking/progress/checkpoint keys: the same command
-    gives the same identity (and checkpoint folder), whatever Hydra's output folder."""
-    flat = {k: v for k, v in flatten(cfg).items() if k.split(".", 1)[0] not in IDENTITY_EXCLUDED}
-    blob = json.dumps(flat, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def checkpoint_root(cfg: DictConfig) -> str:

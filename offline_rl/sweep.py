@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from offline_rl.config import check_pairing, from_config, validate
 from offline_rl.errors import ConfigError, OfflineRLError
+from offline_rl.identity import run_identity
 from offline_rl.job import ENV_PARENT_RUN_ID, ENV_SWEEP_AXES, ENV_SWEEP_NAME, override_key, split_override
 
 log = logging.getLogger(__name__)
@@ -112,10 +113,19 @@ def sweep_name(configured: str | None, config: DictConfig, grid: Grid | None = N
     return swept if len(swept) <= MAX_SWEEP_NAME else swept[:MAX_SWEEP_NAME - 3] + "..."
 
 
-def sweep_identity(name: str, grid: Grid, jobs: list[list[str]]) -> str:
-    """The sweep's identity: its name and its jobs. The same sweep command started again (after
-    its processes were killed, a machine restarted, an allocation ended) continues the same
-    parent run instead of starting a second one."""
+def sweep_identity(name: str, job_identities: Sequence[str]) -> str:
+    """The sweep's identity: its name and its jobs' run identities (offline_rl/identity.py). The
+    same sweep command started again (after its processes were killed, a machine restarted, an
+    allocation ended), even with a setting that changes no run's result (threads=2,
+    progress=false, checkpoint.every), continues the same parent run instead of starting a
+    second one."""
+    blob = json.dumps({"name": name, "runs": sorted(job_identities)})
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def sweep_identity_by_overrides(name: str, jobs: list[list[str]]) -> str:
+    """The identity sweeps recorded before 2026-12-04 (their jobs' override strings): a sweep
+    started by that code is still found, and continued, by this one."""
     blob = json.dumps({"name": name, "jobs": sorted(" ".join(sorted(job)) for job in jobs)})
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -247,8 +257,9 @@ class SweepLogic:
                 "sweep.grid": json.dumps(grid.axes), "sweep.dir": str(sweep_dir),
                 "launcher": str(launcher), "sweep.skipped_jobs": json.dumps(
                     [grid.label(o) for o, _ in skipped])[:5000]}
-        tags["sweep.identity"] = sweep_identity(name, grid, jobs)
-        earlier = [r for r in tracker.search(f"tags.`sweep.identity` = '{tags['sweep.identity']}'")
+        tags["sweep.identity"] = sweep_identity(name, [self.job_identities[tuple(j)] for j in jobs])
+        earlier = [r for identity in (tags["sweep.identity"], sweep_identity_by_overrides(name, jobs))
+                   for r in tracker.search(f"tags.`sweep.identity` = '{identity}'")
                    if r.data.tags.get("sweep.role") == "parent"]
         parent_id = tracker.start(name, params, tags, run_id=earlier[0].info.run_id if earlier else None)
         if earlier:  # the same sweep again: its finished jobs are skipped, the others resume
@@ -308,6 +319,7 @@ class SweepLogic:
     def check_jobs(self, jobs: list[list[str]], grid: Grid) -> tuple[list[list[str]], list[tuple[list[str], str]]]:
         """Compose and validate every job before any is launched."""
         kept, skipped, errors = [], [], []
+        self.job_identities: dict[tuple[str, ...], str] = {}
         for overrides in jobs:
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             error, incompatible = job_problem(cfg)
@@ -317,6 +329,7 @@ class SweepLogic:
                 skipped.append((list(overrides), incompatible))
             else:
                 kept.append(list(overrides))
+                self.job_identities[tuple(overrides)] = run_identity(cfg)
         if errors:
             fail(f"{len(errors)} of the sweep's {len(jobs)} job(s) have an invalid config; nothing "
                  f"was launched:\n  " + "\n  ".join(dict.fromkeys(errors)))

@@ -156,6 +156,8 @@ class NullTracker:
         return []
     def run_params(self, run_id: str) -> dict[str, str]:
         return {}
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        return {}
     def mark_killed(self, run_id: str, reason: str) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def download_artifact(self, run_id: str, name: str, dst: str | Path) -> Path:
@@ -367,6 +369,10 @@ class MlflowTracker:
     def run_params(self, run_id: str) -> dict[str, str]:
         with self._answering():
             return dict(self.client.get_run(run_id).data.params)
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        with self._answering():
+            return dict(self.client.get_run(run_id).data.tags)
 
     def mark_killed(self, run_id: str, reason: str) -> None:
         """End a run that no process runs any more (KILLED), saying why in its ``killed`` tag."""

@@ -342,7 +342,8 @@ def test_hard_pretraining_completes_timeouts_as_the_reference_code(tmp_path):
 def test_a_run_composed_outside_hydra_main_is_named_from_its_group_choices():
     """hydra.compose(..., return_hydra_config=True) in a notebook or a test: the run gets the name
     launch.py would give it (so launch.py's same command finds its checkpoints), not ?-?-?-s0."""
-    from offline_rl.run import flatten, group_choices, run_identity, run_name
+    from offline_rl.identity import flatten, run_identity
+    from offline_rl.run import group_choices, run_name
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["algo=edac", "pretrain=soft", "seed=3"],

@@ -252,3 +252,35 @@ def test_a_finished_run_continues_to_a_larger_budget_as_the_same_run(tmp_path, m
         assert history[-1][0] == 120
     assert continued["global_step"] == straight["global_step"] == 120
     assert_same_tensors(straight["algo"], continued["algo"], "algo")
+
+
+def test_a_continued_run_continues_again_and_a_continuation_killed_early_starts_again(
+        tmp_path, minari_root, new_store, monkeypatch):
+    """60 -> 120 -> 150 updates: the second continuation starts from 120 (the run's param still
+    says 60); a continuation that died before its first checkpoint (its run left RUNNING, as a
+    kill -9 leaves it) is started again by its own command, to the budget it asked for."""
+    from offline_rl.errors import ConfigError
+    from offline_rl.run import Run, train
+
+    common = ["algo=td3_bc", "eval.episodes=0", "log_every=10", "checkpoint.every=0", *SHARED_MACHINE]
+    store = new_store(tmp_path / "store")
+    train(composed(store, *common, "updates=60"))
+    run_id, _ = final_state(store)
+    train(composed(store, *common, "updates=120", f"continue_from={run_id}"))
+
+    def killed(self):  # dies once its run is tracked, before any checkpoint, ending nothing
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Run, "execute", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            train(composed(store, *common, "updates=150", f"continue_from={run_id}"))
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    assert client.get_run(run_id).info.status == "RUNNING"
+    train(composed(store, *common, "updates=150", f"continue_from={run_id}"))
+    same_id, state = final_state(store)
+    assert same_id == run_id and state["global_step"] == 150 and state["updates"] == 150
+    losses = [m.step for m in client.get_metric_history(run_id, "offline_rl/critic_loss")]
+    assert losses == list(range(10, 151, 10))  # each step once, to 150
+    with pytest.raises(ConfigError, match="already did updates=150"):
+        train(composed(store, *common, "updates=140", f"continue_from={run_id}"))

@@ -155,6 +155,9 @@ def test_named_sweep_without_dash_m_runs_every_job_under_one_parent(tmp_path, mi
     assert sorted(children["tags.mlflow.runName"]) == ["ac s0", "ac s1", "none s0", "none s1"]
     assert set(children["status"]) == {"FINISHED"}
     assert set(children["tags.sweep"]) == {"pretrain_ablation"}
+    # the launching process hashed the same run identities its jobs computed for themselves
+    from offline_rl.sweep import sweep_identity
+    assert parent["tags.sweep.identity"] == sweep_identity("pretrain_ablation", list(children["tags.run_identity"]))
     assert set(children["tags.sweep.axes"]) == {"pretrain,seed"}
     for _, child in children.iterrows():
         assert child["tags.mlflow.runName"] == f"{child['tags.pretrain']} s{child['tags.seed']}"
@@ -218,7 +221,8 @@ def test_a_killed_sweep_started_again_continues_under_the_same_parent(tmp_path, 
     first_parent = parent["run_id"]
     assert sorted(children["status"]) == ["FINISHED", "RUNNING"]
 
-    again = forked.run(command, ROOT, launch_env(minari_root), timeout=600)
+    # the same sweep again, with a setting that changes no run's result (checkpoints kept)
+    again = forked.run([*command, "checkpoint.keep=3"], ROOT, launch_env(minari_root), timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     parent, children = children_and_parent(tmp_path)  # still one parent ...
     assert parent["run_id"] == first_parent and parent["status"] == "FINISHED"
