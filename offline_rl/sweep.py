@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from offline_rl.config import check_pairing, from_config, validate
 from offline_rl.errors import ConfigError, OfflineRLError
 from offline_rl.identity import run_identity
+from offline_rl.locks import FileLock
 from offline_rl.job import ENV_PARENT_RUN_ID, ENV_SWEEP_AXES, ENV_SWEEP_NAME, override_key, split_override
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,22 @@ def make_tracker(config: DictConfig):
     return from_config(config.tracker)
 
 
+def hold_sweep(name: str, identity: str, folder: Path) -> FileLock:
+    """The sweep's lock, beside its runs' checkpoint folders, held while it runs: the same sweep
+    started in a second terminal exits 2 in one line instead of sharing the parent run and
+    reporting the jobs the first one holds as failed."""
+    lock = FileLock(folder / f"sweep-{identity}.lock")
+    try:
+        acquired = lock.acquire(blocking=False)
+    except OSError as exc:
+        fail(f"cannot write the sweep's lock in {folder} ({type(exc).__name__}: {exc}); free space "
+             f"or make it writable, or set checkpoint.dir to another folder")
+    if not acquired:
+        fail(f"sweep '{name}' is already running: {lock.holder()} holds it ({lock.path}). Wait for "
+             f"it to end, or stop it and start the same command again: it continues")
+    return lock
+
+
 def fail(message: str) -> None:
     """The sweep's own errors: one message, exit status 2 (as launch.py does for a run)."""
     print(f"error: {message}", file=sys.stderr, flush=True)
@@ -258,6 +275,7 @@ class SweepLogic:
                 "launcher": str(launcher), "sweep.skipped_jobs": json.dumps(
                     [grid.label(o) for o, _ in skipped])[:5000]}
         tags["sweep.identity"] = sweep_identity(name, [self.job_identities[tuple(j)] for j in jobs])
+        lock = hold_sweep(name, tags["sweep.identity"], Path(str(self.config.checkpoint.dir)))
         earlier = [r for identity in (tags["sweep.identity"], sweep_identity_by_overrides(name, jobs))
                    for r in tracker.search(f"tags.`sweep.identity` = '{identity}'")
                    if r.data.tags.get("sweep.role") == "parent"]
@@ -308,6 +326,8 @@ class SweepLogic:
             if failures and parent_id:
                 tracker.set_tags({"failed_jobs": "\n".join(f"{job}: {why}" for job, why in failures)})
             tracker.finish(status, error=error)
+            lock.path.unlink(missing_ok=True)  # a process opening it meanwhile retries (locks.py)
+            lock.release()
             if parent_id and status != "KILLED":
                 summarise(tracker, parent_id)
         if failures:

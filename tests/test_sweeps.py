@@ -213,6 +213,11 @@ def test_a_killed_sweep_started_again_continues_under_the_same_parent(tmp_path, 
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             assert time.monotonic() < deadline, "the sweep did not get that far in 300 s"
             time.sleep(0.1)
+        # the same sweep in a second terminal meanwhile: one line, exit 2, nothing touched
+        second = forked.run(command, ROOT, launch_env(minari_root), timeout=300)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert re.search(r"^error: sweep '.*' is already running: process \d+ on .* holds it "
+                         r"\(.*sweep-[0-9a-f]{12}\.lock\)", second.stderr, re.M), second.stderr[-3000:]
         os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its job processes
         proc.wait(timeout=30)
     finally:
@@ -232,6 +237,7 @@ def test_a_killed_sweep_started_again_continues_under_the_same_parent(tmp_path, 
     finished_line = [line for line in again.stderr.splitlines() if line.startswith("already finished: seed=0")]
     assert len(finished_line) == 1 and "rerun=true" in finished_line[0]
     assert "resuming from" in again.stderr
+    assert not list(tmp_path.glob("checkpoints/sweep-*.lock"))  # the finished sweep let go
     resumed = children[children["tags.mlflow.runName"] == "s1"].iloc[0]
     steps = metric_steps(tmp_path, resumed["run_id"], "offline_rl/critic_loss")
     assert steps == sorted(set(steps)) and steps[-1] == 600  # each step once, to the end
