@@ -80,7 +80,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         parent = job_context().parent_run_id
         finished = None if cfg.rerun else finished_run(tracker, identity, parent)
         if finished is not None:  # the same command (or sweep job) again: nothing to do
-            return finished
+            run_id, last_eval = finished
+            if (checkpoints.read_info() or {}).get("run_id") == run_id and not tracker.pending():
+                checkpoints.clear()  # left by a process stopped between finishing and clearing
+            return last_eval
         continued = None if cfg.resume == "never" else (checkpoints.read_info() or {}).get("run_id")
         end_stale_runs(tracker, identity, parent, keep=continued)
         try:
@@ -458,10 +461,10 @@ def load_source_run(from_run: str, tracker, algo, replay: ReplayBuffer) -> dict[
     return {"global_step": int(state.get("global_step", 0)), "path": str(path)}
 
 
-def finished_run(tracker, identity: str, parent_run_id: str | None) -> dict[str, float] | None:
+def finished_run(tracker, identity: str, parent_run_id: str | None) -> tuple[str, dict[str, float]] | None:
     """When this run identity already FINISHED (in this sweep, or as a single run): one line
-    saying so -- its MLflow run, its score, how to run it again -- and its last evaluation;
-    else None."""
+    saying so -- its MLflow run, its score, how to run it again -- and (its run id, its last
+    evaluation); else None."""
     runs = [r for r in tracker.search(f"tags.run_identity = '{identity}' and "
                                       f"attributes.status = 'FINISHED'")
             if r.data.tags.get("mlflow.parentRunId") == parent_run_id]
@@ -475,7 +478,7 @@ def finished_run(tracker, identity: str, parent_run_id: str | None) -> dict[str,
     name = job.label() if job.sweep else run.data.tags.get("mlflow.runName", run.info.run_id)
     print(f"already finished: {name} (MLflow run {run.info.run_id}{scored}); nothing to do. To "
           f"run it again as a new MLflow run, add rerun=true", file=sys.stderr, flush=True)
-    return {k: v for k, v in metrics.items() if k.startswith(EVAL_PREFIX)}
+    return run.info.run_id, {k: v for k, v in metrics.items() if k.startswith(EVAL_PREFIX)}
 
 
 def record_failed_start(tracker, cfg: DictConfig, name: str, choices: dict[str, str], identity: str,

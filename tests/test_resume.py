@@ -284,3 +284,43 @@ def test_a_continued_run_continues_again_and_a_continuation_killed_early_starts_
     assert losses == list(range(10, 151, 10))  # each step once, to 150
     with pytest.raises(ConfigError, match="already did updates=150"):
         train(composed(store, *common, "updates=140", f"continue_from={run_id}"))
+
+
+def test_checkpoints_left_by_a_finished_run_are_cleared_not_resumed(tmp_path, minari_root, new_store,
+                                                                     monkeypatch, capsys):
+    """A process stopped between finishing its run and clearing its checkpoints (or whose FINISHED
+    reached the store from its spool later) leaves them behind: the same command clears them
+    when it says 'already finished', and rerun=true starts a new run instead of resuming the
+    finished one from them."""
+    from offline_rl.run import train
+    from offline_rl.training.checkpoint import CheckpointDir
+
+    common = ["algo=td3_bc", "eval.episodes=0", "log_every=10", "checkpoint.every=20", "updates=60",
+              *SHARED_MACHINE]
+    store = new_store(tmp_path / "store")
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+
+    def finished_leaving_checkpoints(before, *extra):
+        with monkeypatch.context() as patch:
+            patch.setattr(CheckpointDir, "clear", lambda self: None)
+            train(composed(store, *common, *extra))
+        (run_id,) = set(search_runs(store)["run_id"]) - before
+        run = client.get_run(run_id)
+        folder = Path(run.data.tags["checkpoint_dir"])
+        assert run.info.status == "FINISHED" and list(folder.glob("step-*.pt"))
+        return run_id, folder
+
+    first, folder = finished_leaving_checkpoints(set())
+    train(composed(store, *common))  # the same command: nothing to do, and the leftovers go
+    assert "already finished" in capsys.readouterr().err
+    assert not list(folder.glob("step-*.pt")) and not (folder / "run.json").exists()
+
+    second, folder = finished_leaving_checkpoints({first}, "rerun=true")
+    train(composed(store, *common, "rerun=true"))
+    assert f"their MLflow run {second} has FINISHED" in capsys.readouterr().err
+    runs = search_runs(store)
+    assert len(runs) == 3 and set(runs["status"]) == {"FINISHED"}
+    third = (set(runs["run_id"]) - {first, second}).pop()
+    for run_id in (second, third):  # each its own 60 updates, from scratch, each step once
+        steps = [m.step for m in client.get_metric_history(run_id, "offline_rl/critic_loss")]
+        assert steps == list(range(10, 61, 10))

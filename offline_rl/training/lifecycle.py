@@ -40,8 +40,12 @@ def resume_decision(checkpoints: CheckpointDir, tracker, store_bound: bool = Tru
     reason = None
     if recorded is not None and recorded != store:
         reason = f"they were written for the MLflow store {recorded}, not {store}"
-    elif run_id and getattr(tracker, "tracking_uri", None) is not None and tracker.run_status(run_id) is None:
-        reason = f"their MLflow run {run_id} is not in the store {store}"
+    elif run_id and getattr(tracker, "tracking_uri", None) is not None:
+        status = tracker.run_status(run_id)
+        if status is None:
+            reason = f"their MLflow run {run_id} is not in the store {store}"
+        elif status == "FINISHED" and store_bound:  # left by a process stopped after finishing
+            reason = f"their MLflow run {run_id} has FINISHED (they were left behind)"
     if reason is not None and not store_bound:
         return True, None
     if reason is not None:
