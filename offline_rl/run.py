@@ -31,7 +31,8 @@ from offline_rl.automatic import FAMILY, missing_reference
 from offline_rl.config import check, from_config
 from offline_rl.dataset.record import describe as describe_dataset
 from offline_rl.dataset.replay import ReplayBuffer, StateNormalizer
-from offline_rl.errors import ConfigError, DiskFullError, NonFiniteLossError, OfflineRLError, warn
+from offline_rl.errors import (CheckpointError, ConfigError, DiskFullError, NonFiniteLossError,
+                               OfflineRLError, warn)
 from offline_rl.identity import IDENTITY_EXCLUDED, flatten, run_identity
 from offline_rl.job import job_context
 from offline_rl.metric_names import EVAL_PREFIX, SCORE
@@ -281,6 +282,18 @@ class Run:
                 "trainer": self.trainer.state_dict(), "rng": rng_state(), "precision": self.precision}
 
     def restore(self, state: dict[str, Any], path: Path) -> None:
+        """Continue from a checkpoint's state; one that does not fit this code and config (written
+        by another version: a network or a state that changed shape or keys) is a CheckpointError."""
+        try:
+            self._restore(state, path)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+            what = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])  # torch: 2nd says which
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this run ({type(exc).__name__}: {what[:300]}): "
+                f"written by another version of this code? Continue it with the version that wrote "
+                f"it, or start afresh with resume=never") from None
+
+    def _restore(self, state: dict[str, Any], path: Path) -> None:
         replay = self.replay
         self.algo.load_state_dict(state["algo"])
         replay.load_state_dict(state["replay"])

@@ -324,3 +324,32 @@ def test_checkpoints_left_by_a_finished_run_are_cleared_not_resumed(tmp_path, mi
     for run_id in (second, third):  # each its own 60 updates, from scratch, each step once
         steps = [m.step for m in client.get_metric_history(run_id, "offline_rl/critic_loss")]
         assert steps == list(range(10, 61, 10))
+
+
+def test_a_checkpoint_that_does_not_fit_this_code_is_one_line_not_a_traceback(tmp_path, minari_root,
+                                                                              monkeypatch, new_store):
+    """A checkpoint written by another version (here: a critic layer of another width) stops the
+    run with a CheckpointError naming the file and what to do; resume=never starts afresh."""
+    from offline_rl.run import train
+
+    common = ["algo=td3_bc", "eval.episodes=0", "log_every=10", "checkpoint.every=20", "updates=60",
+              *SHARED_MACHINE]
+    store = new_store(tmp_path / "store")
+    restore = interrupt_at_sample(monkeypatch, 30)
+    with pytest.raises(SystemExit):
+        train(composed(store, *common))
+    restore()
+    latest = max((store / "checkpoints").glob("*/step-*.pt"), key=lambda f: int(f.stem.split("-")[1]))
+    state = torch.load(latest, weights_only=True)
+    critic = state["algo"]["critic"]
+    key = next(k for k, v in critic.items() if v.dim() == 3)  # [critics, in, out] weights
+    critic[key] = torch.zeros(*critic[key].shape[:-1], critic[key].shape[-1] + 1)
+    torch.save(state, latest)
+    import re
+
+    with pytest.raises(CheckpointError, match=rf"checkpoint {re.escape(str(latest))} does not fit this "
+                                              rf"run \(RuntimeError: .*size mismatch for .*resume=never"):
+        train(composed(store, *common))
+    train(composed(store, *common, "resume=never"))
+    runs = search_runs(store)
+    assert sorted(runs["status"]) == ["FINISHED", "KILLED"]
