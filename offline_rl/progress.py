@@ -8,6 +8,7 @@ in the launching terminal while its jobs run.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -117,9 +118,15 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def _planned(params: dict[str, str], metrics: dict[str, float]) -> int:
-    """Planned update steps: the offline updates, plus pre-training at its cap per phase until a
-    phase stopped at its plateau (then what it ran)."""
+def _planned(params: dict[str, str], metrics: dict[str, float], plan: str | None = None) -> int:
+    """Planned update steps: every phase at its planned length (the run's ``phase_plan`` tag;
+    pre-training at its cap) until it ended (then what it ran). Runs from before that tag: the
+    offline updates plus one pre-training cap per phase started (one if none has)."""
+    if plan:
+        started = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("phase_start/")}
+        ended = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("phase_end/")}
+        return sum(int(ended[p] - started[p]) if p in ended and p in started else int(steps)
+                   for p, steps in json.loads(plan).items())
     updates = int(float(params.get("updates", 0)))
     steps = int(float(params.get("pretrain.steps", 0)))
     started = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("phase_start/pretrain")}
@@ -158,7 +165,8 @@ def job_progress(client, run, now: float | None = None) -> JobProgress:
                 rate = (recent[-1].step - recent[0].step) / ((recent[-1].timestamp - recent[0].timestamp) / 1e3)
             if run.info.status == "RUNNING":
                 silent = silent_seconds(history, time.time() if now is None else now)
-    total = _planned({**params, **({"updates": tags["updates"]} if "updates" in tags else {})}, metrics)
+    total = _planned({**params, **({"updates": tags["updates"]} if "updates" in tags else {})}, metrics,
+                     tags.get("phase_plan"))
     if run.info.status == "FINISHED":
         step = total = max(step, total)
     return JobProgress(name, run.info.status, int(step), int(total), rate, metrics.get(SCORE),

@@ -16,6 +16,7 @@ its checkpoints. In a sweep (offline_rl.sweep) the run is a child of the sweep's
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import sys
@@ -239,7 +240,9 @@ class Run:
         """Start (or continue) the MLflow run, tagged and with the dataset as its input."""
         tags = {**choices, "seed": self.cfg.seed, "dataset_id": self.data.dataset_id,
                 "device": str(self.device), "precision": self.precision, **self.job.tags(),
-                "run_identity": self.checkpoints.identity, "checkpoint_dir": str(self.checkpoints.path)}
+                "run_identity": self.checkpoints.identity, "checkpoint_dir": str(self.checkpoints.path),
+                # each phase's planned update steps (pre-training at its cap): progress's total
+                "phase_plan": json.dumps({p.name: int(p.steps) for p in self.trainer.phases})}
         if self.precision_change:  # a resume the user allowed to change precision
             tags["precision_changes"] = self.precision_change
         if self.extension:  # continue_from: the run's budget grows (its param keeps the first)

@@ -847,6 +847,22 @@ def test_progress_tells_a_silent_job_from_a_running_one(store, capsys):
     assert rows["slow"].startswith("| slow | RUNNING | 10,000 | 500,000 | 5 |")
 
 
+def test_progress_plans_every_phase_of_a_run():
+    """A run's planned steps are its phases' (the phase_plan tag): two pre-training phases at their
+    caps until they end (then what they ran), plus the offline updates. Before the tag, only one
+    pre-training cap was counted for soft pre-training's two phases."""
+    import json
+
+    from offline_rl.progress import _planned
+
+    plan = json.dumps({"pretrain_actor": 50_000, "pretrain_critic": 50_000, "offline_rl": 500_000})
+    assert _planned({}, {}, plan) == 600_000  # not started
+    # the actor phase stopped at its plateau after 20k; the critic phase is running
+    running = {"phase_start/pretrain_actor": 0, "phase_end/pretrain_actor": 20_000,
+               "phase_start/pretrain_critic": 20_000}
+    assert _planned({}, running, plan) == 20_000 + 50_000 + 500_000
+
+
 def _export(path, runs):
     """An export file (analysis results --export's columns) of hand-made runs: ``runs`` maps
     (dataset, pretrain, seed) to {step: value}; evaluations 10 s apart from the run's start."""

@@ -280,6 +280,7 @@ def test_a_continued_run_continues_again_and_a_continuation_killed_early_starts_
     train(composed(store, *common, "updates=150", f"continue_from={run_id}"))
     same_id, state = final_state(store)
     assert same_id == run_id and state["global_step"] == 150 and state["updates"] == 150
+    assert client.get_run(run_id).data.tags["phase_plan"] == '{"offline_rl": 150}'  # progress's total
     losses = [m.step for m in client.get_metric_history(run_id, "offline_rl/critic_loss")]
     assert losses == list(range(10, 151, 10))  # each step once, to 150
     with pytest.raises(ConfigError, match="already did updates=150"):
