@@ -189,6 +189,10 @@ class Run:
         MLflow run -- to this config's larger ``updates``. Everything else in the config must be
         that run's (its params); the metrics it logged stay as they are."""
         key = f"continue_from={run_id!r}"
+        if any(p.name == "finetune" for p in self.trainer.phases):
+            raise ConfigError(f"{key}: continuing extends a run's offline RL phase, and this run also "
+                              f"fine-tunes online after it, a phase that already ran: start a new run "
+                              f"with the larger updates")
         status = self.tracker.run_status(run_id)
         # this very command, stopped before its first checkpoint: the run is RUNNING, this
         # identity's run.json names it, and it starts again from the finished run's final state

@@ -285,6 +285,10 @@ def test_a_continued_run_continues_again_and_a_continuation_killed_early_starts_
     assert losses == list(range(10, 151, 10))  # each step once, to 150
     with pytest.raises(ConfigError, match="already did updates=150"):
         train(composed(store, *common, "updates=140", f"continue_from={run_id}"))
+    # with online fine-tuning after the offline phase (already run): refused, before anything starts
+    with pytest.raises(ConfigError, match="also fine-tunes online after it, a phase that already ran"):
+        train(composed(store, *common, "updates=200", "finetune=td3", "finetune.env_steps=10",
+                       f"continue_from={run_id}"))
 
 
 def test_checkpoints_left_by_a_finished_run_are_cleared_not_resumed(tmp_path, minari_root, new_store,
@@ -354,3 +358,21 @@ def test_a_checkpoint_that_does_not_fit_this_code_is_one_line_not_a_traceback(tm
     train(composed(store, *common, "resume=never"))
     runs = search_runs(store)
     assert sorted(runs["status"]) == ["FINISHED", "KILLED"]
+
+
+def test_a_store_uri_with_a_trailing_slash_is_the_same_store(tmp_path):
+    """store_key (the checkpoint folder's name) ignores a trailing '/': so does the check of which
+    store a folder's checkpoints were written for (it cleared them and started afresh)."""
+    from offline_rl.training.checkpoint import CheckpointDir
+    from offline_rl.training.lifecycle import resume_decision
+
+    class Store:
+        tracking_uri = "http://127.0.0.1:5000"
+
+        def run_status(self, run_id):
+            return "RUNNING"
+
+    folder = CheckpointDir(tmp_path / "run", "abc")
+    folder.write_info({"run_id": "r1", "tracking_uri": "http://127.0.0.1:5000/"})
+    assert resume_decision(folder, Store()) == (True, "r1")
+    assert folder.read_info() is not None  # kept

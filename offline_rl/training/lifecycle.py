@@ -38,7 +38,7 @@ def resume_decision(checkpoints: CheckpointDir, tracker, store_bound: bool = Tru
     store = str(getattr(tracker, "tracking_uri", None))
     recorded = info.get("tracking_uri")
     reason = None
-    if recorded is not None and recorded != store:
+    if recorded is not None and recorded.rstrip("/") != store.rstrip("/"):  # as store_key reads it
         reason = f"they were written for the MLflow store {recorded}, not {store}"
     elif run_id and getattr(tracker, "tracking_uri", None) is not None:
         status = tracker.run_status(run_id)
