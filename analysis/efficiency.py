@@ -53,6 +53,8 @@ def tail_mean(values: np.ndarray, share: float = TAIL) -> tuple[float, float]:
     """(mean of the last ``share`` of ``values`` (rounded up, at least 2), mean of as many before
     them -- NaN when there are not that many)."""
     values = np.asarray(values, dtype=float)
+    if not len(values):  # runs that share no evaluated step
+        return float("nan"), float("nan")
     k = max(2, math.ceil(share * len(values) - 1e-9))
     last, before = values[-k:], values[-2 * k:-k]
     return float(np.mean(last)), float(np.mean(before)) if len(before) == k else float("nan")
@@ -110,6 +112,10 @@ class DatasetResult:
     def verdict(self) -> str:
         base = next(v for v in self.variants if v.variant == self.baseline)
         parts = []
+        if np.isnan(base.asymptote):
+            parts.append("the baseline's runs share no evaluated step: no curve, the paper's \"< 1/2\" "
+                         "**cannot be told**")
+            return f"**{self.panel}**: " + "; ".join(parts) + "."
         if base.converged is None:
             parts.append("the baseline has too few evaluations to tell whether it converged")
         elif not base.converged:

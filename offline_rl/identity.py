@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -43,3 +45,14 @@ def run_identity(cfg: DictConfig) -> str:
     flat = {k: v for k, v in flatten(cfg).items() if k.split(".", 1)[0] not in IDENTITY_EXCLUDED}
     blob = json.dumps(flat, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def checkpoint_root(cfg: DictConfig) -> str:
+    """Where runs keep their checkpoint folders (and sweeps their locks)."""
+    return cfg.checkpoint.dir or str(Path(os.environ.get("OFFLINE_RL_ROOT", ".")) / "checkpoints")
+
+
+def store_key(tracking_uri: str | None) -> str:
+    """A short hash of the tracking store's URI: part of the checkpoint folder's name, so that
+    checkpoints resume only into the store (and run) they were written for."""
+    return hashlib.sha256(str(tracking_uri).rstrip("/").encode()).hexdigest()[:8]

@@ -118,15 +118,21 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def _planned(params: dict[str, str], metrics: dict[str, float], plan: str | None = None) -> int:
+def _planned(params: dict[str, str], metrics: dict[str, float], plan: str | None = None,
+             current: str | None = None) -> int:
     """Planned update steps: every phase at its planned length (the run's ``phase_plan`` tag;
-    pre-training at its cap) until it ended (then what it ran). Runs from before that tag: the
-    offline updates plus one pre-training cap per phase started (one if none has)."""
+    pre-training at its cap) until it ended (then what it ran) -- a phase ended only if it comes
+    before ``current``, the phase the run is in (none: finished): a run continued to a larger
+    budget still has the end its offline phase had before. Runs from before that tag: the offline
+    updates plus one pre-training cap per phase started (one if none has)."""
     if plan:
+        phases = json.loads(plan)
+        order = list(phases)
+        done = order[:order.index(current)] if current in order else order
         started = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("phase_start/")}
         ended = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("phase_end/")}
-        return sum(int(ended[p] - started[p]) if p in ended and p in started else int(steps)
-                   for p, steps in json.loads(plan).items())
+        return sum(int(ended[p] - started[p]) if p in done and p in ended and p in started else int(steps)
+                   for p, steps in phases.items())
     updates = int(float(params.get("updates", 0)))
     steps = int(float(params.get("pretrain.steps", 0)))
     started = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("phase_start/pretrain")}
@@ -145,7 +151,9 @@ def silent_seconds(history, now: float) -> float | None:
         return None
     quiet = now - history[-1].timestamp / 1e3
     stamps = [m.timestamp / 1e3 for m in history[-RATE_WINDOW:]]
-    interval = statistics.median(b - a for a, b in zip(stamps, stamps[1:])) if len(stamps) > 1 else 0.0
+    if len(stamps) < 3:  # no pace to measure yet (a slow job's first log points): an hour
+        return quiet if quiet > max(SILENT_AFTER_S, 3600) else None
+    interval = statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
     return quiet if quiet > max(SILENT_AFTER_S, SILENT_INTERVALS * interval) else None
 
 
@@ -166,7 +174,7 @@ def job_progress(client, run, now: float | None = None) -> JobProgress:
             if run.info.status == "RUNNING":
                 silent = silent_seconds(history, time.time() if now is None else now)
     total = _planned({**params, **({"updates": tags["updates"]} if "updates" in tags else {})}, metrics,
-                     tags.get("phase_plan"))
+                     tags.get("phase_plan"), phase if run.info.status == "RUNNING" else None)
     if run.info.status == "FINISHED":
         step = total = max(step, total)
     return JobProgress(name, run.info.status, int(step), int(total), rate, metrics.get(SCORE),

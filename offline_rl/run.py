@@ -15,10 +15,9 @@ its checkpoints. In a sweep (offline_rl.sweep) the run is a child of the sweep's
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import random
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -34,7 +33,7 @@ from offline_rl.dataset.record import describe as describe_dataset
 from offline_rl.dataset.replay import ReplayBuffer, StateNormalizer
 from offline_rl.errors import (CheckpointError, ConfigError, DiskFullError, NonFiniteLossError,
                                OfflineRLError, warn)
-from offline_rl.identity import IDENTITY_EXCLUDED, flatten, run_identity
+from offline_rl.identity import IDENTITY_EXCLUDED, checkpoint_root, flatten, run_identity, store_key
 from offline_rl.job import job_context
 from offline_rl.metric_names import EVAL_PREFIX, SCORE
 from offline_rl.precision import resolve as resolve_precision
@@ -99,6 +98,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             resumed = run.resume_point() if cfg.resume == "auto" else None
             if resumed is None and cfg.continue_from:  # a finished run, to a larger budget
                 resumed = run.continuation(str(cfg.continue_from))
+            if resumed:
+                run.load(*resumed)
             run.start_tracking(name, choices)
             if resumed:
                 run.restore(*resumed)
@@ -194,9 +195,10 @@ class Run:
                               f"fine-tunes online after it, a phase that already ran: start a new run "
                               f"with the larger updates")
         status = self.tracker.run_status(run_id)
-        # this very command, stopped before its first checkpoint: the run is RUNNING, this
-        # identity's run.json names it, and it starts again from the finished run's final state
-        restarting = status == "RUNNING" and (self.checkpoints.read_info() or {}).get("run_id") == run_id
+        tags = self.tracker.run_tags(run_id) if status is not None else {}
+        # a continuation that ended before its first checkpoint (killed: RUNNING; crashed: FAILED;
+        # stopped: KILLED) starts again from the finished run's final state, still its artifact
+        restarting = status in ("RUNNING", "FAILED", "KILLED") and "continued" in tags
         if status != "FINISHED" and not restarting:
             raise ConfigError(f"{key}: " + (f"no MLflow run {run_id} in the store {self.store}"
                               if status is None else f"the run is {status}, not FINISHED (an "
@@ -222,19 +224,12 @@ class Run:
             shown = ", ".join(f"{k}={theirs.get(k)!s} there, {ours.get(k)!s} here" for k in differ[:5])
             raise ConfigError(f"{key}: only updates may differ from that run's config; also "
                               f"different: {shown}{' ...' if len(differ) > 5 else ''}")
-        old = int(float(state["updates"] if "updates" in state else self.budget_before(run_id, status, theirs)))
+        old = int(float(state["updates"] if "updates" in state else budget_before(status, theirs, tags)))
         if int(self.cfg.updates) <= old:
             raise ConfigError(f"{key}: that run already did updates={old}; give a larger updates=")
         self.run_id, self.extension = run_id, (old, int(self.cfg.updates))
         self.precision_change = precision_change(state, path, self.precision, self.cfg)
         return state, path
-
-    def budget_before(self, run_id: str, status: str | None, params: dict[str, str]) -> str:
-        """The offline updates a run's final checkpoint was written at, for checkpoints from before
-        they recorded it: a continued FINISHED run's ``updates`` tag (its param keeps the first
-        budget), else the param."""
-        tags = self.tracker.run_tags(run_id) if status == "FINISHED" else {}
-        return tags.get("updates") or params.get("updates", "0")
 
     def _report_corrupt(self, message: str) -> None:
         self.corrupt.append(message)
@@ -288,25 +283,30 @@ class Run:
                 "normalizer": replay.normalizer.state_dict(), "finetune": self.finetune.state_dict(),
                 "trainer": self.trainer.state_dict(), "rng": rng_state(), "precision": self.precision}
 
-    def restore(self, state: dict[str, Any], path: Path) -> None:
-        """Continue from a checkpoint's state; one that does not fit this code and config (written
-        by another version: a network or a state that changed shape or keys) is a CheckpointError."""
+    def load(self, state: dict[str, Any], path: Path) -> None:
+        """A checkpoint's networks, replay position, fine-tuning and loop state, before the MLflow run
+        is touched: a state that does not fit this code and config (written by another version: a
+        network of another shape, changed keys) is one CheckpointError line, and the run is left
+        as it was."""
+        replay = self.replay
         try:
-            self._restore(state, path)
+            self.algo.load_state_dict(state["algo"])
+            replay.load_state_dict(state["replay"])
+            replay.storage["returns_to_go"][: replay.size] = state["returns_to_go"].to(replay.device)
+            self.finetune.load_state_dict(state.get("finetune") or {})
+            self.trainer.load_state_dict(state["trainer"], self.device)
+        except torch.OutOfMemoryError:
+            raise
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
             what = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])  # torch: 2nd says which
             raise CheckpointError(
                 f"checkpoint {path} does not fit this run ({type(exc).__name__}: {what[:300]}): "
                 f"written by another version of this code? Continue it with the version that wrote "
-                f"it, or start afresh with resume=never") from None
+                f"it, or start afresh with resume=never") from exc
 
-    def _restore(self, state: dict[str, Any], path: Path) -> None:
-        replay = self.replay
-        self.algo.load_state_dict(state["algo"])
-        replay.load_state_dict(state["replay"])
-        replay.storage["returns_to_go"][: replay.size] = state["returns_to_go"].to(replay.device)
-        self.finetune.load_state_dict(state.get("finetune") or {})
-        self.trainer.load_state_dict(state["trainer"], self.device)
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        """After ``load`` and the MLflow run's start: where the loop continues, the random streams,
+        and the resume recorded on the run."""
         if self.extension:  # back into the offline phase, which now runs to the larger budget
             loop = self.trainer.state
             loop.phase_index = next(i for i, p in enumerate(self.trainer.phases) if p.name == "offline_rl")
@@ -436,16 +436,6 @@ def run_name(choices: dict[str, str], seed: int, dataset_id: str) -> str:
     return f"{choices['algo']}-{choices['pretrain']}-{dataset}{tail}-s{seed}"
 
 
-def checkpoint_root(cfg: DictConfig) -> str:
-    return cfg.checkpoint.dir or str(Path(os.environ.get("OFFLINE_RL_ROOT", ".")) / "checkpoints")
-
-
-def store_key(tracking_uri: str | None) -> str:
-    """A short hash of the tracking store's URI: part of the checkpoint folder's name, so that
-    checkpoints resume only into the store (and run) they were written for."""
-    return hashlib.sha256(str(tracking_uri).rstrip("/").encode()).hexdigest()[:8]
-
-
 def load_source_run(from_run: str, tracker, algo, replay: ReplayBuffer) -> dict[str, Any]:
     """Load the offline networks of a previous run into ``algo`` for ``finetune.from_run``: an
     MLflow run id (its final ``checkpoint.pt`` artifact, from this run's store) or a path to a
@@ -533,6 +523,17 @@ def end_stale_runs(tracker, identity: str, parent_run_id: str | None, keep: str 
                             "node, out of memory); the same command started again as a new run")
         warn(f"marked the MLflow run {run.info.run_id} KILLED: it was left RUNNING by a process "
              f"that no longer runs, and this run does not continue it")
+
+
+def budget_before(status: str | None, params: dict[str, str], tags: dict[str, str]) -> str:
+    """The offline updates a run's final checkpoint was written at, for checkpoints from before
+    they recorded it: a FINISHED run's ``updates`` tag (a continued run's; its param keeps the
+    first budget); a continuation that did not finish: the budget its ``continued`` tag says it
+    started from; else the param."""
+    if status == "FINISHED" and tags.get("updates"):
+        return tags["updates"]
+    started = re.match(r"finished at ([\d,]+) offline updates", tags.get("continued", ""))
+    return started.group(1).replace(",", "") if started else params.get("updates", "0")
 
 
 def precision_change(state: dict[str, Any], path: Path, precision: str, cfg: DictConfig) -> str | None:

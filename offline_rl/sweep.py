@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from offline_rl.config import check_pairing, from_config, validate
 from offline_rl.errors import ConfigError, OfflineRLError
-from offline_rl.identity import run_identity
+from offline_rl.identity import checkpoint_root, run_identity, store_key
 from offline_rl.locks import FileLock
 from offline_rl.job import ENV_PARENT_RUN_ID, ENV_SWEEP_AXES, ENV_SWEEP_NAME, override_key, split_override
 
@@ -201,11 +201,29 @@ def make_tracker(config: DictConfig):
     return from_config(config.tracker)
 
 
-def hold_sweep(name: str, identity: str, folder: Path) -> FileLock:
-    """The sweep's lock, beside its runs' checkpoint folders, held while it runs: the same sweep
-    started in a second terminal exits 2 in one line instead of sharing the parent run and
-    reporting the jobs the first one holds as failed."""
-    lock = FileLock(folder / f"sweep-{identity}.lock")
+def earlier_parent(tracker, identity: str, legacy: str, job_identities: Sequence[str]) -> list:
+    """The parent run of this sweep from an earlier start, if any: by its identity, else by the
+    identity recorded before 2026-12-04 (its jobs' override strings) -- adopted only when every
+    child it has is one of this sweep's jobs (an experiment file edited since makes other jobs
+    of the same overrides: another sweep)."""
+    def parents(tag: str) -> list:
+        return [r for r in tracker.search(f"tags.`sweep.identity` = '{tag}'")
+                if r.data.tags.get("sweep.role") == "parent"]
+
+    found = parents(identity)
+    if found:
+        return found
+    jobs = set(job_identities)
+    return [r for r in parents(legacy)
+            if {c.data.tags.get("run_identity") for c in
+                tracker.search(f"tags.mlflow.parentRunId = '{r.info.run_id}'")} <= jobs]
+
+
+def hold_sweep(name: str, identity: str, folder: Path, store: str) -> FileLock:
+    """The sweep's lock, beside its runs' checkpoint folders (per store), held while it runs: the
+    same sweep started in a second terminal exits 2 in one line, having written nothing, instead
+    of sharing the parent run and reporting the jobs the first one holds as failed."""
+    lock = FileLock(folder / f"sweep-{identity}-{store}.lock")
     try:
         acquired = lock.acquire(blocking=False)
     except OSError as exc:
@@ -258,13 +276,18 @@ class SweepLogic:
                 print(f"  skipped: {grid.label(job)}")
             return []
 
+        identities = [self.job_identities[tuple(j)] for j in jobs]
+        identity = sweep_identity(name, identities)
+        tracker = make_tracker(self.config)
+        # before anything is written: a second terminal running the same sweep touches nothing
+        lock = hold_sweep(name, identity, Path(checkpoint_root(self.config)),
+                          store_key(getattr(tracker, "tracking_uri", None)))
         self.overrides = [list(x) for x in self.split_overrides_to_chunks(jobs, self.max_batch_size)]
         self.batch_index = 0
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
-        tracker = make_tracker(self.config)
         tracker.ensure_store()  # once, before any job starts
         launcher = OmegaConf.select(self.config, "hydra.runtime.choices", default={}).get("hydra/launcher")
         params = {f"grid.{k}": ",".join(v) for k, v in grid.axes.items()}
@@ -274,11 +297,8 @@ class SweepLogic:
                 "sweep.grid": json.dumps(grid.axes), "sweep.dir": str(sweep_dir),
                 "launcher": str(launcher), "sweep.skipped_jobs": json.dumps(
                     [grid.label(o) for o, _ in skipped])[:5000]}
-        tags["sweep.identity"] = sweep_identity(name, [self.job_identities[tuple(j)] for j in jobs])
-        lock = hold_sweep(name, tags["sweep.identity"], Path(str(self.config.checkpoint.dir)))
-        earlier = [r for identity in (tags["sweep.identity"], sweep_identity_by_overrides(name, jobs))
-                   for r in tracker.search(f"tags.`sweep.identity` = '{identity}'")
-                   if r.data.tags.get("sweep.role") == "parent"]
+        tags["sweep.identity"] = identity
+        earlier = earlier_parent(tracker, identity, sweep_identity_by_overrides(name, jobs), identities)
         parent_id = tracker.start(name, params, tags, run_id=earlier[0].info.run_id if earlier else None)
         if earlier:  # the same sweep again: its finished jobs are skipped, the others resume
             statuses = tracker.child_statuses(parent_id)

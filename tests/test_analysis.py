@@ -860,7 +860,13 @@ def test_progress_plans_every_phase_of_a_run():
     # the actor phase stopped at its plateau after 20k; the critic phase is running
     running = {"phase_start/pretrain_actor": 0, "phase_end/pretrain_actor": 20_000,
                "phase_start/pretrain_critic": 20_000}
-    assert _planned({}, running, plan) == 20_000 + 50_000 + 500_000
+    assert _planned({}, running, plan, current="pretrain_critic") == 20_000 + 50_000 + 500_000
+    # continued from 500k to 800k: the offline phase's end at 500k is from before; it runs again
+    continued = {**running, "phase_end/pretrain_critic": 60_000, "phase_start/offline_rl": 60_000,
+                 "phase_end/offline_rl": 560_000}
+    plan = json.dumps({"pretrain_actor": 50_000, "pretrain_critic": 50_000, "offline_rl": 800_000})
+    assert _planned({}, continued, plan, current="offline_rl") == 20_000 + 40_000 + 800_000
+    assert _planned({}, continued, plan) == 20_000 + 40_000 + 500_000  # finished: as it ran
 
 
 def _export(path, runs):

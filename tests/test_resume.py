@@ -285,6 +285,14 @@ def test_a_continued_run_continues_again_and_a_continuation_killed_early_starts_
     assert losses == list(range(10, 151, 10))  # each step once, to 150
     with pytest.raises(ConfigError, match="already did updates=150"):
         train(composed(store, *common, "updates=140", f"continue_from={run_id}"))
+    # a continuation that crashed in its first update (FAILED, its folder cleared): the same
+    with monkeypatch.context() as patch:
+        patch.setattr(Run, "offline_update", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            train(composed(store, *common, "updates=170", f"continue_from={run_id}"))
+    assert client.get_run(run_id).info.status == "FAILED"
+    train(composed(store, *common, "updates=170", f"continue_from={run_id}"))
+    assert final_state(store)[1]["global_step"] == 170
     # with online fine-tuning after the offline phase (already run): refused, before anything starts
     with pytest.raises(ConfigError, match="also fine-tunes online after it, a phase that already ran"):
         train(composed(store, *common, "updates=200", "finetune=td3", "finetune.env_steps=10",
@@ -358,6 +366,19 @@ def test_a_checkpoint_that_does_not_fit_this_code_is_one_line_not_a_traceback(tm
     train(composed(store, *common, "resume=never"))
     runs = search_runs(store)
     assert sorted(runs["status"]) == ["FINISHED", "KILLED"]
+
+
+def test_the_budget_a_checkpoint_without_it_was_written_at():
+    """Checkpoints from before they recorded their budget: a FINISHED run's updates tag (a continued
+    run's), a continuation that did not finish: where its 'continued' tag says it started, else the
+    param (the first budget)."""
+    from offline_rl.run import budget_before
+
+    continued = {"updates": "150", "continued": "finished at 1,200 offline updates, continued to 1,500 (continue_from)"}
+    assert budget_before("FINISHED", {"updates": "600"}, {"updates": "1200"}) == "1200"
+    assert budget_before("RUNNING", {"updates": "600"}, continued) == "1200"
+    assert budget_before("FAILED", {"updates": "600"}, continued) == "1200"
+    assert budget_before("FINISHED", {"updates": "600"}, {}) == "600"
 
 
 def test_a_store_uri_with_a_trailing_slash_is_the_same_store(tmp_path):

@@ -217,7 +217,7 @@ def test_a_killed_sweep_started_again_continues_under_the_same_parent(tmp_path, 
         second = forked.run(command, ROOT, launch_env(minari_root), timeout=300)
         assert second.returncode == 2, second.stderr[-3000:]
         assert re.search(r"^error: sweep '.*' is already running: process \d+ on .* holds it "
-                         r"\(.*sweep-[0-9a-f]{12}\.lock\)", second.stderr, re.M), second.stderr[-3000:]
+                         r"\(.*sweep-[0-9a-f]{12}-[0-9a-f]{8}\.lock\)", second.stderr, re.M), second.stderr[-3000:]
         os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its job processes
         proc.wait(timeout=30)
     finally:
@@ -342,3 +342,28 @@ def test_slurm_job_requeued_mid_run_finishes_as_one_run(slurm_cluster, tmp_path,
             break
         time.sleep(1)
     assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", states
+
+
+def test_a_parent_recorded_by_the_old_identity_is_adopted_only_when_its_children_are_this_sweep_s():
+    """Sweeps started before 2026-12-04 recorded an identity of their jobs' override strings. Such
+    a parent is continued when every child it has is one of this sweep's jobs (by run identity);
+    an experiment file edited since gives other jobs for the same overrides: another sweep."""
+    from types import SimpleNamespace
+
+    from offline_rl.sweep import earlier_parent
+
+    def run(run_id, **tags):
+        return SimpleNamespace(info=SimpleNamespace(run_id=run_id), data=SimpleNamespace(tags=tags))
+
+    class Store:
+        def __init__(self, children):
+            self.children = children
+
+        def search(self, filter_string):
+            if "sweep.identity" in filter_string:
+                return [run("p", **{"sweep.role": "parent"})] if "'old'" in filter_string else []
+            return [run(f"c{i}", run_identity=c) for i, c in enumerate(self.children)]
+
+    assert [r.info.run_id for r in earlier_parent(Store(["a", "b"]), "new", "old", ["a", "b", "c"])] == ["p"]
+    assert earlier_parent(Store(["a", "x"]), "new", "old", ["a", "b", "c"]) == []
+    assert earlier_parent(Store([]), "nothing", "nothing either", ["a"]) == []
