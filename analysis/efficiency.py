@@ -287,6 +287,8 @@ def table(result: DatasetResult) -> list[str]:
         ratio = "1 (baseline)" if base else f"{_num(v.update_ratio)} [{_num(v.update_ci[0])}, {_num(v.update_ci[1])}]"
         tratio = "1 (baseline)" if base else f"{_num(v.time_ratio)} [{_num(v.time_ci[0])}, {_num(v.time_ci[1])}]"
         pre = "—" if np.isnan(v.pretrain_updates) or v.pretrain_updates == 0 else f"{int(v.pretrain_updates):,}"
+        if pre != "—" and v.updates_to_90 < v.pretrain_updates:  # the bar reached while pre-training
+            pre = f"all (reached during its {int(v.pretrain_updates):,})"
         stab = "—" if np.isnan(v.stability) else (f"{v.stability:.1f}" + (
             f" ± {v.stability_sd:.1f}" if not np.isnan(v.stability_sd) else ""))
         rows.append(f"| {v.variant} | {v.seeds} | {v.asymptote:.1f} | {conv} | {updates} | {pre} | "

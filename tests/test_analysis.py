@@ -881,7 +881,8 @@ def _export(path, runs):
                          "status": "FINISHED", "start_time": t0, "end_time": t0 + max(values),
                          "parent_run_id": "p", "algo": "td3_bc", "pretrain": pretrain,
                          "dataset": dataset, "network": "default", "finetune": "none",
-                         "dataset_name": dataset, "seed": seed})
+                         "dataset_name": dataset, "seed": seed,
+                         "pretrain_steps": 30_000 if pretrain == "ac" else None})
     pd.DataFrame(rows).to_csv(path, index=False, compression="gzip")
     return path
 
@@ -922,6 +923,8 @@ def test_efficiency_interval_verdicts_and_stability_against_hand_computed_values
     # the asymptote: the last 2 of 20 evaluations (95, 105), as the 2 before: converged at 100
     assert none_row.startswith("| pretrain=none | 3 | 100.0 | yes | 60,000 | — | 1 (baseline) | 1.0 min |")
     assert none_row.endswith(f"| {math.sqrt(250 / 9):.1f} ± 0.0 |")  # 5.3, not 5.0 with 100k in
+    # pre-training's runs (30k of it) reach the bar at 10k: all of those updates were pre-training
+    assert "| pretrain=ac | 3 | 100.0 | yes | 10,000 | all (reached during its 30,000) | 0.17 [0.17, 0.50] |" in section
 
 
 def test_a_baseline_that_never_scores_above_zero_is_no_bar():
@@ -945,4 +948,4 @@ def test_results_page_says_a_non_positive_baseline_cannot_be_told(tmp_path):
     page = results_page(from_csv(_export(tmp_path / "runs.csv.gz", runs)), tmp_path / "out")
     assert page.verdicts["flat"] == ("**flat**: the baseline's asymptote (-5.0) is not positive: 90% of "
                                      "it is no bar, the paper's \"< 1/2\" **cannot be told**.")
-    assert "| pretrain=ac | 3 | 10.0 | yes | not reached | — | — [—, —] |" in page.path.read_text()
+    assert "| pretrain=ac | 3 | 10.0 | yes | not reached | 30,000 | — [—, —] |" in page.path.read_text()
