@@ -125,23 +125,26 @@ def _planned(params: dict[str, str], metrics: dict[str, float], plan: str | None
     before ``current``, the phase the run is in (none: finished): a run continued to a larger
     budget still has the end its offline phase had before. Runs from before that tag: the offline
     updates plus one pre-training cap per phase started (one if none has)."""
+    started, ended = _phase_marks(metrics, "phase_start/"), _phase_marks(metrics, "phase_end/")
     if plan:
         phases = json.loads(plan)
         order = list(phases)
         done = order[:order.index(current)] if current in order else order
-        started = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("phase_start/")}
-        ended = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("phase_end/")}
         return sum(int(ended[p] - started[p]) if p in done and p in ended and p in started else int(steps)
                    for p, steps in phases.items())
     updates = int(float(params.get("updates", 0)))
     steps = int(float(params.get("pretrain.steps", 0)))
-    started = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("phase_start/pretrain")}
-    ended = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("phase_end/pretrain")}
+    started = {p: v for p, v in started.items() if p.startswith("pretrain")}
     pretrain = sum(int(ended[p] - start) if p in ended else steps for p, start in started.items())
     scheme = params.get("pretrain._target_", "").rsplit(".", 1)[-1]
     if not started and scheme not in ("", "NoPretraining", "QTMax"):  # not begun: one phase's cap
         pretrain = steps
     return updates + pretrain
+
+
+def _phase_marks(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    """``phase_start/<phase>`` (or ``phase_end/``) metrics: the global step by phase."""
+    return {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(prefix)}
 
 
 def silent_seconds(history, now: float) -> float | None:
