@@ -29,10 +29,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from offline_rl.automatic import FAMILY, missing_reference
 from offline_rl.config import check, from_config
-from offline_rl.dataset.record import describe as describe_dataset
+from offline_rl.dataset.record import current_digest, describe as describe_dataset
 from offline_rl.dataset.replay import ReplayBuffer, StateNormalizer
-from offline_rl.errors import (CheckpointError, ConfigError, DiskFullError, NonFiniteLossError,
-                               OfflineRLError, warn)
+from offline_rl.errors import (CheckpointError, ConfigError, DatasetError, DiskFullError,
+                               NonFiniteLossError, OfflineRLError, warn)
 from offline_rl.identity import IDENTITY_EXCLUDED, checkpoint_root, flatten, run_identity, store_key
 from offline_rl.job import job_context
 from offline_rl.metric_names import EVAL_PREFIX, SCORE
@@ -126,6 +126,7 @@ class Run:
         self.job = job_context()
         self.data = data = from_config(cfg.dataset)  # checked as it is read (offline_rl.dataset.checks)
         check_data_limits(cfg, data, device)  # before anything is allocated for it
+        self.dataset_record = describe_dataset(data)  # its digest: what a resume must train on
         self.pretrain = from_config(cfg.pretrain)
         self.finetune = from_config(cfg.finetune)
         self.algo = from_config(cfg.algo)(data.obs_dim, data.act_dim, device=device,
@@ -182,6 +183,8 @@ class Run:
         MLflow run it continues; None: start afresh."""
         found, self.run_id = resume_point(self.checkpoints, self.tracker, self._report_corrupt)
         if found:
+            self.refuse_other_data(found[0], self.run_id, f"the checkpoint {found[1]}",
+                                   "continuing it would train one run on two data files")
             self.precision_change = precision_change(found[0], found[1], self.precision, self.cfg)
         return found
 
@@ -227,9 +230,20 @@ class Run:
         old = int(float(state["updates"] if "updates" in state else budget_before(status, theirs, tags)))
         if int(self.cfg.updates) <= old:
             raise ConfigError(f"{key}: that run already did updates={old}; give a larger updates=")
+        self.refuse_other_data(state, run_id, f"{key}: that run",
+                               "continuing it would train one run on two data files")
         self.run_id, self.extension = run_id, (old, int(self.cfg.updates))
         self.precision_change = precision_change(state, path, self.precision, self.cfg)
         return state, path
+
+    def refuse_other_data(self, state: dict[str, Any], run_id: str | None, what: str,
+                          why: str) -> None:
+        """DatasetError when a checkpoint (its own record, else its MLflow run's tag; older ones
+        have neither) was trained on another data file than this dataset holds now."""
+        recorded = state.get("dataset_digest")
+        if recorded is None and run_id is not None:
+            recorded = self.tracker.run_tags(run_id).get("dataset_digest")
+        refuse_other_data(recorded, self.dataset_record.digest, self.data.dataset_id, what, why)
 
     def _report_corrupt(self, message: str) -> None:
         self.corrupt.append(message)
@@ -261,7 +275,6 @@ class Run:
         self.run_id = self.info["run_id"]
         if self.corrupt:
             self.tracker.set_tags({"checkpoint_corrupt": " | ".join(self.corrupt)})
-        self.dataset_record = describe_dataset(self.data)
         self.tracker.log_dataset(self.dataset_record)  # the MLflow dataset input
         # also a tag: exported with the run (analysis results), so runs of one dataset name
         # trained on different data files are told apart when their seeds are pooled
@@ -281,7 +294,8 @@ class Run:
                 "replay": replay.state_dict(),
                 "returns_to_go": replay.column("returns_to_go"),
                 "normalizer": replay.normalizer.state_dict(), "finetune": self.finetune.state_dict(),
-                "trainer": self.trainer.state_dict(), "rng": rng_state(), "precision": self.precision}
+                "trainer": self.trainer.state_dict(), "rng": rng_state(), "precision": self.precision,
+                "dataset_digest": self.dataset_record.digest}
 
     def load(self, state: dict[str, Any], path: Path) -> None:
         """A checkpoint's networks, replay position, fine-tuning and loop state, before the MLflow run
@@ -471,6 +485,18 @@ def load_source_run(from_run: str, tracker, algo, replay: ReplayBuffer) -> dict[
     return {"global_step": int(state.get("global_step", 0)), "path": str(path)}
 
 
+def refuse_other_data(recorded: str | None, now: str | None, dataset_id: str, what: str,
+                      why: str, fresh: str = "resume=never") -> None:
+    """A dataset regenerated or replaced under the same name would otherwise continue, or be
+    pooled with, runs trained on the old file without a word: one DatasetError line instead."""
+    if recorded and now and recorded != now:
+        raise DatasetError(
+            f"{what} was trained on {dataset_id} with data digest {recorded}; that dataset's data "
+            f"file now has digest {now} (regenerated or replaced since): {why}. Train on the new "
+            f"data in another MLflow store (MLFLOW_TRACKING_URI or OFFLINE_RL_ROOT), put the old "
+            f"data back, or add {fresh} to start a new run here anyway (the old one is kept)")
+
+
 def finished_run(tracker, identity: str, parent_run_id: str | None) -> tuple[str, dict[str, float]] | None:
     """When this run identity already FINISHED (in this sweep, or as a single run): one line
     saying so -- its MLflow run, its score, how to run it again -- and (its run id, its last
@@ -486,6 +512,11 @@ def finished_run(tracker, identity: str, parent_run_id: str | None) -> tuple[str
     scored = f", final normalised score {score:.1f}" if score is not None else ""
     job = job_context()  # a sweep's job by its swept values, as in its other messages
     name = job.label() if job.sweep else run.data.tags.get("mlflow.runName", run.info.run_id)
+    tags = run.data.tags
+    refuse_other_data(tags.get("dataset_digest"), current_digest(tags.get("dataset_id", "")),
+                      tags.get("dataset_id", ""), f"{name} (MLflow run {run.info.run_id}) finished, but",
+                      "a run on the new data here would be pooled with it under the same name",
+                      fresh="rerun=true")
     print(f"already finished: {name} (MLflow run {run.info.run_id}{scored}); nothing to do. To "
           f"run it again as a new MLflow run, add rerun=true", file=sys.stderr, flush=True)
     return run.info.run_id, {k: v for k, v in metrics.items() if k.startswith(EVAL_PREFIX)}

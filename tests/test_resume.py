@@ -397,3 +397,59 @@ def test_a_store_uri_with_a_trailing_slash_is_the_same_store(tmp_path):
     folder.write_info({"run_id": "r1", "tracking_uri": "http://127.0.0.1:5000/"})
     assert resume_decision(folder, Store()) == (True, "r1")
     assert folder.read_info() is not None  # kept
+
+
+def test_a_dataset_regenerated_under_its_name_is_neither_resumed_onto_nor_pooled(
+        tmp_path, minari_root, new_store, monkeypatch):
+    """The same name, another data file (a regenerated local dataset): checkpoints written on the
+    old file are not continued on the new one, a run finished on the old file is not skipped as
+    if it answered for the new one, nor continued to a larger budget on it -- each one
+    DatasetError naming both digests; resume=never / rerun=true start a new run, the old kept."""
+    import shutil
+    import warnings
+
+    from conftest import make_random_dataset
+    from offline_rl.dataset.record import current_digest
+    from offline_rl.errors import DatasetError
+    from offline_rl.run import train
+
+    dataset_id = "tests/hopper/regenerated-v0"
+
+    def generate(seed: int) -> str:
+        shutil.rmtree(minari_root / dataset_id, ignore_errors=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            make_random_dataset(dataset_id, episodes=12, seed=seed)
+        return current_digest(dataset_id)
+
+    common = ["algo=td3_bc", "eval.episodes=0", "log_every=10", "checkpoint.every=20", "updates=60",
+              f"dataset.dataset_id={dataset_id}", *SHARED_MACHINE]
+    store = new_store(tmp_path / "store")
+    first = generate(0)
+    restore = interrupt_at_sample(monkeypatch, 30)
+    with pytest.raises(SystemExit):
+        train(composed(store, *common))
+    restore()
+    written = sorted((store / "checkpoints").glob("*/step-*.pt"))  # steps 20 and 30 (the signal)
+    assert len(written) == 2
+    second = generate(1)
+    assert second != first
+    with pytest.raises(DatasetError, match=rf"the checkpoint .*step-000000000030.pt was trained on "
+                                           rf"{dataset_id} with data digest {first}; .* now has digest "
+                                           rf"{second} .*resume=never"):
+        train(composed(store, *common))
+    assert sorted((store / "checkpoints").glob("*/step-*.pt")) == written  # kept: nothing lost
+    train(composed(store, *common, "resume=never"))
+    runs = search_runs(store)
+    finished = runs[runs["status"] == "FINISHED"]
+    assert len(finished) == 1 and finished.iloc[0]["tags.dataset_digest"] == second
+
+    generate(0)  # the old file back under the name: the run finished on the second one
+    with pytest.raises(DatasetError, match=rf"finished, but was trained on {dataset_id} with data "
+                                           rf"digest {second}; .* now has digest {first} .*rerun=true"):
+        train(composed(store, *common))
+    with pytest.raises(DatasetError, match=rf"continue_from=.*that run was trained on .*digest {second}"):
+        train(composed(store, *common, "updates=80", f"continue_from={finished.iloc[0]['run_id']}"))
+    train(composed(store, *common, "rerun=true"))
+    runs = search_runs(store)
+    assert sorted(runs["tags.dataset_digest"][runs["status"] == "FINISHED"]) == sorted([first, second])

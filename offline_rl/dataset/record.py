@@ -55,6 +55,13 @@ def file_digest(paths: list[Path]) -> str:
     return digest.hexdigest()[:DIGEST_LENGTH]
 
 
+def current_digest(dataset_id: str) -> str | None:
+    """The digest a run of ``dataset_id`` would record now (None: no data file for that id here),
+    to tell whether an earlier run of the same name was trained on these data."""
+    files = data_files(dataset_id) if dataset_id else []
+    return file_digest(files) if files else None
+
+
 def normalized_score(value: float, ref_min: float | None, ref_max: float | None) -> float | None:
     if ref_min is None or ref_max is None or ref_max == ref_min:
         return None
