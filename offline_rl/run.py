@@ -93,6 +93,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             record_failed_start(tracker, cfg, name, choices, identity, exc)
             raise
         try:
+            run.refuse_pooling()
             if cfg.resume == "never":
                 checkpoints.clear()
             resumed = run.resume_point() if cfg.resume == "auto" else None
@@ -243,7 +244,23 @@ class Run:
         recorded = state.get("dataset_digest")
         if recorded is None and run_id is not None:
             recorded = self.tracker.run_tags(run_id).get("dataset_digest")
-        refuse_other_data(recorded, self.dataset_record.digest, self.data.dataset_id, what, why)
+        refuse_other_data(recorded, self.dataset_record.digest, self.data.dataset_id, f"{what} was",
+                          why, fresh=None if self.job.parent_run_id else "resume=never")
+
+    def refuse_pooling(self) -> None:
+        """A sweep started again after its dataset was regenerated: a job not started before would
+        train on the new file under the parent of runs trained on the old one."""
+        parent, dataset_id = self.job.parent_run_id, self.data.dataset_id
+        if parent is None:
+            return
+        siblings = self.tracker.search(f"tags.mlflow.parentRunId = '{parent}' and "
+                                       f"tags.dataset_id = '{dataset_id}'")
+        other = sorted({r.data.tags.get("dataset_digest") for r in siblings}
+                       - {None, self.dataset_record.digest})
+        if other:
+            refuse_other_data(other[0], self.dataset_record.digest, dataset_id,
+                              f"this sweep's runs (parent run {parent}) were", "this job's run "
+                              f"would be pooled with them", fresh=None)
 
     def _report_corrupt(self, message: str) -> None:
         self.corrupt.append(message)
@@ -486,15 +503,18 @@ def load_source_run(from_run: str, tracker, algo, replay: ReplayBuffer) -> dict[
 
 
 def refuse_other_data(recorded: str | None, now: str | None, dataset_id: str, what: str,
-                      why: str, fresh: str = "resume=never") -> None:
+                      why: str, fresh: str | None) -> None:
     """A dataset regenerated or replaced under the same name would otherwise continue, or be
-    pooled with, runs trained on the old file without a word: one DatasetError line instead."""
+    pooled with, runs trained on the old file without a word: one DatasetError line instead.
+    ``fresh``: the override that starts a new run beside the old one (None in a sweep, whose new
+    run would still sit under the old runs' parent)."""
     if recorded and now and recorded != now:
+        anyway = f", or add {fresh} to start a new run here anyway (the old one is kept)" if fresh else ""
         raise DatasetError(
-            f"{what} was trained on {dataset_id} with data digest {recorded}; that dataset's data "
+            f"{what} trained on {dataset_id} with data digest {recorded}; that dataset's data "
             f"file now has digest {now} (regenerated or replaced since): {why}. Train on the new "
             f"data in another MLflow store (MLFLOW_TRACKING_URI or OFFLINE_RL_ROOT), put the old "
-            f"data back, or add {fresh} to start a new run here anyway (the old one is kept)")
+            f"data back{anyway}")
 
 
 def finished_run(tracker, identity: str, parent_run_id: str | None) -> tuple[str, dict[str, float]] | None:
@@ -514,9 +534,9 @@ def finished_run(tracker, identity: str, parent_run_id: str | None) -> tuple[str
     name = job.label() if job.sweep else run.data.tags.get("mlflow.runName", run.info.run_id)
     tags = run.data.tags
     refuse_other_data(tags.get("dataset_digest"), current_digest(tags.get("dataset_id", "")),
-                      tags.get("dataset_id", ""), f"{name} (MLflow run {run.info.run_id}) finished, but",
+                      tags.get("dataset_id", ""), f"{name} (MLflow run {run.info.run_id}) finished, but was",
                       "a run on the new data here would be pooled with it under the same name",
-                      fresh="rerun=true")
+                      fresh=None if parent_run_id else "rerun=true")
     print(f"already finished: {name} (MLflow run {run.info.run_id}{scored}); nothing to do. To "
           f"run it again as a new MLflow run, add rerun=true", file=sys.stderr, flush=True)
     return run.info.run_id, {k: v for k, v in metrics.items() if k.startswith(EVAL_PREFIX)}

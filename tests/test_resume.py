@@ -453,3 +453,32 @@ def test_a_dataset_regenerated_under_its_name_is_neither_resumed_onto_nor_pooled
     train(composed(store, *common, "rerun=true"))
     runs = search_runs(store)
     assert sorted(runs["tags.dataset_digest"][runs["status"] == "FINISHED"]) == sorted([first, second])
+
+    # a sweep started again after its data were regenerated: a finished job is not skipped, and a
+    # job that never ran does not start on the new file under the old runs' parent (no way round
+    # it in that store: a new run would still be that parent's child)
+    import offline_rl.run as run_module
+    from offline_rl.job import JobContext
+
+    sweep_store = new_store(tmp_path / "sweep")
+    client = MlflowClient(f"sqlite:///{sweep_store / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("offline_rl") or client.get_experiment(
+        client.create_experiment("offline_rl"))
+    parent = client.create_run(experiment.experiment_id, run_name="regenerated").info.run_id
+    seed = {"now": 0}
+    monkeypatch.setattr(run_module, "job_context", lambda: JobContext(
+        sweep="regenerated", parent_run_id=parent, axes=["seed"], overrides=[f"seed={seed['now']}"]))
+    train(composed(sweep_store, *common, "seed=0"))  # on the first file
+    generate(1)
+    with pytest.raises(DatasetError, match=r"seed=0 \(MLflow run .*\) finished, but was trained on .*"
+                                           rf"digest {first}; .* now has digest {second}.*put the old "
+                                           r"data back$"):
+        train(composed(sweep_store, *common, "seed=0"))
+    seed["now"] = 1
+    with pytest.raises(DatasetError, match=rf"this sweep's runs \(parent run {parent}\) were trained "
+                                           rf"on {dataset_id} with data digest {first}; .* now has "
+                                           rf"digest {second} .*: this job's run would be pooled"):
+        train(composed(sweep_store, *common, "seed=1"))
+    children = search_runs(sweep_store)
+    children = children[children["run_id"] != parent]
+    assert list(children["tags.dataset_digest"]) == [first]  # no run of the new file beside it
