@@ -404,41 +404,85 @@ def test_ensure_local_dataset_reuses_a_match_and_names_what_differs(datasets, mo
         load_local("Hopper-v5", "medium", generator={**TINY, "critic_widht": 8})
 
 
-def test_medium_by_is_checked_and_datasets_made_before_it_existed_stay_valid(datasets):
+def test_settings_added_later_are_checked_and_datasets_made_before_them_stay_valid(datasets):
+    """medium_by and final_policy came after the first datasets: at their old values (deterministic,
+    average) they are left out of the data settings, so those datasets and checkpoints stay valid
+    for the old rule and are refused for the new defaults (rollouts, better), and the other way."""
     with pytest.raises(ConfigError, match="medium_by must be one of deterministic, rollouts"):
         GeneratorConfig.for_env("Hopper-v5", medium_by="stochastic")
-    assert "medium_by" not in GeneratorConfig.for_env("Hopper-v5").data_settings()
-    assert GeneratorConfig.for_env("Walker2d-v5").data_settings()["medium_by"] == "rollouts"
-    rollouts = GeneratorConfig.for_env("Hopper-v5", **{**TINY, "medium_by": "rollouts"})
-    assert checkpoint_folder(rollouts) != checkpoint_folder(GeneratorConfig.for_env("Hopper-v5", **TINY))
-    # a dataset whose metadata predates the setting: valid for the old rule, not for the new one
+    with pytest.raises(ConfigError, match="final_policy must be one of average, better"):
+        GeneratorConfig.for_env("Hopper-v5", final_policy="best")
+    defaults = GeneratorConfig.for_env("Hopper-v5").data_settings()
+    assert defaults["medium_by"] == "rollouts" and defaults["final_policy"] == "better"
+    # the medium level at D4RL's own medium / expert return ratio per environment (its v2
+    # datasets' normalised scores, medium and expert), through D4RL's reference returns
+    d4rl = {"Hopper-v5": (44, 108), "Walker2d-v5": (62, 107), "HalfCheetah-v5": (40, 88)}
+    for env, (medium, expert) in d4rl.items():
+        low, high = REFERENCE_RETURNS[env]
+        ratio = (low + medium / 100 * (high - low)) / (low + expert / 100 * (high - low))
+        assert GeneratorConfig.for_env(env).medium_fraction == pytest.approx(ratio, abs=0.005)
+    old_rules = GeneratorConfig.for_env("Hopper-v5", **{**TINY, "medium_by": "deterministic",
+                                                         "final_policy": "average"})
+    assert not {"medium_by", "final_policy"} & set(old_rules.data_settings())
+    new_rules = GeneratorConfig.for_env("Hopper-v5", **TINY)  # the module's datasets' settings
+    assert checkpoint_folder(old_rules) != checkpoint_folder(new_rules)
+    # a dataset whose metadata predates both settings: valid for the old rules, not the new ones
     path = dataset_path(IDS["medium"]) / "data" / "metadata.json"
     saved = path.read_text()
     try:
         stored = json.loads(saved)
         config = json.loads(stored["generator_config"])
-        assert config.pop("medium_by") == "deterministic"
+        assert (config.pop("medium_by"), config.pop("final_policy")) == ("rollouts", "better")
         stored["generator_config"] = json.dumps(config)
         path.write_text(json.dumps(stored))
-        generation.check_generator_settings(IDS["medium"], GeneratorConfig.for_env("Hopper-v5", **TINY))
+        generation.check_generator_settings(IDS["medium"], old_rules)
         with pytest.raises(DatasetError, match="medium_by = \\(not recorded\\) in the dataset, 'rollouts'") as error:
-            generation.check_generator_settings(IDS["medium"], rollouts)
+            generation.check_generator_settings(IDS["medium"], new_rules)
+        assert "final_policy = (not recorded) in the dataset, 'better'" in str(error.value)
         assert "+dataset.generator.medium_by=deterministic" in str(error.value)  # how to keep it
     finally:
         path.write_text(saved)
-    # and the other way round: a dataset made by rollouts is not reused for the old rule
-    # (data_settings leaves medium_by out at its old value; the check must not)
-    stored = json.loads(saved)
-    config = json.loads(stored["generator_config"])
-    config["medium_by"] = "rollouts"
-    stored["generator_config"] = json.dumps(config)
-    try:
-        path.write_text(json.dumps(stored))
-        generation.check_generator_settings(IDS["medium"], rollouts)
-        with pytest.raises(DatasetError, match="medium_by = 'rollouts' in the dataset, 'deterministic'"):
-            generation.check_generator_settings(IDS["medium"], GeneratorConfig.for_env("Hopper-v5", **TINY))
-    finally:
-        path.write_text(saved)
+    # and the other way round: a dataset made by the new rules is not reused for the old ones
+    # (data_settings leaves them out at their old values; the check must not)
+    generation.check_generator_settings(IDS["medium"], new_rules)
+    with pytest.raises(DatasetError, match="medium_by = 'rollouts' in the dataset, 'deterministic'"):
+        generation.check_generator_settings(IDS["medium"], old_rules)
+
+
+def test_the_final_policy_is_the_average_unless_the_last_snapshot_scores_higher():
+    """final_policy=better: the averaged weights, or the last snapshot's where its reference
+    returns are higher (ties keep the average); average: the average, the last never evaluated."""
+    from offline_rl.generate.behaviour import Snapshot, final_policy
+
+    actor = torch.nn.Linear(1, 1, bias=False)
+    before = actor.weight.detach().clone()
+    snapshots = [Snapshot(step=step, eval_return=0.0, actor_state={"weight": torch.full((1, 1), w)})
+                 for step, w in ((100, 9.0), (200, 1.0), (300, 3.0))]
+    evaluated: list[float] = []
+
+    def returns_by(score):  # the reference episodes' returns of a policy: score(its weight)
+        def reference_returns(policy):
+            weight = float(policy.weight.detach())
+            evaluated.append(weight)
+            return np.array([score(weight), score(weight)])
+        return reference_returns
+
+    # from step 200 on: the average weight 2.0, the last 3.0
+    chosen, returns, metrics = final_policy(actor, snapshots, 200, "better", returns_by(lambda w: -abs(w - 3)))
+    assert float(chosen.weight.detach()) == 3.0 and list(returns) == [0.0, 0.0] and evaluated == [2.0, 3.0]
+    assert metrics == {"final/average_return_mean": -1.0, "final/averaged_snapshots": 2,
+                       "final/last_snapshot_reference_return_mean": 0.0, "final/is_average": 0.0}
+    chosen, _, metrics = final_policy(actor, snapshots, 200, "better", returns_by(lambda w: -abs(w - 2)))
+    assert float(chosen.weight.detach()) == 2.0 and metrics["final/is_average"] == 1.0
+    chosen, _, _ = final_policy(actor, snapshots, 200, "better", returns_by(lambda w: 5.0))  # a tie
+    assert float(chosen.weight.detach()) == 2.0
+    evaluated.clear()
+    chosen, _, metrics = final_policy(actor, snapshots, 200, "average", returns_by(lambda w: -abs(w - 3)))
+    assert float(chosen.weight.detach()) == 2.0 and evaluated == [2.0] and metrics["final/is_average"] == 1.0
+    evaluated.clear()  # one snapshot that late: it is the average, evaluated once
+    chosen, _, metrics = final_policy(actor, snapshots, 300, "better", returns_by(lambda w: 1.0))
+    assert float(chosen.weight.detach()) == 3.0 and evaluated == [3.0] and metrics["final/averaged_snapshots"] == 1
+    assert torch.equal(actor.weight, before)  # copies: the agent's own actor is never changed
 
 
 def test_a_generation_by_rollouts_records_what_it_compared_and_picks_from_it(tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ HELP = {
     "snapshot_every": "evaluate the policy and keep a snapshot every N env steps",
     "medium_by": "the medium snapshot is the one closest to medium_fraction x the final policy by "
                  "deterministic evaluation return ('deterministic') or by the mean return of "
-                 "stochastic episodes, as the data are collected ('rollouts'; Walker2d's default)",
+                 "stochastic episodes, as the data are collected ('rollouts', the default)",
     "eval_episodes": "deterministic evaluation episodes per snapshot",
     "ref_episodes": "episodes for the random and final policies' returns",
     "num_envs": "environments side by side for evaluation and rollouts",
@@ -38,11 +38,15 @@ HELP = {
     "compile": "update steps: auto, compile or eager",
     "precision": "update steps' arithmetic: fp32 (default), bf16 or auto (docs/precision.md)",
     "average_last": "final policy = mean of the snapshots over the last this fraction of training",
+    "final_policy": "'average' (of those snapshots) or 'better' (the average or the last snapshot, "
+                    "whichever scores higher over ref_episodes; the default)",
     "checkpoint_every": "env steps between checkpoints (0: only on a signal)",
     "tracking_uri": "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow sqlite)",
     "track": "record the behaviour run in MLflow (experiment 'datasets')",
     "dataset_size": "transitions in each rollout dataset (medium, expert)",
-    "medium_fraction": "medium = the snapshot whose return is closest to this x the final return",
+    "medium_fraction": "medium = the snapshot whose return is closest to this x the final return "
+                       "(default per environment: D4RL's medium / expert return ratio, "
+                       + ", ".join(f"{env} {d['medium_fraction']}" for env, d in ENV_DEFAULTS.items()) + ")",
     "num_threads": "torch CPU threads during generation (default: torch's)",
 }
 SKIPPED = ("env_id", "progress")

@@ -3,15 +3,16 @@
 One behaviour run per environment (``offline_rl.generate.behaviour``) gives D4RL's levels:
 
 * ``medium``: ``dataset_size`` transitions of stochastic rollouts of the policy snapshot whose
-  deterministic evaluation return is closest to a third (``medium_fraction``) of the final one's
-  (``medium_by=rollouts``, Walker2d's default: whose stochastic episodes' mean return is closest to
-  a third of the final policy's);
+  stochastic episodes' mean return is closest to a third (``medium_fraction``) of the final
+  policy's (``medium_by=rollouts``, the default; ``deterministic``: by deterministic evaluation
+  returns, as datasets made before the setting were);
 * ``medium-replay``: every transition the agent collected (its replay buffer, warm-up included) up
   to that snapshot's step, episode by episode; the episode still running then is cut, marked
   truncated;
 * ``full-replay``: the whole replay buffer, from the first step to the last (appendix E.2);
 * ``expert``: ``dataset_size`` transitions of stochastic rollouts of the final policy (the mean of
-  the actor snapshots over the last ``average_last`` of training);
+  the actor snapshots over the last ``average_last`` of training, or the last snapshot where it
+  scores higher: ``final_policy``);
 * ``medium-expert``: the ``medium`` and ``expert`` episodes together.
 
 Normalised scores read like the literature's: for Hopper, HalfCheetah and Walker2d the datasets'
@@ -73,7 +74,7 @@ ROLLOUT_SEED_OFFSET = {"medium": 40_000, "expert": 50_000, "snapshot_rollouts": 
 #: settings added after datasets were made without them, with the value that reproduces those
 #: datasets: at that value a setting is left out of ``data_settings`` (and of the behaviour run's
 #: checkpoint identity), so the datasets and checkpoints made before it existed stay valid
-ADDED_LATER = {"medium_by": "deterministic"}
+ADDED_LATER = {"medium_by": "deterministic", "final_policy": "average"}
 MEDIUM_BY = ("deterministic", "rollouts")
 #: D4RL's reference returns (uniform-random policy, expert policy) that define its normalised
 #: score, from d4rl/infos.py (REF_MIN_SCORE / REF_MAX_SCORE of the v2 MuJoCo datasets)
@@ -82,15 +83,17 @@ REFERENCE_RETURNS = {"Hopper-v5": (-20.272305, 3234.3),
                      "Walker2d-v5": (1.629008, 4592.3)}
 #: per-environment defaults, chosen by measurement on a 2-core CPU (docs/datasets.md):
 #: CrossQ reaches an expert Hopper / Walker2d in the fewest CPU-seconds; on HalfCheetah CrossQ with
-#: 2 x 256 networks learned slowly (2,069 after 60k steps) and TD3 got furthest per second
+#: 2 x 256 networks learned slowly (2,069 after 60k steps) and TD3 got furthest per second.
+#: medium_fraction: D4RL's own medium level as a fraction of its expert level, in returns (its v2
+#: datasets' normalised scores, medium / expert: Hopper 44 / 108, Walker2d 62 / 107, HalfCheetah
+#: 40 / 88, through REFERENCE_RETURNS). At a third, Hopper's medium fell on its standing-still
+#: plateau (~1,000: the alive bonus over 1,000 steps; docs/datasets.md)
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
-    "Hopper-v5": {"algorithm": "crossq", "env_steps": 100_000},
-    # medium by rollouts: the snapshot whose deterministic return was 1/3 of the expert's collected
-    # medium data at 80.0 (D4RL's 62): its stochastic episodes scored 3.2x its deterministic ones
+    "Hopper-v5": {"algorithm": "crossq", "env_steps": 100_000, "medium_fraction": 0.40},
     "Walker2d-v5": {"algorithm": "crossq", "env_steps": 200_000, "snapshot_every": 5_000,
-                    "medium_by": "rollouts"},
+                    "medium_fraction": 0.58},
     "HalfCheetah-v5": {"algorithm": "td3", "env_steps": 500_000, "random_steps": 10_000,
-                       "snapshot_every": 10_000},
+                       "snapshot_every": 10_000, "medium_fraction": 0.44},
 }
 #: measured speeds on an idle 2-core CPU (compiled update steps; docs/datasets.md) for the estimate printed
 #: before a generation starts: env steps per second of behaviour training (one update each,
@@ -108,8 +111,11 @@ class GeneratorConfig(BehaviourConfig):
     medium_fraction: float = 1.0 / 3.0  # medium = snapshot closest to this x the final return
     # which returns that "closest" compares: each snapshot's deterministic evaluation
     # ("deterministic"), or the mean return of its stochastic episodes against the final policy's
-    # ("rollouts": as the datasets are collected; eval_episodes each, after training)
-    medium_by: str = "deterministic"
+    # ("rollouts": as the datasets are collected; eval_episodes each, after training). By
+    # deterministic returns Walker2d's medium data scored 80.0 (D4RL's 62): its stochastic episodes
+    # scored 3.2x its deterministic ones; Hopper's (ff8850f829) were 2,926 near-identical episodes
+    # (1,128 +- 58) no algorithm tried improved on (docs/datasets.md)
+    medium_by: str = "rollouts"
     num_threads: int | None = None  # torch CPU threads while generating (None / 0: torch's)
     progress: bool = True  # progress bars for training and rollouts
 
