@@ -232,20 +232,22 @@ class Run:
         if int(self.cfg.updates) <= old:
             raise ConfigError(f"{key}: that run already did updates={old}; give a larger updates=")
         self.refuse_other_data(state, run_id, f"{key}: that run",
-                               "continuing it would train one run on two data files")
+                               "continuing it would train one run on two data files",
+                               fresh="no continue_from (a new run with the larger updates)")
         self.run_id, self.extension = run_id, (old, int(self.cfg.updates))
         self.precision_change = precision_change(state, path, self.precision, self.cfg)
         return state, path
 
     def refuse_other_data(self, state: dict[str, Any], run_id: str | None, what: str,
-                          why: str) -> None:
+                          why: str, fresh: str = "resume=never, which removes these checkpoints"
+                          ) -> None:
         """DatasetError when a checkpoint (its own record, else its MLflow run's tag; older ones
         have neither) was trained on another data file than this dataset holds now."""
         recorded = state.get("dataset_digest")
         if recorded is None and run_id is not None:
             recorded = self.tracker.run_tags(run_id).get("dataset_digest")
         refuse_other_data(recorded, self.dataset_record.digest, self.data.dataset_id, f"{what} was",
-                          why, fresh=None if self.job.parent_run_id else "resume=never")
+                          why, fresh=None if self.job.parent_run_id else fresh)
 
     def refuse_pooling(self) -> None:
         """A sweep started again after its dataset was regenerated: a job not started before would
@@ -506,15 +508,17 @@ def refuse_other_data(recorded: str | None, now: str | None, dataset_id: str, wh
                       why: str, fresh: str | None) -> None:
     """A dataset regenerated or replaced under the same name would otherwise continue, or be
     pooled with, runs trained on the old file without a word: one DatasetError line instead.
-    ``fresh``: the override that starts a new run beside the old one (None in a sweep, whose new
-    run would still sit under the old runs' parent)."""
+    ``fresh``: how to start a new run beside the old one here (None in a sweep, whose jobs would
+    still sit under the old runs' parent: there a new sweep name gives a new parent)."""
     if recorded and now and recorded != now:
-        anyway = f", or add {fresh} to start a new run here anyway (the old one is kept)" if fresh else ""
+        here = (f", or start a new run here with {fresh} (the old MLflow run is kept)" if fresh else
+                ", or start the sweep under another name (hydra.sweeper.name=...: a new parent "
+                "run; with resume=never if its jobs left checkpoints)")
         raise DatasetError(
             f"{what} trained on {dataset_id} with data digest {recorded}; that dataset's data "
             f"file now has digest {now} (regenerated or replaced since): {why}. Train on the new "
             f"data in another MLflow store (MLFLOW_TRACKING_URI or OFFLINE_RL_ROOT), put the old "
-            f"data back{anyway}")
+            f"data back{here}")
 
 
 def finished_run(tracker, identity: str, parent_run_id: str | None) -> tuple[str, dict[str, float]] | None:

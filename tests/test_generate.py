@@ -200,11 +200,18 @@ def test_minari_loads_every_level_with_d4rl_reference_scores_and_origin(datasets
         generated_returns.add((meta["random_policy_return"], meta["final_policy_return"]))
         assert json.loads(meta["generator_config"]) == expected_config
         assert meta["level"] == level and meta["behaviour_algorithm"] == "crossq"
+        if level == "expert":  # the description says which final policy the data came from
+            chosen = {"average": "the mean of its snapshots' weights over the last 10% of training (",
+                      "last_snapshot": "its last snapshot (it scored higher than the mean"}
+            assert chosen[meta["final_policy_chosen"]] in meta["description"]
         # snapshots every 100 env steps, the last at the end of training
         snapshots = json.loads(meta["snapshot_returns"])
         assert [s for s, _ in snapshots] == [100, 200, 300, 400]
-        target = meta["final_policy_return"] / 3
-        closest = min(snapshots, key=lambda p: (abs(p[1] - target), p[0]))
+        # the medium: the snapshot whose stochastic episodes' return is closest to Hopper's
+        # medium_fraction (0.40) x the final policy's (medium_by=rollouts, the defaults)
+        by_rollouts = json.loads(meta["snapshot_rollout_returns"])
+        target = 0.40 * meta["final_policy_rollout_return"]
+        closest = min(by_rollouts, key=lambda p: (abs(p[1] - target), p[0]))
         assert meta["medium_snapshot_step"] == closest[0]
         sizes = {"medium": 300, "expert": 300, "medium-expert": 600, "full-replay": 400,
                  "medium-replay": closest[0]}
@@ -493,7 +500,7 @@ def test_a_generation_by_rollouts_records_what_it_compared_and_picks_from_it(tmp
     stored = metadata(IDS["medium"])
     pairs = json.loads(stored["snapshot_rollout_returns"])
     assert [s for s, _ in pairs] == [s for s, _ in json.loads(stored["snapshot_returns"])]
-    chosen = pairs[select_snapshot(pairs, stored["final_policy_rollout_return"])][0]
+    chosen = pairs[select_snapshot(pairs, stored["final_policy_rollout_return"], config.medium_fraction)][0]
     assert stored["medium_snapshot_step"] == stored["snapshot_step"] == chosen
     assert json.loads(stored["generator_config"])["medium_by"] == "rollouts"
     import minari

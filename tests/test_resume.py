@@ -436,7 +436,7 @@ def test_a_dataset_regenerated_under_its_name_is_neither_resumed_onto_nor_pooled
     assert second != first
     with pytest.raises(DatasetError, match=rf"the checkpoint .*step-000000000030.pt was trained on "
                                            rf"{dataset_id} with data digest {first}; .* now has digest "
-                                           rf"{second} .*resume=never"):
+                                           rf"{second} .*resume=never, which removes these checkpoints"):
         train(composed(store, *common))
     assert sorted((store / "checkpoints").glob("*/step-*.pt")) == written  # kept: nothing lost
     train(composed(store, *common, "resume=never"))
@@ -448,15 +448,16 @@ def test_a_dataset_regenerated_under_its_name_is_neither_resumed_onto_nor_pooled
     with pytest.raises(DatasetError, match=rf"finished, but was trained on {dataset_id} with data "
                                            rf"digest {second}; .* now has digest {first} .*rerun=true"):
         train(composed(store, *common))
-    with pytest.raises(DatasetError, match=rf"continue_from=.*that run was trained on .*digest {second}"):
+    with pytest.raises(DatasetError, match=rf"continue_from=.*that run was trained on .*digest {second}"
+                                           r".*start a new run here with no continue_from"):
         train(composed(store, *common, "updates=80", f"continue_from={finished.iloc[0]['run_id']}"))
     train(composed(store, *common, "rerun=true"))
     runs = search_runs(store)
     assert sorted(runs["tags.dataset_digest"][runs["status"] == "FINISHED"]) == sorted([first, second])
 
     # a sweep started again after its data were regenerated: a finished job is not skipped, and a
-    # job that never ran does not start on the new file under the old runs' parent (no way round
-    # it in that store: a new run would still be that parent's child)
+    # job that never ran does not start on the new file under the old runs' parent (rerun=true
+    # would not help: a new run would still be that parent's child; another sweep name would)
     import offline_rl.run as run_module
     from offline_rl.job import JobContext
 
@@ -472,7 +473,8 @@ def test_a_dataset_regenerated_under_its_name_is_neither_resumed_onto_nor_pooled
     generate(1)
     with pytest.raises(DatasetError, match=r"seed=0 \(MLflow run .*\) finished, but was trained on .*"
                                            rf"digest {first}; .* now has digest {second}.*put the old "
-                                           r"data back$"):
+                                           r"data back, or start the sweep under another name "
+                                           r"\(hydra.sweeper.name=.*\)$"):
         train(composed(sweep_store, *common, "seed=0"))
     seed["now"] = 1
     with pytest.raises(DatasetError, match=rf"this sweep's runs \(parent run {parent}\) were trained "

@@ -37,7 +37,7 @@ HELP = {
     "device": "torch device of the behaviour agent",
     "compile": "update steps: auto, compile or eager",
     "precision": "update steps' arithmetic: fp32 (default), bf16 or auto (docs/precision.md)",
-    "average_last": "final policy = mean of the snapshots over the last this fraction of training",
+    "average_last": "the snapshots averaged into the final policy: those of the last this fraction of training",
     "final_policy": "'average' (of those snapshots) or 'better' (the average or the last snapshot, "
                     "whichever scores higher over ref_episodes; the default)",
     "checkpoint_every": "env steps between checkpoints (0: only on a signal)",

@@ -10,10 +10,11 @@ far the most sample-efficient choice per second of a 2-core CPU (docs/datasets.m
 What dataset generation needs from the run: every transition collected, in order, with its
 episode-end flags (the replay: ``full-replay`` is all of it, ``medium-replay`` a prefix); actor
 snapshots every ``snapshot_every`` environment steps with their deterministic evaluation return
-(``medium`` is the one closest to a third of the final policy's); the final actor (``expert``); the
-returns of a uniform-random policy and of the final policy -- the average of the actor snapshots
-over the last ``average_last`` (10%) of training, which smooths out the dips a single last iterate
-can be caught in.
+(``medium`` is the one whose return is closest to ``medium_fraction`` of the final policy's); the
+final actor (``expert``); the returns of a uniform-random policy and of the final policy -- the
+average of the actor snapshots over the last ``average_last`` (10%) of training, which smooths out
+the dips a single last iterate can be caught in, or the last snapshot where that scores higher
+(``final_policy="better"``: an average can fail too).
 
 Interrupted (Ctrl-C, SIGTERM, kill -9), the same generation resumes from its newest checkpoint
 (every ``checkpoint_every`` env steps and on a signal; the agent, optimisers, replay, snapshots,
@@ -155,6 +156,7 @@ class BehaviourRun:
     final_returns: np.ndarray  # final policy, deterministic, ref_episodes episodes
     train_seconds: float
     final_actor: Any = None  # the final policy: the average of the last snapshots (average_last)
+    final_is_average: bool = True  # False: the last snapshot scored higher (final_policy="better")
     tracker: Any = None  # the behaviour run's tracker, still open: generation finishes it
 
     @property
@@ -363,11 +365,11 @@ def train_behaviour(config: BehaviourConfig, checkpoint_dir: Path, identity: str
                              "train_seconds": train_seconds, **compile_metrics([compile_report])},
                             trainer.state.global_step)
         tracker.flush()
-        return random_returns, final_returns, train_seconds, final_actor
+        return random_returns, final_returns, train_seconds, (final_actor, bool(chosen["final/is_average"]))
 
     try:
         # a signal: checkpointed, reported, the MLflow run KILLED (no requeue), the process ends
-        random_returns, final_returns, train_seconds, final_actor = train_tracked(
+        random_returns, final_returns, train_seconds, (final_actor, final_is_average) = train_tracked(
             trainer, tracker, checkpoints, record=record,
             kept_step=lambda: kept[0] if kept else None, unit="env step")
     finally:
@@ -375,4 +377,5 @@ def train_behaviour(config: BehaviourConfig, checkpoint_dir: Path, identity: str
         loop.close()
     return BehaviourRun(config=config, agent=agent, snapshots=snapshots, replay=replay,
                         random_returns=random_returns, final_returns=final_returns,
-                        train_seconds=train_seconds, tracker=tracker, final_actor=final_actor)
+                        train_seconds=train_seconds, tracker=tracker, final_actor=final_actor,
+                        final_is_average=final_is_average)

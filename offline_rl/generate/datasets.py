@@ -3,7 +3,8 @@
 One behaviour run per environment (``offline_rl.generate.behaviour``) gives D4RL's levels:
 
 * ``medium``: ``dataset_size`` transitions of stochastic rollouts of the policy snapshot whose
-  stochastic episodes' mean return is closest to a third (``medium_fraction``) of the final
+  stochastic episodes' mean return is closest to ``medium_fraction`` (D4RL's own medium / expert
+  ratio per environment, ``ENV_DEFAULTS``) of the final
   policy's (``medium_by=rollouts``, the default; ``deterministic``: by deterministic evaluation
   returns, as datasets made before the setting were);
 * ``medium-replay``: every transition the agent collected (its replay buffer, warm-up included) up
@@ -304,6 +305,7 @@ def _generate(config: GeneratorConfig, levels: list[str], ids: dict[str, str],
                     "final_policy_return": run.final_return,
                     "ref_scores_source": "D4RL" if config.env_id in REFERENCE_RETURNS else "generated",
                     "episode_return_mean": float(returns.mean()),
+                    "final_policy_chosen": "average" if run.final_is_average else "last_snapshot",
                 }
                 if by_rollouts:
                     metadata["snapshot_rollout_returns"] = json.dumps(
@@ -418,9 +420,10 @@ def _level_data(level: str, config: GeneratorConfig, run: BehaviourRun, medium,
                      f"the final policy's (see the metadata's snapshot_rollout_returns)")
     else:
         actor, step, ret = run.final_actor, env_steps, run.final_return
-        what = (f"the final {config.algorithm} policy after {env_steps} env steps: the mean of its "
-                f"snapshots' weights over the last {config.average_last:.0%} of training "
-                f"(deterministic return {ret:.1f})")
+        average = f"the mean of its snapshots' weights over the last {config.average_last:.0%} of training"
+        what = (f"the final {config.algorithm} policy after {env_steps} env steps: " + (
+                average if run.final_is_average else f"its last snapshot (it scored higher than "
+                f"{average})") + f" (deterministic return {ret:.1f})")
     if level not in rollouts:
         torch.manual_seed(config.seed + ROLLOUT_SEED_OFFSET[level])  # the actor's sampling noise
         rollouts[level] = collect_episodes(

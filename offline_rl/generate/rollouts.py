@@ -160,8 +160,8 @@ def collect_episodes(policy: Policy, env_id: str, num_transitions: int, num_envs
 def select_snapshot(snapshots: Sequence[tuple[int, float]], final_return: float,
                     fraction: float = 1.0 / 3.0) -> int:
     """Index of the (step, eval_return) pair whose return is closest to ``fraction`` of
-    ``final_return`` (D4RL's medium: a policy at about a third of the final one); ties go to the
-    earliest snapshot."""
+    ``final_return`` (the medium level: ``medium_fraction``, D4RL's own medium / expert ratio per
+    environment); ties go to the earliest snapshot."""
     if len(snapshots) == 0:
         raise ValueError("no snapshots to choose from")
     target = fraction * float(final_return)
