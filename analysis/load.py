@@ -415,8 +415,9 @@ def export_csv(rs: RunSet, path: str | Path, metrics: Sequence[str] = (SCORE,),
     path.parent.mkdir(parents=True, exist_ok=True)
     runs = rs.runs
     # the config-group choices stay, constant or not: they say what the runs are when files are
-    # put side by side (analysis compare)
-    constant = [c for c in rs.param_columns if c in runs and c not in GROUPS
+    # put side by side (analysis compare); so does the seed: a file of one seed (a sweep's first
+    # wave) read back without it counted every run as its own seed
+    constant = [c for c in rs.param_columns if c in runs and c not in (*GROUPS, "seed")
                 and runs[c].astype(str).nunique() <= 1]
     keep = [c for c in runs.columns if c not in constant and not c.startswith("_")]
     for key in metrics:

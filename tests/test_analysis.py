@@ -635,6 +635,18 @@ def test_results_page_from_the_exported_file_needs_no_store(clean, tmp_path):
     assert main(["results", "--from-csv", str(part1), str(data), "--out", str(tmp_path / "b")]) == 2
     assert set(frame["metric"]) == {"eval/normalized_score_mean"} and frame["run_id"].nunique() == 12
     assert "machine" in frame and "pretrain.lambda" not in frame  # constant params left out
+    # a file of one seed (a sweep's first wave) keeps its seed column, and reads back as one seed
+    import copy as copy_module
+
+    from analysis.load import export_csv, from_csv
+
+    first_wave = copy_module.copy(clean)
+    first_wave.runs = clean.runs[clean.runs["seed"].astype(str) == "0"]
+    first_wave.metrics = clean.metrics[clean.metrics["run_id"].isin(first_wave.runs["run_id"])]
+    one_seed = export_csv(first_wave, tmp_path / "seed0.csv.gz")
+    assert set(pd.read_csv(one_seed)["seed"]) == {0}
+    back = from_csv(one_seed)
+    assert len(back.runs) == 4 and set(back.runs["seed"].astype(str)) == {"0"} and back.warnings == []
     # and the curves of those evaluations, still without the store
     assert main(["curves", "--from-csv", str(data), "--out", str(tmp_path / "c")]) == 0
     assert (tmp_path / "c" / "curves.png").stat().st_size > 10_000
