@@ -205,14 +205,19 @@ def averaged_actor(actor, snapshots: list[Snapshot], since: int):
     """A copy of ``actor`` holding the mean of the snapshots' weights (and floating buffers:
     batch-renorm statistics) at env step ``since`` or later; the last snapshot alone when none
     is that late."""
-    chosen = [s for s in snapshots if s.step >= since] or snapshots[-1:]
-    states = [s.actor_state for s in chosen]
+    states = [s.actor_state for s in averaged_snapshots(snapshots, since)]
     mean = {name: (sum(state[name].double() for state in states) / len(states)).to(value.dtype)
             if value.is_floating_point() else states[-1][name]
             for name, value in states[-1].items()}
     average = copy.deepcopy(actor)
     average.load_state_dict(mean)
     return average
+
+
+def averaged_snapshots(snapshots: list[Snapshot], since: int) -> list[Snapshot]:
+    """The snapshots the final average is made of: those at env step ``since`` or later (the last
+    one alone when none is that late)."""
+    return [s for s in snapshots if s.step >= since] or snapshots[-1:]
 
 
 def final_policy(actor, snapshots: list[Snapshot], since: int, rule: str,
@@ -223,7 +228,7 @@ def final_policy(actor, snapshots: list[Snapshot], since: int, rule: str,
     returns and the metrics that say what was compared."""
     average = averaged_actor(actor, snapshots, since)
     chosen_actor, chosen_returns = average, reference_returns(average)
-    averaged = len([s for s in snapshots if s.step >= since]) or 1
+    averaged = len(averaged_snapshots(snapshots, since))
     metrics = {"final/average_return_mean": float(chosen_returns.mean()),
                "final/averaged_snapshots": averaged}
     if rule == "better" and averaged > 1:
