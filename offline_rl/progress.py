@@ -160,6 +160,14 @@ def silent_seconds(history, now: float) -> float | None:
     return quiet if quiet > max(SILENT_AFTER_S, SILENT_INTERVALS * interval) else None
 
 
+def recent_rate(points) -> float | None:
+    """Updates/s over these log points: the median of the intervals' rates, so that a gap while
+    the job's process was dead (a killed sweep, continued hours later) does not count as slow work."""
+    rates = [(b.step - a.step) / ((b.timestamp - a.timestamp) / 1e3)
+             for a, b in zip(points, points[1:]) if b.timestamp > a.timestamp and b.step > a.step]
+    return statistics.median(rates) if rates else None
+
+
 def job_progress(client, run, now: float | None = None) -> JobProgress:
     """One child run's progress, from its params, latest metrics and one loss history."""
     metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
@@ -171,9 +179,8 @@ def job_progress(client, run, now: float | None = None) -> JobProgress:
         history = sorted(client.get_metric_history(run.info.run_id, keys[0]), key=lambda m: m.step)
         if history:
             step = history[-1].step
-            recent = history[-RATE_WINDOW:]
-            if run.info.status == "RUNNING" and len(recent) >= 2 and recent[-1].timestamp > recent[0].timestamp:
-                rate = (recent[-1].step - recent[0].step) / ((recent[-1].timestamp - recent[0].timestamp) / 1e3)
+            if run.info.status == "RUNNING":
+                rate = recent_rate(history[-RATE_WINDOW:])
             if run.info.status == "RUNNING":
                 silent = silent_seconds(history, time.time() if now is None else now)
     total = _planned({**params, **({"updates": tags["updates"]} if "updates" in tags else {})}, metrics,

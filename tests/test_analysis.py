@@ -819,7 +819,8 @@ def test_no_verdict_from_fewer_than_three_runs_per_variant(clean, tmp_path, caps
 def test_progress_tells_a_silent_job_from_a_running_one(store, capsys):
     """A killed sweep leaves its runs RUNNING in the store: `analysis progress` reports a RUNNING
     job that logged nothing for 2 h as silent (no rate, not in the ETA), and one logging every
-    200 s, last 1,000 s ago, still as running (silence is measured against its own pace)."""
+    200 s, last 1,000 s ago, still as running (silence is measured against its own pace); a job
+    continued after hours dead is measured at its pace, not across the gap."""
     import time
 
     from mlflow.entities import Metric, Param
@@ -829,14 +830,17 @@ def test_progress_tells_a_silent_job_from_a_running_one(store, capsys):
     client, now = store["client"], time.time()
     exp = client.create_experiment("progress")
     parent = client.create_run(exp, run_name="prog", tags={"sweep": "prog", "sweep.role": "parent"})
-    client.log_batch(parent.info.run_id, params=[Param("sweep.jobs", "4")])
+    client.log_batch(parent.info.run_id, params=[Param("sweep.jobs", "5")])
 
-    def child(name, *, last_s_ago, every_s, status="RUNNING"):
+    def child(name, *, last_s_ago, every_s, status="RUNNING", dead_s=0.0, dead_after=0):
+        """Ten log points every ``every_s``, the last ``last_s_ago``; the process dead for ``dead_s``
+        after the ``dead_after``-th of them (killed, and continued by the sweep's command)."""
         run = client.create_run(exp, run_name=name, tags={
             "mlflow.parentRunId": parent.info.run_id, "phase": "offline_rl", "run_identity": name})
         rid = run.info.run_id
         client.log_batch(rid, params=[Param("updates", "500000")], metrics=[
-            Metric("offline_rl/critic_loss", 1.0, int(1000 * (now - last_s_ago - (10 - i) * every_s)), 1000 * i)
+            Metric("offline_rl/critic_loss", 1.0,
+                   int(1000 * (now - last_s_ago - (10 - i) * every_s - (dead_s if i <= dead_after else 0))), 1000 * i)
             for i in range(1, 11)])
         if status != "RUNNING":
             client.set_terminated(rid, status=status)
@@ -845,18 +849,21 @@ def test_progress_tells_a_silent_job_from_a_running_one(store, capsys):
     child("dead", last_s_ago=2 * 3600, every_s=10)
     child("slow", last_s_ago=1000, every_s=200)  # 9,000 updates in 1,800 s: 5 updates/s
     child("done", last_s_ago=3 * 3600, every_s=10, status="FINISHED")
+    # continued 20 s ago after 5 h dead: its pace is 100 updates/s, not 9,000 in 5 h (0.5/s)
+    child("resumed", last_s_ago=5, every_s=10, dead_s=5 * 3600, dead_after=7)
     assert main(["progress", "--tracking-uri", store["uri"], "--experiment", "progress",
                  "--sweep", "prog", "--jobs"]) == 0
     out = capsys.readouterr().out
     line, rows = out.splitlines()[0], {r.split(" | ")[0].strip("| "): r for r in out.splitlines()[3:]}
-    assert "1/4 finished, 2 running, 0 waiting, 0 failed; 1 silent (RUNNING in the store, nothing " \
+    assert "1/5 finished, 3 running, 0 waiting, 0 failed; 1 silent (RUNNING in the store, nothing " \
            "logged for 2.0 h or more" in line and "started again continues them" in line
-    assert "; 105 updates/s;" in line  # alive + slow, not the silent one
-    left = 3 * 500_000 - 3 * 10_000  # updates left of the three unfinished jobs
-    assert f"ETA {left / 105 / 3600:.1f} h" in line
+    assert "; 205 updates/s;" in line  # alive + slow + resumed, not the silent one
+    left = 4 * 500_000 - 4 * 10_000  # updates left of the four unfinished jobs
+    assert f"ETA {left / 205 / 3600:.1f} h" in line
     assert rows["dead"].startswith("| dead | RUNNING, silent 2.0 h | 10,000 | 500,000 |  |")
     assert rows["alive"].startswith("| alive | RUNNING | 10,000 | 500,000 | 100 |")
     assert rows["slow"].startswith("| slow | RUNNING | 10,000 | 500,000 | 5 |")
+    assert rows["resumed"].startswith("| resumed | RUNNING | 10,000 | 500,000 | 100 |")
 
 
 def test_progress_plans_every_phase_of_a_run():
