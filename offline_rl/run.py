@@ -138,7 +138,8 @@ class Run:
             reward_scale=self.algo.reward_scale(data))
         self.sample = self.replay.sampler(self.batch_size)  # the offline phase's batches
         # fine-tuning a previous run's checkpoint: no pre-training, no offline phase
-        self.source = (load_source_run(self.finetune.from_run, tracker, self.algo, self.replay)
+        self.source = (load_source_run(self.finetune.from_run, tracker, self.algo, self.replay,
+                                       data.dataset_id, self.dataset_record.digest)
                        if self.finetune.from_run else None)
         self.evaluator = None
         if cfg.eval.episodes > 0:
@@ -469,11 +470,13 @@ def run_name(choices: dict[str, str], seed: int, dataset_id: str) -> str:
     return f"{choices['algo']}-{choices['pretrain']}-{dataset}{tail}-s{seed}"
 
 
-def load_source_run(from_run: str, tracker, algo, replay: ReplayBuffer) -> dict[str, Any]:
+def load_source_run(from_run: str, tracker, algo, replay: ReplayBuffer, dataset_id: str,
+                    digest: str | None) -> dict[str, Any]:
     """Load the offline networks of a previous run into ``algo`` for ``finetune.from_run``: an
     MLflow run id (its final ``checkpoint.pt`` artifact, from this run's store) or a path to a
-    checkpoint file (or a folder holding ``checkpoint.pt``). Its state statistics must be this
-    run's (the same dataset), its networks this run's shapes (the same algo / network options)."""
+    checkpoint file (or a folder holding ``checkpoint.pt``). Its data file must be this run's
+    (``digest``, where the checkpoint records one), its state statistics this run's, its networks
+    this run's shapes (the same algo / network options)."""
     key = f"finetune.from_run={from_run!r}"
     path = Path(str(from_run)).expanduser()
     if path.is_dir():
@@ -489,6 +492,14 @@ def load_source_run(from_run: str, tracker, algo, replay: ReplayBuffer) -> dict[
             raise ConfigError(f"{key}: {exc}. Give the id of a FINISHED run in this store (see "
                               f"make mlflow-ui) or a path to its checkpoint.pt") from None
     state = load_checkpoint(path, map_location=algo.device)
+    # the data file itself: without normalised states (EDAC) the statistics below tell none apart
+    recorded = state.get("dataset_digest")
+    if recorded and digest and recorded != digest:
+        raise DatasetError(f"{key}: that run was trained on data with digest {recorded}; this run's "
+                           f"{dataset_id} has digest {digest} (another dataset, or this one "
+                           f"regenerated since): its networks would be fine-tuned beside a replay "
+                           f"filled from other data. Use that run's dataset= (its config.yaml "
+                           f"artifact), or fine-tune a run trained on this file")
     try:
         algo.load_state_dict(state["algo"])
     except (RuntimeError, KeyError) as exc:

@@ -291,6 +291,18 @@ def test_pretrain_offline_and_online_finetuning_in_one_run(tmp_path, minari_root
     assert metric(client, sid, "finetune/updates")[-1][1] == 200 - 50 + 1
     assert all(v == 0 for _, v in metric(client, sid, "finetune/batch_offline_fraction"))
 
+    # a source trained on another data file (its checkpoint's digest, here rewritten) is refused:
+    # the state statistics alone tell no two files apart without state normalisation
+    assert state["dataset_digest"] == client.get_run(rid).data.tags["dataset_digest"]
+    other = tmp_path / "other" / "checkpoint.pt"
+    other.parent.mkdir()
+    torch.save({**state, "dataset_digest": "0123456789"}, other)
+    result = run_launch([*FINETUNE_RUN, "finetune=td3", f"finetune.from_run={other}"], store, minari_root)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert (f"that run was trained on data with digest 0123456789; this run's "
+            f"{second['tags.dataset_id']} has digest {state['dataset_digest']}") in result.stderr
+    assert "Traceback" not in result.stderr and len(search_runs(store)) == 2  # no run started
+
 
 @pytest.mark.slow  # starts a process
 def test_finetuning_configuration_errors_are_reported_before_training(tmp_path, minari_root, new_store):
