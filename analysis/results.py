@@ -110,6 +110,17 @@ def mixed_data(runs: pd.DataFrame) -> list[str]:
     return found
 
 
+def data_files(runs: pd.DataFrame) -> list[str]:
+    """Per panel, the data file(s) its runs trained on (their ``dataset_digest`` tags): what a
+    regenerated dataset must match to be the same data (docs/datasets.md)."""
+    if "dataset_digest" not in runs:
+        return []
+    return [f"{panel}: digest {', '.join(map(str, digests.index))} ("
+            f"{', '.join(f'{n} runs' for n in digests.to_numpy())})"
+            for panel, rows in runs.groupby("panel", sort=False)
+            if not (digests := rows["dataset_digest"].dropna().astype(str).value_counts().sort_index()).empty]
+
+
 def results_page(rs: RunSet, out: str | Path = "docs", *, name: str = "results",
                  metric: str = SCORE, baseline: str | None = None, command: str | None = None,
                  data: str | Sequence[str] | None = None,
@@ -174,6 +185,7 @@ def results_page(rs: RunSet, out: str | Path = "docs", *, name: str = "results",
     if "precision_used" in runs or "precision" in runs:
         column = "precision_used" if "precision_used" in runs else "precision"
         lines += [f"- Precision: {', '.join(sorted(map(str, runs[column].dropna().unique())))}"]
+    lines += [f"- Data: {line}" for line in data_files(agg.grouping.runs)]
     lines += [f"- Wall time: {_wall_time(runs, history)}", ""]
     warnings = list(dict.fromkeys(rs.warnings + agg.warnings + mixed_data(agg.grouping.runs)))
     if warnings:

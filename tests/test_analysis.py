@@ -588,6 +588,10 @@ def test_results_page_warns_when_one_dataset_s_runs_trained_on_different_data(cl
     assert page.warnings == ["hopper-medium-local: its runs were trained on different data (digests "
                              "aaaa, bbbb): their seeds do not all measure one dataset"]
     assert "## Warnings" in page.path.read_text()
+    # the page names each dataset's data file(s), with how many runs trained on each
+    other = int((hopper & (runs["seed"].astype(str) == "2")).sum())
+    assert other == 2 and (f"- Data: hopper-medium-local: digest aaaa, bbbb ({int(hopper.sum()) - other} "
+                           f"runs, {other} runs)") in page.path.read_text()
     runs["dataset_digest"] = "aaaa"
     runs.loc[hopper & (runs["seed"].astype(str) == "0"), "dataset_digest"] = None  # from before the tag
     assert any("walker2d" not in w and "2 runs record none" in w for w in results_page(rs, tmp_path).warnings)
@@ -673,8 +677,9 @@ def test_cli_lists_runs_newest_first_filtered_by_status_and_tag(clean, tmp_path,
     assert capsys.readouterr().out.count("\n") == 2  # the header only: every run FINISHED
 
 
-@pytest.mark.parametrize("page, csv", [("results", "efficiency"),
-                                       ("efficiency_hopper", "efficiency_hopper")])
+@pytest.mark.parametrize("page, csv", [("results", "efficiency_hopper_4ba4329a36"),
+                                       ("efficiency_100k", "efficiency"),
+                                       ("efficiency_hopper_first_data", "efficiency_hopper")])
 def test_committed_results_page_is_regenerated_from_its_committed_data(page, csv, tmp_path):
     """docs/<page>.md is what `analysis results --from-csv docs/results/<csv>.csv.gz` writes: the
     numbers on the page can be checked by anyone, without the MLflow store."""
