@@ -677,27 +677,30 @@ def test_cli_lists_runs_newest_first_filtered_by_status_and_tag(clean, tmp_path,
     assert capsys.readouterr().out.count("\n") == 2  # the header only: every run FINISHED
 
 
-@pytest.mark.parametrize("page, csv", [("results", "efficiency_hopper_4ba4329a36"),
-                                       ("efficiency_100k", "efficiency"),
-                                       ("efficiency_hopper_first_data", "efficiency_hopper")])
-def test_committed_results_page_is_regenerated_from_its_committed_data(page, csv, tmp_path):
-    """docs/<page>.md is what `analysis results --from-csv docs/results/<csv>.csv.gz` writes: the
-    numbers on the page can be checked by anyone, without the MLflow store."""
+@pytest.mark.parametrize("page, csvs", [("results", ["efficiency_hopper_4ba4329a36"]),
+                                        ("efficiency_100k", ["efficiency"]),
+                                        ("efficiency_hopper_first_data", ["efficiency_hopper"])])
+def test_committed_results_page_is_regenerated_from_its_committed_data(page, csvs, tmp_path):
+    """docs/<page>.md is what `analysis results --from-csv docs/results/<csv>.csv.gz ...` writes
+    (one file per dataset's sweep): the numbers on the page can be checked by anyone, without the
+    MLflow store."""
     from analysis.__main__ import main
 
-    data = tmp_path / "results" / f"{csv}.csv.gz"  # laid out as in docs/
-    data.parent.mkdir()
-    data.write_bytes((ROOT / "docs" / "results" / f"{csv}.csv.gz").read_bytes())
     committed = (ROOT / "docs" / f"{page}.md").read_text()
-    quoted = re.search(rf"`python -m analysis (results --from-csv docs/results/{csv}.csv.gz "
-                       rf"--out docs[^`]*)` writes this page again", committed)
+    quoted = re.search(r"`python -m analysis (results --from-csv (docs/results/\S+\.csv\.gz )+"
+                       r"--out docs[^`]*)` writes this page again", committed)
     assert quoted, "the page names the command that writes it again from its data"
     args = shlex.split(quoted.group(1))
-    args[args.index("--from-csv") + 1], args[args.index("--out") + 1] = str(data), str(tmp_path)
+    first, out = args.index("--from-csv") + 1, args.index("--out")
+    assert args[first:out] == [f"docs/results/{csv}.csv.gz" for csv in csvs]
+    (tmp_path / "results").mkdir()  # laid out as in docs/
+    for i, csv in enumerate(csvs):
+        data = tmp_path / "results" / f"{csv}.csv.gz"
+        data.write_bytes((ROOT / "docs" / "results" / f"{csv}.csv.gz").read_bytes())
+        args[first + i] = str(data)
+    args[out + 1] = str(tmp_path)
     assert main(args) == 0
-    regenerated = (tmp_path / f"{page}.md").read_text()
-    assert regenerated.replace(str(data), f"docs/results/{csv}.csv.gz").replace(
-        str(tmp_path), "docs") == committed
+    assert (tmp_path / f"{page}.md").read_text().replace(str(tmp_path), "docs") == committed
 
 
 @pytest.mark.parametrize("page", ["iql_hopper", "iql_walker2d"])
