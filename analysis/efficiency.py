@@ -274,7 +274,7 @@ def _percentiles(values: list[float], level: float = 0.95) -> tuple[float, float
 
 
 def table(result: DatasetResult) -> list[str]:
-    rows = ["| variant | seeds | end of curve (mean of its last 10%) | converged | updates to 90% (pre-training incl.) | "
+    rows = [f"| variant | seeds | end of curve (mean of its last {TAIL:.0%}) | converged | updates to 90% (pre-training incl.) | "
             "of which pre-training | updates ratio [95% CI] | compute time to 90% | "
             "time ratio [95% CI] | stability (std over last 100k) |",
             "|---|---|---|---|---|---|---|---|---|---|"]

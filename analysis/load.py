@@ -438,7 +438,8 @@ def from_csv(path: str | Path | Sequence[str | Path]) -> RunSet:
     for path in paths:
         if not path.exists():
             raise AnalysisError(f"no results file {path}")
-    frames = [pd.read_csv(path, low_memory=False) for path in paths]
+    # a digest is text: read as guessed, 0123456789 would lose its 0 and 123e456789 become inf
+    frames = [pd.read_csv(path, low_memory=False, dtype={"dataset_digest": str}) for path in paths]
     frame = frames[0]
     if len(frames) > 1:  # in export_csv's order, as if one file held them all
         frame = pd.concat(frames, ignore_index=True).sort_values(

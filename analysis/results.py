@@ -1,7 +1,8 @@
 """The reproduction page: does the paper's efficiency claim hold on this platform?
 
 ``results_page`` turns a sweep of runs with and without pre-training (``conf/experiment/
-paper_check.yaml``) into one Markdown page (default ``docs/results.md``) with its figure beside it:
+efficiency.yaml``; ``paper_check.yaml`` at 100k) into one Markdown page (default
+``docs/results.md``) with its figure beside it:
 Fig. 2-style learning curves with 95% intervals, the efficiency table (updates, pre-training
 included, to reach 90% of the no-pre-training runs' final score, and the ratio: the paper claims
 < 1/2 on Hopper and Walker2d medium), where the convergence rule stopped pre-training (the paper:
@@ -115,10 +116,20 @@ def data_files(runs: pd.DataFrame) -> list[str]:
     regenerated dataset must match to be the same data (docs/datasets.md)."""
     if "dataset_digest" not in runs:
         return []
-    return [f"{panel}: digest {', '.join(map(str, digests.index))} ("
-            f"{', '.join(f'{n} runs' for n in digests.to_numpy())})"
-            for panel, rows in runs.groupby("panel", sort=False)
-            if not (digests := rows["dataset_digest"].dropna().astype(str).value_counts().sort_index()).empty]
+    lines = []
+    for panel, rows in runs.groupby("panel", sort=False):
+        counts = rows["dataset_digest"].dropna().astype(str).value_counts().sort_index()
+        unknown = len(rows) - int(counts.sum())
+        if counts.empty:
+            continue
+        parts = [f"{digest} ({_count_runs(n)})" for digest, n in counts.items()]
+        lines.append(f"{panel}: digest {', '.join(parts)}"
+                     + (f"; {_count_runs(unknown)} record none" if unknown else ""))
+    return lines
+
+
+def _count_runs(n: int) -> str:
+    return f"{n} run" + ("" if n == 1 else "s")
 
 
 def results_page(rs: RunSet, out: str | Path = "docs", *, name: str = "results",

@@ -161,11 +161,16 @@ def silent_seconds(history, now: float) -> float | None:
 
 
 def recent_rate(points) -> float | None:
-    """Updates/s over these log points: the median of the intervals' rates, so that a gap while
-    the job's process was dead (a killed sweep, continued hours later) does not count as slow work."""
-    rates = [(b.step - a.step) / ((b.timestamp - a.timestamp) / 1e3)
-             for a, b in zip(points, points[1:]) if b.timestamp > a.timestamp and b.step > a.step]
-    return statistics.median(rates) if rates else None
+    """Updates/s over these log points, evaluations and checkpoints included, leaving out any
+    interval longer than SILENT_INTERVALS of the median one: a gap while the job's process was
+    dead (a killed sweep, continued hours later) is not slow work."""
+    intervals = [(b.step - a.step, (b.timestamp - a.timestamp) / 1e3)
+                 for a, b in zip(points, points[1:]) if b.timestamp > a.timestamp and b.step > a.step]
+    if not intervals:
+        return None
+    bound = SILENT_INTERVALS * statistics.median(seconds for _, seconds in intervals)
+    kept = [(steps, seconds) for steps, seconds in intervals if seconds <= bound]
+    return sum(steps for steps, _ in kept) / sum(seconds for _, seconds in kept)
 
 
 def job_progress(client, run, now: float | None = None) -> JobProgress:
@@ -181,7 +186,6 @@ def job_progress(client, run, now: float | None = None) -> JobProgress:
             step = history[-1].step
             if run.info.status == "RUNNING":
                 rate = recent_rate(history[-RATE_WINDOW:])
-            if run.info.status == "RUNNING":
                 silent = silent_seconds(history, time.time() if now is None else now)
     total = _planned({**params, **({"updates": tags["updates"]} if "updates" in tags else {})}, metrics,
                      tags.get("phase_plan"), phase if run.info.status == "RUNNING" else None)

@@ -491,15 +491,20 @@ def load_source_run(from_run: str, tracker, algo, replay: ReplayBuffer, dataset_
         except FileNotFoundError as exc:
             raise ConfigError(f"{key}: {exc}. Give the id of a FINISHED run in this store (see "
                               f"make mlflow-ui) or a path to its checkpoint.pt") from None
+        tags = tracker.run_tags(str(from_run))  # the data it trained on, where its checkpoint is older
+    else:
+        tags = {}
     state = load_checkpoint(path, map_location=algo.device)
     # the data file itself: without normalised states (EDAC) the statistics below tell none apart
-    recorded = state.get("dataset_digest")
+    recorded = state.get("dataset_digest") or tags.get("dataset_digest")
     if recorded and digest and recorded != digest:
-        raise DatasetError(f"{key}: that run was trained on data with digest {recorded}; this run's "
-                           f"{dataset_id} has digest {digest} (another dataset, or this one "
-                           f"regenerated since): its networks would be fine-tuned beside a replay "
-                           f"filled from other data. Use that run's dataset= (its config.yaml "
-                           f"artifact), or fine-tune a run trained on this file")
+        source = tags.get("dataset_id", "data")
+        raise DatasetError(f"{key}: that run was trained on {source} with digest {recorded}; this "
+                           f"run's {dataset_id} has digest {digest} (another dataset, or this one "
+                           f"regenerated since): fine-tuning would continue networks trained on "
+                           f"other data than this run's. Fine-tune a run trained on this file, use "
+                           f"that run's dataset= if it was another dataset (its config.yaml), or "
+                           f"put the old data file back")
     try:
         algo.load_state_dict(state["algo"])
     except (RuntimeError, KeyError) as exc:

@@ -582,19 +582,22 @@ def test_results_page_warns_when_one_dataset_s_runs_trained_on_different_data(cl
     runs = clean.runs.copy()
     hopper = runs["dataset_name"] == "hopper-medium-local"
     runs["dataset_digest"] = "aaaa"
-    runs.loc[hopper & (runs["seed"].astype(str) == "2"), "dataset_digest"] = "bbbb"
+    runs.loc[hopper & (runs["seed"].astype(str) == "2"), "dataset_digest"] = "0000"
     rs.runs = runs
     page = results_page(rs, tmp_path)
     assert page.warnings == ["hopper-medium-local: its runs were trained on different data (digests "
-                             "aaaa, bbbb): their seeds do not all measure one dataset"]
+                             "0000, aaaa): their seeds do not all measure one dataset"]
     assert "## Warnings" in page.path.read_text()
     # the page names each dataset's data file(s), with how many runs trained on each
     other = int((hopper & (runs["seed"].astype(str) == "2")).sum())
-    assert other == 2 and (f"- Data: hopper-medium-local: digest aaaa, bbbb ({int(hopper.sum()) - other} "
-                           f"runs, {other} runs)") in page.path.read_text()
+    assert other == 2 and (f"- Data: hopper-medium-local: digest 0000 ({other} runs), aaaa "
+                           f"({int(hopper.sum()) - other} runs)\n") in page.path.read_text()
     runs["dataset_digest"] = "aaaa"
     runs.loc[hopper & (runs["seed"].astype(str) == "0"), "dataset_digest"] = None  # from before the tag
-    assert any("walker2d" not in w and "2 runs record none" in w for w in results_page(rs, tmp_path).warnings)
+    page = results_page(rs, tmp_path)
+    assert any("walker2d" not in w and "2 runs record none" in w for w in page.warnings)
+    assert (f"- Data: hopper-medium-local: digest aaaa ({int(hopper.sum()) - 2} runs); 2 runs record "
+            f"none\n") in page.path.read_text()
     rs.runs = clean.runs.assign(dataset_digest="aaaa")
     assert results_page(rs, tmp_path).warnings == []
 
@@ -645,12 +648,16 @@ def test_results_page_from_the_exported_file_needs_no_store(clean, tmp_path):
     from analysis.load import export_csv, from_csv
 
     first_wave = copy_module.copy(clean)
-    first_wave.runs = clean.runs[clean.runs["seed"].astype(str) == "0"]
+    # digests that a CSV reader would take for numbers: 123456789 and inf
+    digests = ["0123456789", "123e456789", "4ba4329a36", "0123456789"]
+    first_wave.runs = clean.runs[clean.runs["seed"].astype(str) == "0"].assign(dataset_digest=digests)
     first_wave.metrics = clean.metrics[clean.metrics["run_id"].isin(first_wave.runs["run_id"])]
     one_seed = export_csv(first_wave, tmp_path / "seed0.csv.gz")
     assert set(pd.read_csv(one_seed)["seed"]) == {0}
     back = from_csv(one_seed)
     assert len(back.runs) == 4 and set(back.runs["seed"].astype(str)) == {"0"} and back.warnings == []
+    assert dict(zip(back.runs["run_id"], back.runs["dataset_digest"])) == dict(
+        zip(first_wave.runs["run_id"], digests))
     # and the curves of those evaluations, still without the store
     assert main(["curves", "--from-csv", str(data), "--out", str(tmp_path / "c")]) == 0
     assert (tmp_path / "c" / "curves.png").stat().st_size > 10_000
@@ -857,7 +864,7 @@ def test_progress_tells_a_silent_job_from_a_running_one(store, capsys):
     child("dead", last_s_ago=2 * 3600, every_s=10)
     child("slow", last_s_ago=1000, every_s=200)  # 9,000 updates in 1,800 s: 5 updates/s
     child("done", last_s_ago=3 * 3600, every_s=10, status="FINISHED")
-    # continued 20 s ago after 5 h dead: its pace is 100 updates/s, not 9,000 in 5 h (0.5/s)
+    # continued 25 s ago after 5 h dead: its pace is 100 updates/s, not 9,000 in 5 h (0.5/s)
     child("resumed", last_s_ago=5, every_s=10, dead_s=5 * 3600, dead_after=7)
     assert main(["progress", "--tracking-uri", store["uri"], "--experiment", "progress",
                  "--sweep", "prog", "--jobs"]) == 0
@@ -872,6 +879,24 @@ def test_progress_tells_a_silent_job_from_a_running_one(store, capsys):
     assert rows["alive"].startswith("| alive | RUNNING | 10,000 | 500,000 | 100 |")
     assert rows["slow"].startswith("| slow | RUNNING | 10,000 | 500,000 | 5 |")
     assert rows["resumed"].startswith("| resumed | RUNNING | 10,000 | 500,000 | 100 |")
+
+
+def test_a_job_s_rate_counts_its_evaluations_but_not_its_process_s_death():
+    """1,000 updates per 10 s, one interval 20 s longer (an evaluation), a 3 h gap: the rate is
+    the work over the time spent working, the evaluation included (8,000 updates in 100 s), not
+    the median interval's 100 updates/s and not 9,000 over 3 h."""
+    from types import SimpleNamespace
+
+    from offline_rl.progress import recent_rate
+
+    seconds = [10, 10, 10, 10, 30, 10, 10, 3 * 3600, 10, 30]  # after each of 10 log points
+    points, t = [], 0.0
+    for i, dt in enumerate(seconds):
+        points.append(SimpleNamespace(step=1000 * i, timestamp=1000 * t))
+        t += dt
+    # intervals between the 10 points: nine, one of them the gap
+    assert recent_rate(points) == pytest.approx(80)
+    assert recent_rate(points[:1]) is None and recent_rate(points[:2]) == pytest.approx(100)
 
 
 def test_progress_plans_every_phase_of_a_run():

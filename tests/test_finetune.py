@@ -302,6 +302,18 @@ def test_pretrain_offline_and_online_finetuning_in_one_run(tmp_path, minari_root
     assert (f"that run was trained on data with digest 0123456789; this run's "
             f"{second['tags.dataset_id']} has digest {state['dataset_digest']}") in result.stderr
     assert "Traceback" not in result.stderr and len(search_runs(store)) == 2  # no run started
+    # a source given by run id whose checkpoint is older than the digest in it: its run's tag
+    older = tmp_path / "older" / "checkpoint.pt"
+    older.parent.mkdir()
+    torch.save({k: v for k, v in state.items() if k != "dataset_digest"}, older)
+    source = client.create_run(client.get_run(rid).info.experiment_id, tags={
+        "dataset_digest": "0123456789", "dataset_id": "local/other/medium-v0"})
+    client.log_artifact(source.info.run_id, str(older))
+    client.set_terminated(source.info.run_id)
+    result = run_launch([*FINETUNE_RUN, "finetune=td3", f"finetune.from_run={source.info.run_id}"],
+                        store, minari_root)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "that run was trained on local/other/medium-v0 with digest 0123456789" in result.stderr
 
 
 @pytest.mark.slow  # starts a process
