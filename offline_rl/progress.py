@@ -21,6 +21,9 @@ RATE_WINDOW = 10  # log points the current rate is measured over
 #: between log points, is reported silent: a killed process leaves its run RUNNING in the store
 SILENT_AFTER_S = 600
 SILENT_INTERVALS = 10
+#: an interval between log points longer than this many median ones counts as that many in a
+#: job's rate: a pause, not work (the results page's compute time caps them the same way)
+PAUSE_INTERVALS = 3
 
 
 @dataclass
@@ -161,16 +164,15 @@ def silent_seconds(history, now: float) -> float | None:
 
 
 def recent_rate(points) -> float | None:
-    """Updates/s over these log points, evaluations and checkpoints included, leaving out any
-    interval longer than SILENT_INTERVALS of the median one: a gap while the job's process was
-    dead (a killed sweep, continued hours later) is not slow work."""
+    """Updates/s over these log points, evaluations and checkpoints included, every interval
+    capped at PAUSE_INTERVALS of the median one: a gap while the job's process was dead (a killed
+    sweep, continued hours later) or stopped (SIGSTOP while tests ran) is not slow work."""
     intervals = [(b.step - a.step, (b.timestamp - a.timestamp) / 1e3)
                  for a, b in zip(points, points[1:]) if b.timestamp > a.timestamp and b.step > a.step]
     if not intervals:
         return None
-    bound = SILENT_INTERVALS * statistics.median(seconds for _, seconds in intervals)
-    kept = [(steps, seconds) for steps, seconds in intervals if seconds <= bound]
-    return sum(steps for steps, _ in kept) / sum(seconds for _, seconds in kept)
+    cap = PAUSE_INTERVALS * statistics.median(seconds for _, seconds in intervals)
+    return sum(steps for steps, _ in intervals) / sum(min(seconds, cap) for _, seconds in intervals)
 
 
 def job_progress(client, run, now: float | None = None) -> JobProgress:

@@ -864,7 +864,8 @@ def test_progress_tells_a_silent_job_from_a_running_one(store, capsys):
     child("dead", last_s_ago=2 * 3600, every_s=10)
     child("slow", last_s_ago=1000, every_s=200)  # 9,000 updates in 1,800 s: 5 updates/s
     child("done", last_s_ago=3 * 3600, every_s=10, status="FINISHED")
-    # continued 25 s ago after 5 h dead: its pace is 100 updates/s, not 9,000 in 5 h (0.5/s)
+    # continued 25 s ago after 5 h dead: 9,000 updates in 80 s of work and the gap counted as
+    # 30 s (3 intervals): 82 updates/s, not 9,000 in 5 h (0.5/s)
     child("resumed", last_s_ago=5, every_s=10, dead_s=5 * 3600, dead_after=7)
     assert main(["progress", "--tracking-uri", store["uri"], "--experiment", "progress",
                  "--sweep", "prog", "--jobs"]) == 0
@@ -872,19 +873,20 @@ def test_progress_tells_a_silent_job_from_a_running_one(store, capsys):
     line, rows = out.splitlines()[0], {r.split(" | ")[0].strip("| "): r for r in out.splitlines()[3:]}
     assert "1/5 finished, 3 running, 0 waiting, 0 failed; 1 silent (RUNNING in the store, nothing " \
            "logged for 2.0 h or more" in line and "started again continues them" in line
-    assert "; 205 updates/s;" in line  # alive + slow + resumed, not the silent one
+    assert "; 187 updates/s;" in line  # alive + slow + resumed, not the silent one
     left = 4 * 500_000 - 4 * 10_000  # updates left of the four unfinished jobs
-    assert f"ETA {left / 205 / 3600:.1f} h" in line
+    assert f"ETA {left / (100 + 5 + 9000 / 110) / 3600:.1f} h" in line
     assert rows["dead"].startswith("| dead | RUNNING, silent 2.0 h | 10,000 | 500,000 |  |")
     assert rows["alive"].startswith("| alive | RUNNING | 10,000 | 500,000 | 100 |")
     assert rows["slow"].startswith("| slow | RUNNING | 10,000 | 500,000 | 5 |")
-    assert rows["resumed"].startswith("| resumed | RUNNING | 10,000 | 500,000 | 100 |")
+    assert rows["resumed"].startswith("| resumed | RUNNING | 10,000 | 500,000 | 82 |")
 
 
 def test_a_job_s_rate_counts_its_evaluations_but_not_its_process_s_death():
     """1,000 updates per 10 s, one interval 20 s longer (an evaluation), a 3 h gap: the rate is
-    the work over the time spent working, the evaluation included (8,000 updates in 100 s), not
-    the median interval's 100 updates/s and not 9,000 over 3 h."""
+    the work over the time spent, the evaluation included and the gap counted as 3 median
+    intervals (9,000 updates in 130 s), not the median interval's 100 updates/s and not 9,000
+    over 3 h."""
     from types import SimpleNamespace
 
     from offline_rl.progress import recent_rate
@@ -895,7 +897,7 @@ def test_a_job_s_rate_counts_its_evaluations_but_not_its_process_s_death():
         points.append(SimpleNamespace(step=1000 * i, timestamp=1000 * t))
         t += dt
     # intervals between the 10 points: nine, one of them the gap
-    assert recent_rate(points) == pytest.approx(80)
+    assert recent_rate(points) == pytest.approx(9000 / 130)
     assert recent_rate(points[:1]) is None and recent_rate(points[:2]) == pytest.approx(100)
 
 
