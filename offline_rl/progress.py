@@ -75,9 +75,15 @@ class SweepProgress:
         return sum(c.rate or 0.0 for c in self.children if c.live)
 
     def eta_seconds(self) -> float | None:
+        """The updates left over the sweep's rate, and no sooner than its slowest running job can
+        finish at its own rate (at the end of a sweep one job may run alone)."""
         left = self.total_updates() - sum(c.total if c.status == "FINISHED" else c.step
                                           for c in self.children)
-        return left / self.rate if self.rate > 0 else None
+        if self.rate <= 0:
+            return None
+        slowest = max(((c.total - c.step) / c.rate for c in self.children if c.live and c.rate),
+                      default=0.0)
+        return max(left / self.rate, slowest)
 
     def best(self) -> JobProgress | None:
         scored = [c for c in self.children if c.score is not None]

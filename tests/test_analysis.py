@@ -874,8 +874,9 @@ def test_progress_tells_a_silent_job_from_a_running_one(store, capsys):
     assert "1/5 finished, 3 running, 0 waiting, 0 failed; 1 silent (RUNNING in the store, nothing " \
            "logged for 2.0 h or more" in line and "started again continues them" in line
     assert "; 187 updates/s;" in line  # alive + slow + resumed, not the silent one
+    # the slow job alone needs 490,000 / 5 s: longer than the updates left over the sweep's rate
     left = 4 * 500_000 - 4 * 10_000  # updates left of the four unfinished jobs
-    assert f"ETA {left / (100 + 5 + 9000 / 110) / 3600:.1f} h" in line
+    assert left / (100 + 5 + 9000 / 110) < 490_000 / 5 and f"ETA {490_000 / 5 / 3600:.1f} h" in line
     assert rows["dead"].startswith("| dead | RUNNING, silent 2.0 h | 10,000 | 500,000 |  |")
     assert rows["alive"].startswith("| alive | RUNNING | 10,000 | 500,000 | 100 |")
     assert rows["slow"].startswith("| slow | RUNNING | 10,000 | 500,000 | 5 |")
@@ -899,6 +900,21 @@ def test_a_job_s_rate_counts_its_evaluations_but_not_its_process_s_death():
     # intervals between the 10 points: nine, one of them the gap
     assert recent_rate(points) == pytest.approx(9000 / 130)
     assert recent_rate(points[:1]) is None and recent_rate(points[:2]) == pytest.approx(100)
+
+
+def test_a_sweep_s_eta_is_its_work_left_over_its_rate_but_not_before_its_slowest_job():
+    from offline_rl.progress import JobProgress, SweepProgress
+
+    def job(name, done, rate, total=1000):
+        return JobProgress(name, "RUNNING", done, total, rate, None)
+
+    # 2 waiting jobs of 1,000 updates, 1,800 left of the two running: 3,800 at 20 updates/s
+    sweep = SweepProgress("s", "p", 4, [job("a", 100, 10.0), job("b", 100, 10.0)])
+    assert sweep.eta_seconds() == pytest.approx(3800 / 20)
+    # the end of a sweep: nothing waiting, one job nearly done, the other alone for 900 / 10 s
+    sweep = SweepProgress("s", "p", 2, [job("a", 990, 10.0), job("b", 100, 10.0)])
+    assert sweep.eta_seconds() == pytest.approx(900 / 10)
+    assert SweepProgress("s", "p", 2, [job("a", 0, None), job("b", 0, None)]).eta_seconds() is None
 
 
 def test_progress_plans_every_phase_of_a_run():
