@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.aggregate import Aggregated
+from offline_rl.progress import without_pauses
 
 TAIL = 0.1  # share of evaluations the asymptote averages
 RISE_POINTS, RISE_SHARE = 2.0, 0.05  # what counts as still rising
@@ -46,7 +47,6 @@ RESAMPLES = 2000
 # has no spread, and one over two has three distinct resamples (the paper used 3 seeds)
 MIN_SEEDS = 3
 STABILITY_WINDOW = 100_000
-PAUSE_CAP = 3.0  # an interval between evaluations longer than this x the median is a pause
 
 
 def tail_mean(values: np.ndarray, share: float = TAIL) -> tuple[float, float]:
@@ -79,9 +79,7 @@ def compute_seconds(history: pd.DataFrame, start_ms: float) -> pd.Series:
     """Seconds of compute at each evaluation step of one run (pauses capped away)."""
     h = history.sort_values("step")
     times = np.concatenate([[start_ms], h["timestamp"].to_numpy(dtype=float)]) / 1e3
-    gaps = np.clip(np.diff(times), 0.0, None)
-    cap = PAUSE_CAP * np.median(gaps) if len(gaps) else 0.0
-    return pd.Series(np.cumsum(np.minimum(gaps, cap)), index=h["step"].to_numpy())
+    return pd.Series(np.cumsum(without_pauses(np.diff(times).tolist())), index=h["step"].to_numpy())
 
 
 @dataclass

@@ -12,6 +12,7 @@ import json
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 from offline_rl.metric_names import SCORE
 
@@ -21,8 +22,8 @@ RATE_WINDOW = 10  # log points the current rate is measured over
 #: between log points, is reported silent: a killed process leaves its run RUNNING in the store
 SILENT_AFTER_S = 600
 SILENT_INTERVALS = 10
-#: an interval between log points longer than this many median ones counts as that many in a
-#: job's rate: a pause, not work (the results page's compute time caps them the same way)
+#: an interval between log points longer than this many median ones counts as that many: a
+#: pause, not work (a job's rate here, a run's compute time on the results page)
 PAUSE_INTERVALS = 3
 
 
@@ -169,6 +170,15 @@ def silent_seconds(history, now: float) -> float | None:
     return quiet if quiet > max(SILENT_AFTER_S, SILENT_INTERVALS * interval) else None
 
 
+def without_pauses(seconds: Sequence[float]) -> list[float]:
+    """Durations between log points, each capped at PAUSE_INTERVALS median ones: a process dead
+    for hours (a killed sweep, continued later) or stopped (SIGSTOP while tests ran) counts as a
+    few intervals, not as work."""
+    seconds = [max(s, 0.0) for s in seconds]
+    cap = PAUSE_INTERVALS * statistics.median(seconds) if seconds else 0.0
+    return [min(s, cap) for s in seconds]
+
+
 def recent_rate(points) -> float | None:
     """Updates/s over these log points, evaluations and checkpoints included, every interval
     capped at PAUSE_INTERVALS of the median one: a gap while the job's process was dead (a killed
@@ -177,8 +187,7 @@ def recent_rate(points) -> float | None:
                  for a, b in zip(points, points[1:]) if b.timestamp > a.timestamp and b.step > a.step]
     if not intervals:
         return None
-    cap = PAUSE_INTERVALS * statistics.median(seconds for _, seconds in intervals)
-    return sum(steps for steps, _ in intervals) / sum(min(seconds, cap) for _, seconds in intervals)
+    return sum(steps for steps, _ in intervals) / sum(without_pauses([s for _, s in intervals]))
 
 
 def job_progress(client, run, now: float | None = None) -> JobProgress:
