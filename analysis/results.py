@@ -94,38 +94,32 @@ def _link(data: str | Path, out: Path) -> str:
     return f"[{path.name}]({path.relative_to(out) if path.is_relative_to(out) else path})"
 
 
+def _digests(runs: pd.DataFrame):
+    """Per panel: (panel, runs per digest in digest order, runs that record none); nothing for
+    runs from before the ``dataset_digest`` tag."""
+    if "dataset_digest" not in runs:
+        return
+    for panel, rows in runs.groupby("panel", sort=False):
+        counts = rows["dataset_digest"].dropna().astype(str).value_counts().sort_index()
+        yield panel, counts, len(rows) - int(counts.sum())
+
+
 def mixed_data(runs: pd.DataFrame) -> list[str]:
     """One warning per panel whose runs were trained on different data files (the runs'
     ``dataset_digest`` tag; runs from before the tag have none): their seeds do not measure one
     dataset. A generated dataset made again by other code can differ (docs/datasets.md)."""
-    if "dataset_digest" not in runs:
-        return []
-    found = []
-    for panel, rows in runs.groupby("panel", sort=False):
-        digests = sorted(rows["dataset_digest"].dropna().astype(str).unique())
-        unknown = int(rows["dataset_digest"].isna().sum())
-        if len(digests) > 1 or (digests and unknown):
-            found.append(f"{panel}: its runs were trained on different data (digests "
-                         f"{', '.join(digests)}" + (f"; {unknown} runs record none" if unknown else "")
-                         + "): their seeds do not all measure one dataset")
-    return found
+    return [f"{panel}: its runs were trained on different data (digests {', '.join(counts.index)}"
+            + (f"; {unknown} runs record none" if unknown else "")
+            + "): their seeds do not all measure one dataset"
+            for panel, counts, unknown in _digests(runs) if len(counts) > 1 or (len(counts) and unknown)]
 
 
 def data_files(runs: pd.DataFrame) -> list[str]:
     """Per panel, the data file(s) its runs trained on (their ``dataset_digest`` tags): what a
     regenerated dataset must match to be the same data (docs/datasets.md)."""
-    if "dataset_digest" not in runs:
-        return []
-    lines = []
-    for panel, rows in runs.groupby("panel", sort=False):
-        counts = rows["dataset_digest"].dropna().astype(str).value_counts().sort_index()
-        unknown = len(rows) - int(counts.sum())
-        if counts.empty:
-            continue
-        parts = [f"{digest} ({_count_runs(n)})" for digest, n in counts.items()]
-        lines.append(f"{panel}: digest {', '.join(parts)}"
-                     + (f"; {_count_runs(unknown)} record none" if unknown else ""))
-    return lines
+    return [f"{panel}: digest {', '.join(f'{digest} ({_count_runs(n)})' for digest, n in counts.items())}"
+            + (f"; {_count_runs(unknown)} record none" if unknown else "")
+            for panel, counts, unknown in _digests(runs) if len(counts)]
 
 
 def _count_runs(n: int) -> str:
