@@ -252,14 +252,15 @@ def interval(values: np.ndarray, ci: str = "t", level: float = 0.95, n_boot: int
 
 
 def _align(histories: dict[str, pd.DataFrame], grid: np.ndarray | None
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, str]]:
-    """Values (runs x grid), interpolated mask, grid, and a note per odd run."""
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, tuple[int, int, int, int]]]:
+    """Values (runs x grid), interpolated mask, grid, and for each run whose steps differ from the
+    grid: (grid steps interpolated, grid steps outside its range, its first step, its last step)."""
     steps = {r: h["step"].to_numpy() for r, h in histories.items()}
     if grid is None:
         grid = np.unique(np.concatenate(list(steps.values()))) if steps else np.array([], int)
     values = np.full((len(histories), len(grid)), np.nan)
     interp = np.zeros_like(values, dtype=bool)
-    notes = {}
+    odd = {}
     for i, (run_id, h) in enumerate(histories.items()):
         s, v = steps[run_id], h["value"].to_numpy(dtype=float)
         if len(s) == 0:
@@ -270,10 +271,35 @@ def _align(histories: dict[str, pd.DataFrame], grid: np.ndarray | None
         interp[i] = inside & ~exact
         n_interp, n_outside = int(interp[i].sum()), int((~inside).sum())
         if n_interp or n_outside:
-            notes[run_id] = (f"{n_interp} grid step(s) interpolated" if n_interp else "") + \
-                ((", " if n_interp else "") + f"no value at {n_outside} grid step(s) outside its "
-                 f"range {s[0]}-{s[-1]}" if n_outside else "")
-    return values, interp, grid, notes
+            odd[run_id] = (n_interp, n_outside, int(s[0]), int(s[-1]))
+    return values, interp, grid, odd
+
+
+def _grid_note(n_interp: int, n_outside: int, first: int, last: int) -> str:
+    return ", ".join(([f"{n_interp} grid step(s) interpolated"] if n_interp else []) +
+                     ([f"no value at {n_outside} grid step(s) outside its range {first}-{last}"]
+                      if n_outside else []))
+
+
+def _grid_warning(name: str, odd: dict[str, tuple[int, int, int, int]], names: dict, seeds: dict
+                  ) -> str:
+    """One line per group: the run itself when one run's steps differ from the grid; when several
+    do (pre-training of different lengths shifts every run's evaluation steps), what they add up to."""
+    if len(odd) == 1:
+        (run_id, note), = odd.items()
+        return (f"{name}: run {names[run_id]} (seed {seeds[run_id]}) steps differ from the group's "
+                f"grid: {_grid_note(*note)}")
+    n_interp = sum(note[0] for note in odd.values())
+    short = {r: note for r, note in odd.items() if note[1]}
+    parts = [f"{n_interp} grid step(s) interpolated inside their ranges"] if n_interp else []
+    if short:
+        firsts = sorted({note[2] for note in short.values()})
+        lasts = sorted({note[3] for note in short.values()})
+        parts.append(f"{len(short)} of them have no value at some grid steps outside their ranges "
+                     f"(first steps {_span(np.array(firsts))}, last steps {_span(np.array(lasts))})")
+    return (f"{name}: the steps of {len(odd)} runs (seeds "
+            f"{', '.join(str(s) for s in sorted(seeds[r] for r in odd))}) differ from the group's "
+            f"grid: {'; '.join(parts)}")
 
 
 def aggregate(rs: RunSet, metric: str = SCORE, variant=None, panel=None, *, ci: str = "t",
@@ -298,13 +324,12 @@ def aggregate(rs: RunSet, metric: str = SCORE, variant=None, panel=None, *, ci: 
             warnings.append(f"{name}: no {metric} in run(s) {lacking}; left out")
         if not ids:
             continue
-        values, interp, steps, notes = _align({r: by_run[r] for r in ids},
-                                              None if grid is None else np.asarray(grid))
+        values, interp, steps, odd = _align({r: by_run[r] for r in ids},
+                                            None if grid is None else np.asarray(grid))
         names = dict(zip(group["run_id"], group["run_name"]))
         seeds = dict(zip(group["run_id"], group["seed"]))
-        for run_id, note in notes.items():
-            warnings.append(f"{name}: run {names[run_id]} (seed {seeds[run_id]}) steps differ from "
-                            f"the group's grid: {note}")
+        if odd:
+            warnings.append(_grid_warning(name, odd, names, seeds))
         need = len(ids) if min_seeds is None else min_seeds
         n = (~np.isnan(values)).sum(axis=0)
         dropped = steps[(n < need) & (n > 0)]

@@ -294,7 +294,9 @@ def test_missing_seed_unequal_grid_duplicates_reported(store):
     text = "\n".join(agg.warnings)
     assert "missing seed(s) [2]" in text and "pretrain=ac" in text
     assert "2 runs with seed 0" in text and "pretrain.lambda" in text  # duplicate, with its cause
-    assert "interpolated" in text and "outside its range" in text
+    # every run of the group is off the grid (seed 1 shifted by 500): one line adds them up
+    assert ("pretrain=none: the steps of 3 runs (seeds 0, 1, 2) differ from the group's grid" in text
+            and "grid step(s) interpolated" in text and "(first steps 500, last steps 8500)" in text)
     assert "left out of the curve" in text  # steps 9500..10000: only 2 of 3 none runs
     none = agg.curves[agg.curves["variant"] == "pretrain=none"].set_index("step")
     # grid = union of steps; seed 1 (shifted) interpolated inside 500..9000 only
@@ -1019,3 +1021,27 @@ def test_results_page_says_a_non_positive_baseline_cannot_be_told(tmp_path):
     assert page.verdicts["flat"] == ("**flat**: the baseline's asymptote (-5.0) is not positive: 90% of "
                                      "it is no bar, the paper's \"< 1/2\" **cannot be told**.")
     assert "| pretrain=ac | 3 | 10.0 | yes | not reached | 30,000 | — [—, —] |" in page.path.read_text()
+
+
+def test_a_group_whose_runs_steps_all_differ_gets_one_line_and_a_single_odd_run_its_own(tmp_path):
+    """Pre-training of different lengths shifts every run's evaluation steps: one warning per group
+    adds them up (hand-counted on the grid, the union 1000, 2000, 2500, 3000, 4000: seed 0 is
+    interpolated at 2500, seed 1 at 2000 and 3000, seed 2 at 2500 and has no value at 4000); a
+    group with one odd run names it."""
+    from analysis import aggregate
+    from analysis.load import from_csv
+
+    runs = {("hopper", "ac", 0): {1000: 1.0, 2000: 2.0, 3000: 3.0, 4000: 4.0},
+            ("hopper", "ac", 1): {1000: 1.0, 2500: 2.5, 4000: 4.0},
+            ("hopper", "ac", 2): {1000: 1.0, 2000: 2.0, 3000: 3.0},
+            ("hopper", "none", 0): {1000: 1.0, 2000: 2.0, 3000: 3.0},
+            ("hopper", "none", 1): {1000: 1.0, 2000: 2.0, 3000: 3.0},
+            ("hopper", "none", 2): {1000: 1.0, 2000: 2.0}}
+    agg = aggregate(from_csv(_export(tmp_path / "runs.csv.gz", runs)), variant="pretrain")
+    grid_lines = [w for w in agg.warnings if "differ from the group's grid" in w]
+    assert grid_lines == [
+        "[hopper] pretrain=ac: the steps of 3 runs (seeds 0, 1, 2) differ from the group's grid: 4 "
+        "grid step(s) interpolated inside their ranges; 1 of them have no value at some grid steps "
+        "outside their ranges (first steps 1000, last steps 3000)",
+        "[hopper] pretrain=none: run none s2 (seed 2) steps differ from the group's grid: no value "
+        "at 1 grid step(s) outside its range 1000-2000"]
