@@ -281,25 +281,25 @@ def _grid_note(n_interp: int, n_outside: int, first: int, last: int) -> str:
                       if n_outside else []))
 
 
-def _grid_warning(name: str, odd: dict[str, tuple[int, int, int, int]], names: dict, seeds: dict
-                  ) -> str:
+def _grid_warning(name: str, odd: dict[str, tuple[int, int, int, int]], names: dict, seeds: dict,
+                  n_runs: int) -> str:
     """One line per group: the run itself when one run's steps differ from the grid; when several
-    do (pre-training of different lengths shifts every run's evaluation steps), what they add up to."""
+    do (pre-training of different lengths shifts every run's evaluation steps), what they add up to,
+    each short run's range kept."""
     if len(odd) == 1:
         (run_id, note), = odd.items()
         return (f"{name}: run {names[run_id]} (seed {seeds[run_id]}) steps differ from the group's "
                 f"grid: {_grid_note(*note)}")
+    by_seed = sorted(odd.items(), key=lambda item: seeds[item[0]])
     n_interp = sum(note[0] for note in odd.values())
-    short = {r: note for r, note in odd.items() if note[1]}
-    parts = [f"{n_interp} grid step(s) interpolated inside their ranges"] if n_interp else []
+    parts = [f"{n_interp} value(s) (run x step) interpolated inside their ranges"] if n_interp else []
+    short = [f"seed {seeds[r]} ({first}-{last}: {n_outside})"
+             for r, (_, n_outside, first, last) in by_seed if n_outside]
     if short:
-        firsts = sorted({note[2] for note in short.values()})
-        lasts = sorted({note[3] for note in short.values()})
-        parts.append(f"{len(short)} of them have no value at some grid steps outside their ranges "
-                     f"(first steps {_span(np.array(firsts))}, last steps {_span(np.array(lasts))})")
-    return (f"{name}: the steps of {len(odd)} runs (seeds "
-            f"{', '.join(str(s) for s in sorted(seeds[r] for r in odd))}) differ from the group's "
-            f"grid: {'; '.join(parts)}")
+        parts.append(f"grid steps without a value outside a run's range: {', '.join(short)}")
+    return (f"{name}: the steps of {len(odd)} of {n_runs} runs (seeds "
+            f"{', '.join(str(seeds[r]) for r, _ in by_seed)}) differ from the group's grid: "
+            f"{'; '.join(parts)}")
 
 
 def aggregate(rs: RunSet, metric: str = SCORE, variant=None, panel=None, *, ci: str = "t",
@@ -329,7 +329,7 @@ def aggregate(rs: RunSet, metric: str = SCORE, variant=None, panel=None, *, ci: 
         names = dict(zip(group["run_id"], group["run_name"]))
         seeds = dict(zip(group["run_id"], group["seed"]))
         if odd:
-            warnings.append(_grid_warning(name, odd, names, seeds))
+            warnings.append(_grid_warning(name, odd, names, seeds, len(ids)))
         need = len(ids) if min_seeds is None else min_seeds
         n = (~np.isnan(values)).sum(axis=0)
         dropped = steps[(n < need) & (n > 0)]

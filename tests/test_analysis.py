@@ -295,8 +295,8 @@ def test_missing_seed_unequal_grid_duplicates_reported(store):
     assert "missing seed(s) [2]" in text and "pretrain=ac" in text
     assert "2 runs with seed 0" in text and "pretrain.lambda" in text  # duplicate, with its cause
     # every run of the group is off the grid (seed 1 shifted by 500): one line adds them up
-    assert ("pretrain=none: the steps of 3 runs (seeds 0, 1, 2) differ from the group's grid" in text
-            and "grid step(s) interpolated" in text and "(first steps 500, last steps 8500)" in text)
+    assert ("pretrain=none: the steps of 3 of 3 runs (seeds 0, 1, 2) differ from the group's grid" in text
+            and "outside a run's range: seed 1 (500-8500: 3)" in text)  # none at 0, 9000, 10000
     assert "left out of the curve" in text  # steps 9500..10000: only 2 of 3 none runs
     none = agg.curves[agg.curves["variant"] == "pretrain=none"].set_index("step")
     # grid = union of steps; seed 1 (shifted) interpolated inside 500..9000 only
@@ -1040,8 +1040,8 @@ def test_a_group_whose_runs_steps_all_differ_gets_one_line_and_a_single_odd_run_
     agg = aggregate(from_csv(_export(tmp_path / "runs.csv.gz", runs)), variant="pretrain")
     grid_lines = [w for w in agg.warnings if "differ from the group's grid" in w]
     assert grid_lines == [
-        "[hopper] pretrain=ac: the steps of 3 runs (seeds 0, 1, 2) differ from the group's grid: 4 "
-        "grid step(s) interpolated inside their ranges; 1 of them have no value at some grid steps "
-        "outside their ranges (first steps 1000, last steps 3000)",
+        "[hopper] pretrain=ac: the steps of 3 of 3 runs (seeds 0, 1, 2) differ from the group's "
+        "grid: 4 value(s) (run x step) interpolated inside their ranges; grid steps without a value "
+        "outside a run's range: seed 2 (1000-3000: 1)",
         "[hopper] pretrain=none: run none s2 (seed 2) steps differ from the group's grid: no value "
         "at 1 grid step(s) outside its range 1000-2000"]
