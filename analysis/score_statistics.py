@@ -225,6 +225,13 @@ def _notes(m: ScoreMatrix, level: float, n_resamples: int) -> list[str]:
 
 # ------------------------------------------------------------------------------- aggregate
 
+def _runs_by_tasks(runs_per_task: list[int]) -> str:
+    """'5x3' when every task has 5 runs; '5 + 5 + 1 runs' (in the tasks' order) when not."""
+    if len(set(runs_per_task)) <= 1:
+        return f"{runs_per_task[0] if runs_per_task else 0}x{len(runs_per_task)}"
+    return f"{' + '.join(str(n) for n in runs_per_task)} runs"
+
+
 def aggregate_table(m: ScoreMatrix, *, level: float = 0.95, n_resamples: int = AGGREGATE_RESAMPLES,
                     target: float = OPTIMALITY_TARGET, seed: int = 0) -> Table:
     """IQM, median, mean and optimality gap per variant over its runs x tasks, with stratified
@@ -244,9 +251,8 @@ def aggregate_table(m: ScoreMatrix, *, level: float = 0.95, n_resamples: int = A
         rows.append(row)
     frame = pd.DataFrame(rows)
     display = pd.DataFrame({"variant": frame["variant"],
-                            "runs x tasks": [f"{r // max(t, 1)}x{t}" if r % max(t, 1) == 0
-                                             else f"{r} runs / {t}" for r, t in
-                                             zip(frame["runs"], frame["tasks"])]})
+                            "runs x tasks": [_runs_by_tasks([len(t) for t in m.of(v)])
+                                             for v in frame["variant"]]})
     for name in ESTIMATORS:
         key = name.lower().replace(" ", "_")
         display[name] = [_cell(v, lo, hi) for v, lo, hi in

@@ -157,3 +157,12 @@ def test_figures_have_the_expected_axes_and_legend(tmp_path):
     assert ax.get_xlabel() == st.IMPROVEMENT_LABEL and ax.get_xlim() == (0.0, 1.0)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["pretrain=ac  vs  pretrain=none"]
     assert any(l.get_xdata()[0] == 0.5 for l in ax.get_lines())  # the no-difference line
+
+
+def test_runs_by_tasks_says_how_many_runs_each_task_has():
+    """A variant with 5 runs on one task and 1 on another is not '3x2' (6 runs / 2 tasks)."""
+    equal = st.aggregate_table(matrix({"pretrain=ac": TASKS}), n_resamples=100)
+    assert equal.display.iloc[0]["runs x tasks"] == "4x3"
+    unequal = st.aggregate_table(matrix({"pretrain=ac": [np.arange(5.0), np.array([7.0])]}),
+                                 n_resamples=100)
+    assert unequal.display.iloc[0]["runs x tasks"] == "5 + 1 runs"
