@@ -431,6 +431,27 @@ def export_csv(rs: RunSet, path: str | Path, metrics: Sequence[str] = (SCORE,),
     return path
 
 
+#: the columns every exported file has (export_csv writes them): a file without them is another file
+CSV_REQUIRED_COLUMNS = ("run_id", "run_name", *CSV_METRIC_COLUMNS)
+
+
+def _read_export(path: Path) -> pd.DataFrame:
+    """One exported file, or an AnalysisError naming it (not gzip, truncated, not CSV, or a CSV
+    without the columns ``export_csv`` writes)."""
+    try:
+        # a digest is text: read as guessed, 0123456789 would lose its 0 and 123e456789 become inf
+        frame = pd.read_csv(path, low_memory=False, dtype={"dataset_digest": str})
+    except (OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError,
+            pd.errors.EmptyDataError) as exc:
+        raise AnalysisError(f"cannot read the results file {path} ({type(exc).__name__}: {exc}): "
+                            f"give a file written by `analysis results --export`") from None
+    missing = [c for c in CSV_REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise AnalysisError(f"the results file {path} lacks the column(s) {', '.join(missing)} "
+                            f"that `analysis results --export` writes: is it another file?")
+    return frame
+
+
 def from_csv(path: str | Path | Sequence[str | Path]) -> RunSet:
     """A RunSet read from ``export_csv``'s file, or several (one sweep continued under another
     parent run, say: their runs together); no store, ``add_metrics`` fetches nothing."""
@@ -438,8 +459,7 @@ def from_csv(path: str | Path | Sequence[str | Path]) -> RunSet:
     for path in paths:
         if not path.exists():
             raise AnalysisError(f"no results file {path}")
-    # a digest is text: read as guessed, 0123456789 would lose its 0 and 123e456789 become inf
-    frames = [pd.read_csv(path, low_memory=False, dtype={"dataset_digest": str}) for path in paths]
+    frames = [_read_export(path) for path in paths]
     frame = frames[0]
     if len(frames) > 1:  # in export_csv's order, as if one file held them all
         frame = pd.concat(frames, ignore_index=True).sort_values(

@@ -1045,3 +1045,26 @@ def test_a_group_whose_runs_steps_all_differ_gets_one_line_and_a_single_odd_run_
         "outside a run's range: seed 2 (1000-3000: 1)",
         "[hopper] pretrain=none: run none s2 (seed 2) steps differ from the group's grid: no value "
         "at 1 grid step(s) outside its range 1000-2000"]
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"garbage", "BadGzipFile"),                                   # not gzip
+    (None, "EOFError"),                                            # an export cut short
+    (b"", "EmptyDataError"),                                       # empty
+    ("a,b\n1,2\n", "lacks the column(s) run_id, run_name, metric, step, value, timestamp")])
+def test_a_results_file_that_is_not_an_export_is_one_line_and_exit_2(content, says, tmp_path, capsys):
+    import gzip
+
+    from analysis.__main__ import main
+
+    path = tmp_path / "runs.csv.gz"
+    if content is None:  # the first 3,000 bytes of a real export
+        whole = _export(tmp_path / "whole.csv.gz", {("hopper", "none", s): {1000 * k: float(k) for
+                                                    k in range(1, 200)} for s in range(3)})
+        path.write_bytes(whole.read_bytes()[:3000])
+    else:
+        path.write_bytes(gzip.compress(content.encode()) if isinstance(content, str) else content)
+    assert main(["results", "--from-csv", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0] and says in err[0], err
+    assert not (tmp_path / "out" / "results.md").exists()
