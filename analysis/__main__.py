@@ -299,12 +299,10 @@ def _runs(args) -> int:
 
 
 def _progress(args) -> int:
-    from mlflow.tracking import MlflowClient
-
-    from analysis.load import default_tracking_uri
+    from analysis.load import make_client
     from offline_rl.progress import find_parent, sweep_progress
 
-    client = MlflowClient(tracking_uri=args.tracking_uri or default_tracking_uri())
+    client = make_client(args.tracking_uri)
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
         raise AnalysisError(f"no experiment {args.experiment!r} in {client.tracking_uri}")
@@ -359,6 +357,18 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     except AnalysisError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from offline_rl.spool import is_unreachable, reason
+
+        if not is_unreachable(exc):
+            raise
+        from analysis.load import default_tracking_uri
+
+        uri = getattr(args, "tracking_uri", None) or default_tracking_uri()
+        print(f"error: the MLflow store {uri} does not answer ({reason(exc)}); start its server, or "
+              f"pass --tracking-uri (or set MLFLOW_TRACKING_URI) to a store that answers",
+              file=sys.stderr)
         return 2
 
 

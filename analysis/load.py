@@ -68,9 +68,14 @@ def make_client(tracking_uri: str | None = None):
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
-        if not path.exists():
+        if not path.exists():  # reading a store never creates one
             raise AnalysisError(f"no MLflow store at {path} (tracking URI {uri}); pass "
                                 f"--tracking-uri or set MLFLOW_TRACKING_URI")
+    if uri.startswith(("http://", "https://")):
+        from offline_rl.tracker import HTTP_LIMITS
+
+        for key, value in HTTP_LIMITS.items():  # a server that does not answer: seconds, not minutes
+            os.environ.setdefault(key, value)
     return MlflowClient(tracking_uri=uri)
 
 

@@ -1068,3 +1068,29 @@ def test_a_results_file_that_is_not_an_export_is_one_line_and_exit_2(content, sa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(path) in err[0] and says in err[0], err
     assert not (tmp_path / "out" / "results.md").exists()
+
+
+@pytest.mark.parametrize("command", [["progress", "--sweep", "efficiency"],
+                                     ["results", "--sweep", "efficiency"], ["runs"]])
+def test_a_store_that_is_absent_or_does_not_answer_is_one_line_and_exit_2(command, tmp_path,
+                                                                           capsys, monkeypatch):
+    """Reading never creates a store (an absent sqlite file stays absent), and a tracking server
+    that does not answer is named in one line (MLflow's retries bounded: seconds, not minutes)."""
+    import socket
+
+    from analysis.__main__ import main
+
+    absent = tmp_path / "nowhere" / "mlflow.db"
+    out = ["--out", str(tmp_path / "out")] if command[0] == "results" else []
+    assert main([*command, *out, "--tracking-uri", f"sqlite:///{absent}"]) == 2
+    assert f"no MLflow store at {absent}" in capsys.readouterr().err
+    assert not absent.parent.exists()
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    assert main([*command, *out, "--tracking-uri", f"http://127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: the MLflow store http://127.0.0.1:{port} does not answer (ConnectionError: "
+                   f"connection refused); start its server, or pass --tracking-uri (or set "
+                   f"MLFLOW_TRACKING_URI) to a store that answers"], err
