@@ -361,15 +361,19 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         from offline_rl.spool import is_unreachable, reason
 
-        if not is_unreachable(exc):
-            raise
-        from analysis.load import default_tracking_uri
+        if is_unreachable(exc, store_writes=False):
+            from analysis.load import default_tracking_uri
 
-        uri = getattr(args, "tracking_uri", None) or default_tracking_uri()
-        print(f"error: the MLflow store {uri} does not answer ({reason(exc)}); start its server, or "
-              f"pass --tracking-uri (or set MLFLOW_TRACKING_URI) to a store that answers",
-              file=sys.stderr)
-        return 2
+            uri = getattr(args, "tracking_uri", None) or default_tracking_uri()
+            print(f"error: the MLflow store {uri} does not answer ({reason(exc)}); start its server, "
+                  f"or pass --tracking-uri (or set MLFLOW_TRACKING_URI) to a store that answers",
+                  file=sys.stderr)
+            return 2
+        if isinstance(exc, OSError) and exc.filename is not None:
+            # a path of the user's: --out on a full disk or under a file, an unreadable file
+            print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 def _run(args) -> int:

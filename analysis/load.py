@@ -29,6 +29,7 @@ import hashlib
 import os
 import pickle
 import shlex
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -446,14 +447,23 @@ def _read_export(path: Path) -> pd.DataFrame:
     try:
         # a digest is text: read as guessed, 0123456789 would lose its 0 and 123e456789 become inf
         frame = pd.read_csv(path, low_memory=False, dtype={"dataset_digest": str})
-    except (OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError,
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, pd.errors.ParserError,
             pd.errors.EmptyDataError) as exc:
-        raise AnalysisError(f"cannot read the results file {path} ({type(exc).__name__}: {exc}): "
-                            f"give a file written by `analysis results --export`") from None
+        raise AnalysisError(f"cannot read the results file {path} ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())}): give a file written by `analysis "
+                            f"results --export`") from None
     missing = [c for c in CSV_REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise AnalysisError(f"the results file {path} lacks the column(s) {', '.join(missing)} "
                             f"that `analysis results --export` writes: is it another file?")
+    for column in CSV_METRIC_COLUMNS[1:]:  # step, value, timestamp: numbers (a value may be NaN)
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        text = frame[column].notna() & numbers.isna()
+        if text.any():
+            raise AnalysisError(f"the results file {path}: column {column} holds "
+                                f"{frame.loc[text, column].iloc[0]!r} (line {text.idxmax() + 2}), "
+                                f"not a number: give a file written by `analysis results --export`")
+        frame[column] = numbers
     return frame
 
 

@@ -31,19 +31,21 @@ def _store_write_error(exc: BaseException) -> bool:
         marker in text for marker in STORE_WRITE_ERRORS)
 
 
-def is_unreachable(exc: BaseException) -> bool:
+def is_unreachable(exc: BaseException, store_writes: bool = True) -> bool:
     """Did this tracking call fail because the store could not be reached or written -- the
     server did not answer (connection refused or reset, DNS, a timeout, retries used up on 5xx
     answers), or a sqlite store's disk is full, read-only, or its file cannot be opened -- rather
     than because the call itself was wrong? MLflow wraps the underlying exception, so the chain
-    of causes / contexts is searched."""
+    of causes / contexts is searched. ``store_writes=False``: a server that did not answer only
+    (a reader's own full disk or unwritable folder is no store's fault)."""
     import requests
 
     seen: BaseException | None = exc
     for _ in range(10):
         if seen is None:
             return False
-        if isinstance(seen, requests.exceptions.RequestException) or _store_write_error(seen):
+        if isinstance(seen, requests.exceptions.RequestException) or (
+                store_writes and _store_write_error(seen)):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

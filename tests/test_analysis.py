@@ -6,6 +6,7 @@ checked through their matplotlib objects; the CLI end to end, artifacts included
 from __future__ import annotations
 
 import math
+import os
 import re
 import shlex
 import sys
@@ -1047,21 +1048,28 @@ def test_a_group_whose_runs_steps_all_differ_gets_one_line_and_a_single_odd_run_
         "at 1 grid step(s) outside its range 1000-2000"]
 
 
+HEADER = "run_id,run_name,metric,step,value,timestamp\n"
+
+
 @pytest.mark.parametrize("content, says", [
     (b"garbage", "BadGzipFile"),                                   # not gzip
-    (None, "EOFError"),                                            # an export cut short
+    ("cut", "EOFError"),                                           # an export cut short
+    ("damaged", "cannot read the results file"),                   # bytes changed in its middle
     (b"", "EmptyDataError"),                                       # empty
-    ("a,b\n1,2\n", "lacks the column(s) run_id, run_name, metric, step, value, timestamp")])
+    ("a,b\n1,2\n", "lacks the column(s) run_id, run_name, metric, step, value, timestamp"),
+    (HEADER + "r,n,m,1000,1.5,7\nr,n,m,2000,1.5,7,extra,fields\n", "ParserError"),  # ragged rows
+    (HEADER + "r,n,m,1000,1.5,7\nr,n,m,2000,oops,8\n", "column value holds 'oops' (line 3)")])
 def test_a_results_file_that_is_not_an_export_is_one_line_and_exit_2(content, says, tmp_path, capsys):
     import gzip
 
     from analysis.__main__ import main
 
     path = tmp_path / "runs.csv.gz"
-    if content is None:  # the first 3,000 bytes of a real export
+    if content in ("cut", "damaged"):  # a real export, its first 3,000 bytes or a few changed
         whole = _export(tmp_path / "whole.csv.gz", {("hopper", "none", s): {1000 * k: float(k) for
-                                                    k in range(1, 200)} for s in range(3)})
-        path.write_bytes(whole.read_bytes()[:3000])
+                                                    k in range(1, 200)} for s in range(3)}).read_bytes()
+        path.write_bytes(whole[:3000] if content == "cut" else
+                         whole[:2000] + bytes(b ^ 0x5A for b in whole[2000:2040]) + whole[2040:])
     else:
         path.write_bytes(gzip.compress(content.encode()) if isinstance(content, str) else content)
     assert main(["results", "--from-csv", str(path), "--out", str(tmp_path / "out")]) == 2
@@ -1088,9 +1096,26 @@ def test_a_store_that_is_absent_or_does_not_answer_is_one_line_and_exit_2(comman
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    from offline_rl.tracker import HTTP_LIMITS
+
+    for key in HTTP_LIMITS:  # as in a fresh shell; undone after the test, whatever sets them
+        monkeypatch.delenv(key, raising=False)
     assert main([*command, *out, "--tracking-uri", f"http://127.0.0.1:{port}"]) == 2
+    assert {key: os.environ.get(key) for key in HTTP_LIMITS} == HTTP_LIMITS  # retries bounded
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: the MLflow store http://127.0.0.1:{port} does not answer (ConnectionError: "
                    f"connection refused); start its server, or pass --tracking-uri (or set "
                    f"MLFLOW_TRACKING_URI) to a store that answers"], err
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line_and_exit_2(tmp_path, capsys):
+    """A path of the user's that fails (here --out under a file; a full disk the same way) is named
+    in one line, not reported as a store that does not answer."""
+    from analysis.__main__ import main
+
+    data = _export(tmp_path / "runs.csv.gz", {("hopper", p, s): {1000: 1.0, 2000: 2.0}
+                                              for p in ("none", "ac") for s in range(3)})
+    (tmp_path / "a_file").write_text("")
+    assert main(["results", "--from-csv", str(data), "--out", str(tmp_path / "a_file" / "out")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {tmp_path / 'a_file' / 'out'}: Not a directory"]
