@@ -73,10 +73,9 @@ def make_client(tracking_uri: str | None = None):
             raise AnalysisError(f"no MLflow store at {path} (tracking URI {uri}); pass "
                                 f"--tracking-uri or set MLFLOW_TRACKING_URI")
     if uri.startswith(("http://", "https://")):
-        from offline_rl.tracker import HTTP_LIMITS
+        from offline_rl.tracker import bound_http_retries
 
-        for key, value in HTTP_LIMITS.items():  # a server that does not answer: seconds, not minutes
-            os.environ.setdefault(key, value)
+        bound_http_retries()
     return MlflowClient(tracking_uri=uri)
 
 

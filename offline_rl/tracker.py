@@ -46,6 +46,13 @@ HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACK
 MAX_RETRY_EVERY_S = 300.0
 
 
+def bound_http_retries() -> None:
+    """MLflow's HTTP retries bounded by ``HTTP_LIMITS`` (a user's own settings win): a server that
+    does not answer is known in seconds, not minutes."""
+    for key, value in HTTP_LIMITS.items():
+        os.environ.setdefault(key, value)
+
+
 def default_store_dir() -> Path:
     """The checkout's sqlite store folder: ``$OFFLINE_RL_ROOT/mlflow`` (launch.py sets it to the
     checkout), else ``./mlflow``."""
@@ -204,8 +211,7 @@ class MlflowTracker:
         self._logged_steps: dict[str, int] = {}  # resumed run: last step stored per metric
         self._client = None
         if urlparse(self.tracking_uri).scheme in ("http", "https"):
-            for key, value in HTTP_LIMITS.items():
-                os.environ.setdefault(key, value)
+            bound_http_retries()
             # urllib3 logs each retry; a server that does not answer is reported by us, once
             logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         if self.tracking_uri.startswith("sqlite:"):
