@@ -229,26 +229,28 @@ def test_generator_settings_are_added_with_plus_and_the_plain_form_says_so():
 
 
 # ----- the paper's reference-code settings per dataset (conf/reference/) -------------------------
-MUJOCO = {"hopper": (10.0, 500_000, 50, 3_000_000, 0.0),
-          "halfcheetah": (20.0, 100_000, 10, 1_000_000, 0.1),
-          "walker2d": (5.0, 500_000, 10, 12_000_000, 0.1)}
+# (alpha, updates, lambda) of TD3+BC, (N, updates, lambda) of EDAC; lambda: the paper's section 6.2,
+# "lambda = 0.1 for HalfCheetah, and Walker2d for EDAC"
+MUJOCO = {"hopper": (10.0, 500_000, 0.0, 50, 3_000_000, 0.0),
+          "halfcheetah": (20.0, 100_000, 0.1, 10, 1_000_000, 0.1),
+          "walker2d": (5.0, 500_000, 0.0, 10, 12_000_000, 0.1)}
 LOCAL_LEVELS = ("medium", "medium-replay", "full-replay", "expert", "medium-expert")
 OFFICIAL_LEVELS = ("simple", "medium", "expert")
 
 
 @pytest.mark.parametrize("env", sorted(MUJOCO))
 def test_reference_settings_compose_for_every_mujoco_dataset(env):
-    alpha, td3_updates, n, edac_updates, lam = MUJOCO[env]
+    alpha, td3_updates, td3_lambda, n, edac_updates, edac_lambda = MUJOCO[env]
     datasets = [f"{env}-{level}-local" for level in LOCAL_LEVELS] + [
         f"{env}-{level}" for level in OFFICIAL_LEVELS]
     for dataset in datasets:
         td3 = composed(f"dataset={dataset}")
-        assert (td3.algo.alpha, td3.updates, td3.pretrain.get("lambda")) == (alpha, td3_updates, 0.0), dataset
+        assert (td3.algo.alpha, td3.updates, td3.pretrain.get("lambda")) == (alpha, td3_updates, td3_lambda), dataset
         edac = composed("algo=edac", "pretrain=soft", f"dataset={dataset}")
         full_replay_walker = dataset == "walker2d-full-replay-local"
         expected_updates = 3_000_000 if full_replay_walker else edac_updates
         assert (edac.algo.num_critics, edac.algo.eta, edac.updates) == (n, 1.0, expected_updates), dataset
-        assert edac.pretrain["lambda"] == lam, dataset
+        assert edac.pretrain["lambda"] == edac_lambda, dataset
         validate(td3)
         validate(edac)
 
