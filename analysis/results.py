@@ -56,8 +56,10 @@ def machine() -> str:
 
 def convergence(runs: pd.DataFrame) -> pd.DataFrame:
     """Per run with pre-training: the phase's stopping step (``<phase>.converged_at`` tag) or the
-    cap it ran to, and the updates spent pre-training."""
+    cap it ran to, and the updates spent pre-training; with its dataset (``panel``) first when the
+    runs span several, in panel order, so that two datasets' "ac s0" are told apart."""
     stop_columns = [c for c in runs.columns if str(c).endswith(".converged_at")]
+    several = "panel" in runs and runs["panel"].nunique() > 1
     rows = []
     for _, run in runs.iterrows():
         spent = run.get("pretrain_steps")
@@ -65,28 +67,52 @@ def convergence(runs: pd.DataFrame) -> pd.DataFrame:
             continue
         stops = [f"{c.split('.')[0]} at {int(run[c]):,}" for c in stop_columns
                  if pd.notna(run.get(c))]
-        rows.append({"run": run["run_name"], "pre-training updates": f"{int(spent):,}",
+        rows.append({**({"dataset": run["panel"]} if several else {}), "run": run["run_name"],
+                     "pre-training updates": f"{int(spent):,}",
                      "stopped by the convergence rule": "; ".join(stops) or
                      "no (ran to pretrain.steps)"})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if several and not table.empty:
+        order = {panel: i for i, panel in enumerate(dict.fromkeys(runs["panel"]))}
+        table = table.sort_values("dataset", key=lambda c: c.map(order), kind="stable")
+    return table.reset_index(drop=True)
 
 
 def _wall_time(runs: pd.DataFrame, history: pd.DataFrame) -> str:
-    """The whole experiment's span (first start to last end) and the sum of its runs' compute
-    time (pauses capped away, as in ``analysis.efficiency.compute_seconds``)."""
+    """The runs' span (first start to last end) and the sum of their compute time (pauses
+    capped away, as in ``analysis.efficiency.compute_seconds``)."""
     start, end = pd.to_numeric(runs["start_time"]).min(), pd.to_numeric(runs["end_time"]).max()
     if pd.isna(start) or pd.isna(end):
         return "unknown"
+    compute = _compute_hours(runs, history)
+    each = ((pd.to_numeric(runs["end_time"]) - pd.to_numeric(runs["start_time"])) / 6e4).dropna()
+    return (f"{(end - start) / 3.6e6:.1f} h from the first run's start to the last run's end "
+            f"(stops, pauses and restarts included); {compute:.1f} h of run compute time "
+            f"summed over the {len(runs)} runs (pauses capped away), {each.min():.0f}-{each.max():.0f} "
+            f"min per run by the clock")
+
+
+def _compute_hours(runs: pd.DataFrame, history: pd.DataFrame) -> float:
     compute = 0.0
-    for run_id, h in history.groupby("run_id"):
+    for run_id, h in history[history["run_id"].isin(runs["run_id"])].groupby("run_id"):
         begun = float(pd.to_numeric(runs.loc[runs["run_id"] == run_id, "start_time"]).iloc[0])
         seconds = compute_seconds(h, begun)
         compute += float(seconds.iloc[-1]) if len(seconds) else 0.0
-    each = ((pd.to_numeric(runs["end_time"]) - pd.to_numeric(runs["start_time"])) / 6e4).dropna()
-    return (f"{(end - start) / 3.6e6:.1f} h from the first run's start to the last run's end "
-            f"(stops, pauses and restarts included); {compute / 3600:.1f} h of run compute time "
-            f"summed over the {len(runs)} runs (pauses capped away), {each.min():.0f}-{each.max():.0f} "
-            f"min per run by the clock")
+    return compute / 3600
+
+
+def wall_times(runs: pd.DataFrame, history: pd.DataFrame, panels: pd.DataFrame) -> list[str]:
+    """The page's wall-time lines: one for the runs, or one per dataset (``panels``: run_id ->
+    panel) when they span several (datasets run one after another, with data generation between
+    them, make one first-to-last span meaningless), then their compute time in all."""
+    panel_of = dict(zip(panels["run_id"], panels["panel"]))
+    labelled = runs.assign(panel=runs["run_id"].map(panel_of))
+    if labelled["panel"].nunique() < 2:
+        return [f"- Wall time: {_wall_time(runs, history)}"]
+    lines = [f"- Wall time, {panel}: {_wall_time(rows, history)}"
+             for panel, rows in labelled.groupby("panel", sort=False)]
+    return lines + [f"- Compute time in all: {_compute_hours(runs, history):.1f} h over "
+                    f"{len(runs)} runs"]
 
 
 def _link(data: str | Path, out: Path) -> str:
@@ -178,7 +204,7 @@ def results_page(rs: RunSet, out: str | Path = "docs", *, name: str = "results",
         lines += [f"## {result.panel}", "", *efficiency_table(result), ""]
     statistics = _statistics(rs, metric, baseline)
     lines += ["## Final scores: IQM and probability of improvement", "", *statistics, ""]
-    stops = convergence(runs)
+    stops = convergence(agg.grouping.runs)
     lines += ["## Pre-training length", "",
               "The paper pre-trains until the supervised losses converge, \"10-50k updates\" "
               "(§6.1). The convergence rule here: the mean loss over the last `pretrain.window` "
@@ -191,7 +217,7 @@ def results_page(rs: RunSet, out: str | Path = "docs", *, name: str = "results",
         column = "precision_used" if "precision_used" in runs else "precision"
         lines += [f"- Precision: {', '.join(sorted(map(str, runs[column].dropna().unique())))}"]
     lines += [f"- Data: {line}" for line in data_files(agg.grouping.runs)]
-    lines += [f"- Wall time: {_wall_time(runs, history)}", ""]
+    lines += [*wall_times(runs, history, agg.grouping.runs), ""]
     warnings = list(dict.fromkeys(rs.warnings + agg.warnings + mixed_data(agg.grouping.runs)))
     if warnings:
         lines += ["## Warnings", "", *(f"- {w}" for w in warnings), ""]

@@ -573,7 +573,10 @@ def test_results_page_states_whether_the_claim_holds(clean, tmp_path):
     assert "Probability of improvement on hopper-medium-local" in text
     section = text.split("## Pre-training length")[1].split("## Where")[0]
     assert len(re.findall(r"\| 2,000 +\|", section)) == 6 and "no (ran to pretrain.steps)" in section
-    assert "- Wall time:" in text
+    # two datasets: each pre-trained run's named first (3 seeds each)
+    assert [len(re.findall(rf"^\| {d}-medium-local +\|", section, re.M))
+            for d in ("hopper", "walker2d")] == [3, 3]
+    assert "- Wall time, hopper-medium-local:" in text and "- Wall time, walker2d-medium-local:" in text
 
 
 def test_results_page_warns_when_one_dataset_s_runs_trained_on_different_data(clean, tmp_path):
@@ -687,7 +690,8 @@ def test_cli_lists_runs_newest_first_filtered_by_status_and_tag(clean, tmp_path,
     assert capsys.readouterr().out.count("\n") == 2  # the header only: every run FINISHED
 
 
-@pytest.mark.parametrize("page, csvs", [("results", ["efficiency_hopper_4ba4329a36"]),
+@pytest.mark.parametrize("page, csvs", [("results", ["efficiency_hopper_4ba4329a36",
+                                                     "efficiency_walker2d_4e23cbae53"]),
                                         ("efficiency_100k", ["efficiency"]),
                                         ("efficiency_hopper_first_data", ["efficiency_hopper"])])
 def test_committed_results_page_is_regenerated_from_its_committed_data(page, csvs, tmp_path):
@@ -998,6 +1002,38 @@ def test_efficiency_interval_verdicts_and_stability_against_hand_computed_values
     assert none_row.endswith(f"| {math.sqrt(250 / 9):.1f} ± 0.0 |")  # 5.3, not 5.0 with 100k in
     # pre-training's runs (30k of it) reach the bar at 10k: all of those updates were pre-training
     assert "| pretrain=ac | 3 | 100.0 | yes | 10,000 | all (reached during its 30,000) | 0.17 [0.17, 0.50] |" in section
+
+
+def test_a_page_of_several_datasets_names_each_run_s_dataset_and_times_each_dataset(tmp_path):
+    """Two datasets' sweeps (run one after the other, in the real experiment with data generation
+    between them): the pre-training table tells their 'ac s0's apart by a dataset column, and the
+    wall time is given per dataset, then the compute time in all. Hand-made times: evaluations
+    every 360 s up to 2.0 h ('long') and every 180 s up to 1.0 h ('short'), 6 runs each, no pause."""
+    from analysis.load import from_csv
+    from analysis.results import results_page
+
+    runs = {}
+    for dataset, every in (("long", 360_000), ("short", 180_000)):
+        for pretrain in ("none", "ac"):
+            for seed in range(3):
+                runs[(dataset, pretrain, seed)] = {s: min(100.0, s / every * 10)
+                                                   for s in range(every, 20 * every + 1, every)}
+    text = results_page(from_csv(_export(tmp_path / "runs.csv.gz", runs)), tmp_path / "out").path.read_text()
+    table = text.split("## Pre-training length")[1].split("## Where")[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0][:2] == ["dataset", "run"]
+    assert sorted(map(tuple, (r[:3] for r in rows[1:]))) == sorted(
+        (d, f"ac s{seed}", "30,000") for d in ("long", "short") for seed in range(3))
+    order = [r[0] for r in rows[1:]]
+    assert order == sorted(order, key=lambda d: text.index(f"## {d}\n"))  # the sections' order
+    where = text.split("## Where and how long")[1].split("\n## ")[0]
+    assert "- Wall time:" not in where
+    assert ("- Wall time, long: 2.0 h from the first run's start to the last run's end (stops, pauses "
+            "and restarts included); 12.0 h of run compute time summed over the 6 runs (pauses capped "
+            "away), 120-120 min per run by the clock") in where
+    assert "- Wall time, short: 1.0 h" in where and "6.0 h of run compute time summed over the 6 runs" in where
+    assert "- Compute time in all: 18.0 h over 12 runs" in where
 
 
 def test_a_baseline_that_never_scores_above_zero_is_no_bar():
