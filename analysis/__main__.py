@@ -457,7 +457,8 @@ def _run(args) -> int:
                 print(f"wrote {data[0]}")
         rs = from_csv(data) if data else rs
         page = results_page(rs, args.out, name=args.name, metric=args.metric,
-                            baseline=args.baseline, command=args.reproduce, data=data)
+                            baseline=args.baseline, command=args.reproduce, data=data,
+                            variant=args.variant, panel=args.panel, min_seeds=args.min_seeds)
         for sentence in page.verdicts.values():
             print(sentence)
         for w in page.warnings:

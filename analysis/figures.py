@@ -129,8 +129,11 @@ def plot_learning_curves(rs: RunSet, metric: str = SCORE, variant=None, panel=No
         names.append(names.pop(i))
     # one legend for the figure, below the panels: never over the data, one colour per variant
     # in every panel
-    fig.legend(handles, names, fontsize=8, loc="outside lower center", ncols=min(len(names), 4),
-               frameon=False)
+    # in every panel; as many entries a row as fit the figure's width (8 pt text: about 13
+    # characters an inch, plus the line sample), so that long labels are not cut off
+    fits = int(fig.get_size_inches()[0] * 13 // (max(map(len, names), default=1) + 5))
+    fig.legend(handles, names, fontsize=8, loc="outside lower center",
+               ncols=max(1, min(len(names), 4, fits)), frameon=False)
     shade = agg.method_short if band == "ci" else "± std over seeds"
     n_seeds = sorted(runs.groupby(["panel", "variant"])["run_id"].nunique().unique().tolist())
     label = YLABELS.get(metric, metric)

@@ -115,6 +115,13 @@ def wall_times(runs: pd.DataFrame, history: pd.DataFrame, panels: pd.DataFrame) 
                     f"{len(runs)} runs"]
 
 
+def _sweeps(runs: pd.DataFrame) -> str:
+    """" of the sweep 'a'", or of the sweeps 'a', 'b' (runs of several put side by side)."""
+    names = list(dict.fromkeys(runs["sweep"].dropna().astype(str))) if "sweep" in runs else []
+    return (f" of the sweep{'s' if len(names) > 1 else ''} {', '.join(repr(n) for n in names)}"
+            if names else "")
+
+
 def _link(data: str | Path, out: Path) -> str:
     path = Path(data)
     return f"[{path.name}]({path.relative_to(out) if path.is_relative_to(out) else path})"
@@ -154,16 +161,22 @@ def _count_runs(n: int) -> str:
 
 def results_page(rs: RunSet, out: str | Path = "docs", *, name: str = "results",
                  metric: str = SCORE, baseline: str | None = None, command: str | None = None,
-                 data: str | Sequence[str] | None = None,
+                 data: str | Sequence[str] | None = None, variant: Sequence[str] | None = None,
+                 panel: Sequence[str] | None = None, min_seeds: int | None = None,
                  title: str = "Does pre-training make offline RL more efficient here?") -> ResultsPage:
     """The page (``<out>/<name>.md`` and ``<name>.png``). Deterministic for the same runs (no
     date of generation: the date the runs ended), so that it can be regenerated from the
-    committed data and compared (tests/test_analysis.py)."""
+    committed data and compared (tests/test_analysis.py). ``variant`` / ``panel`` / ``min_seeds``:
+    as for ``analysis.aggregate`` (defaults: the config choices that differ / the dataset / all
+    runs of a line); the command the page quotes to write it again carries them."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = [data] if isinstance(data, (str, Path)) else list(data or [])
-    agg = aggregate(rs, metric, ci="t", level=0.95)
+    agg = aggregate(rs, metric, variant, panel, ci="t", level=0.95, min_seeds=min_seeds)
     figure = plot_learning_curves(rs, metric, agg=agg, band="ci", out=out / f"{name}.png")
+    grouping = "".join(f" --{flag} {shlex.quote(value)}" for flag, value in (
+        ("variant", ",".join(variant or [])), ("panel", ",".join(panel or [])),
+        ("min-seeds", str(min_seeds or ""))) if value)
     runs = rs.runs
     history = rs.history(metric)
     constraints, how = match_baseline(agg.grouping.runs, agg.grouping.variant, baseline)
@@ -180,12 +193,12 @@ def results_page(rs: RunSet, out: str | Path = "docs", *, name: str = "results",
         f" ({running} of them not ended: their evaluations up to the export)" if running else "")
     lines = [f"# {title}", "",
              f"Written by `python -m analysis results` from {len(runs)} runs"
-             + (f" of the sweep '{runs['sweep'].iloc[0]}'" if "sweep" in runs and runs['sweep'].notna().any() else "")
+             + _sweeps(runs)
              + (f" (MLflow parent run {rs.parent_run_id})" if rs.parent_run_id else "")
              + f"{ended}."
              + (f" Their evaluations: {', '.join(_link(f, out) for f in data)}; "
                 f"`python -m analysis results --from-csv {' '.join(map(str, data))} --out {out}"
-                + (f" --name {name}" if name != "results" else "")
+                + (f" --name {name}" if name != "results" else "") + grouping
                 + (f" --command {shlex.quote(command)}" if command else "") + "` writes this page again "
                 f"from them, without the MLflow store." if data else ""), ""]
     if command:
@@ -202,7 +215,7 @@ def results_page(rs: RunSet, out: str | Path = "docs", *, name: str = "results",
               *[f"- {line.strip()}" for line in _definitions()], "", f"Baseline: {how}.", ""]
     for result in results:
         lines += [f"## {result.panel}", "", *efficiency_table(result), ""]
-    statistics = _statistics(rs, metric, baseline)
+    statistics = _statistics(rs, metric, baseline, variant)
     lines += ["## Final scores: IQM and probability of improvement", "", *statistics, ""]
     stops = convergence(agg.grouping.runs)
     lines += ["## Pre-training length", "",
@@ -245,14 +258,14 @@ def _definitions() -> list[str]:
     return items
 
 
-def _statistics(rs: RunSet, metric: str, baseline: str | None) -> list[str]:
+def _statistics(rs: RunSet, metric: str, baseline: str | None, variant=None) -> list[str]:
     """IQM per variant over all datasets, and per dataset P(variant > baseline)."""
-    m = score_matrix(rs, metric)
+    m = score_matrix(rs, metric, variant)
     lines = [aggregate_table(m).markdown()]
     pairs, how = comparison_pairs(m, baseline=baseline)
     lines.append(improvement_table(m, pairs, how=how).markdown())
     for task in m.tasks:
-        single = score_matrix(rs.select(dataset_name=task), metric)
+        single = score_matrix(rs.select(dataset_name=task), metric, variant)
         task_pairs, _ = comparison_pairs(single, baseline=baseline)
         table = improvement_table(single, task_pairs, how=f"{task} only")
         table.title = f"Probability of improvement on {task}"

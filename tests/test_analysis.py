@@ -693,7 +693,11 @@ def test_cli_lists_runs_newest_first_filtered_by_status_and_tag(clean, tmp_path,
 @pytest.mark.parametrize("page, csvs", [("results", ["efficiency_hopper_4ba4329a36",
                                                      "efficiency_walker2d_4e23cbae53"]),
                                         ("efficiency_100k", ["efficiency"]),
-                                        ("efficiency_hopper_first_data", ["efficiency_hopper"])])
+                                        ("efficiency_hopper_first_data", ["efficiency_hopper"]),
+                                        # two sweeps told apart by --variant sweep,pretrain (it
+                                        # was accepted and ignored: both 'ac' arms one line)
+                                        ("pretrain10k_walker2d", ["efficiency_walker2d_4e23cbae53",
+                                                                  "pretrain10k_walker2d_4e23cbae53"])])
 def test_committed_results_page_is_regenerated_from_its_committed_data(page, csvs, tmp_path):
     """docs/<page>.md is what `analysis results --from-csv docs/results/<csv>.csv.gz ...` writes
     (one file per dataset's sweep): the numbers on the page can be checked by anyone, without the
