@@ -55,6 +55,9 @@ _NOT_VARIANT = {"seed", "run_id", "run_name", "status", "start_time", "end_time"
                 # per-run bookkeeping tags written by the training loop, never plot variants
                 "run_identity", "checkpoint_dir", "resumed_from", "resumed_from_step", "interrupted",
                 "checkpoint_corrupt", "slurm_job_id", "sweep.axes", "sweep.role", "error"}
+# config groups that say where a run keeps its records, never what it computes: two sweeps with
+# their own stores (tracker.store_dir, checkpoint.dir) are not two variants
+_WHERE_NOT_WHAT = ("tracker.", "checkpoint.")
 # tags a run writes about how it went (``<phase>.converged_at``): outcomes, never plot variants
 _OUTCOME_SUFFIXES = (".converged_at",)
 
@@ -122,7 +125,7 @@ def default_variant(runs: pd.DataFrame, panel: Sequence[str],
     pool = params if params is not None else [c for c in runs.columns if "." in c]
     candidates = [c for c in pool
                   if c in runs and c not in _NOT_VARIANT and c not in cells
-                  and not c.startswith(("phase_start/", "phase_end/", "_"))
+                  and not c.startswith(("phase_start/", "phase_end/", "_", *_WHERE_NOT_WHAT))
                   and not c.endswith(_OUTCOME_SUFFIXES)]
     if not candidates or not cells:
         return variant

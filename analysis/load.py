@@ -413,18 +413,15 @@ CSV_METRIC_COLUMNS = ("metric", "step", "value", "timestamp")
 
 def export_csv(rs: RunSet, path: str | Path, metrics: Sequence[str] = (SCORE,),
                extra: dict[str, str] | None = None) -> Path:
-    """The runs' histories of ``metrics`` with every run column except the params that are the
-    same for all runs (so the file stays small), as one gzipped CSV: what ``from_csv`` reads back
-    to analyse without the MLflow store. ``extra``: constant columns (e.g. the machine)."""
+    """The runs' histories of ``metrics`` with every run column, params included, as one gzipped
+    CSV: what ``from_csv`` reads back to analyse without the MLflow store. Params the same for
+    every run are kept too (4 kB more on 10 runs of 75 params): put beside another sweep's file,
+    they are what tells the two apart (a fixed 10k pre-training beside the convergence rule; both
+    read as 'pretrain=ac' without them). ``extra``: constant columns (e.g. the machine)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     runs = rs.runs
-    # the config-group choices stay, constant or not: they say what the runs are when files are
-    # put side by side (analysis compare); so does the seed: a file of one seed (a sweep's first
-    # wave) read back without it counted every run as its own seed
-    constant = [c for c in rs.param_columns if c in runs and c not in (*GROUPS, "seed")
-                and runs[c].astype(str).nunique() <= 1]
-    keep = [c for c in runs.columns if c not in constant and not c.startswith("_")]
+    keep = [c for c in runs.columns if not c.startswith("_")]
     for key in metrics:
         rs.history(key)
     frame = rs.metrics[rs.metrics["metric"].isin(metrics)][["run_id", *CSV_METRIC_COLUMNS]]

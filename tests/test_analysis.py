@@ -647,7 +647,9 @@ def test_results_page_from_the_exported_file_needs_no_store(clean, tmp_path):
     assert both.split("\n", 3)[3] == first.split("\n", 3)[3]  # all but the sources
     assert main(["results", "--from-csv", str(part1), str(data), "--out", str(tmp_path / "b")]) == 2
     assert set(frame["metric"]) == {"eval/normalized_score_mean"} and frame["run_id"].nunique() == 12
-    assert "machine" in frame and "pretrain.lambda" not in frame  # constant params left out
+    # every param kept, the same for all runs or not: beside another sweep's file they tell its
+    # runs apart (the next test)
+    assert "machine" in frame and set(frame["pretrain.lambda"].astype(str)) == {"0.0"}
     # a file of one seed (a sweep's first wave) keeps its seed column, and reads back as one seed
     import copy as copy_module
 
@@ -1038,6 +1040,32 @@ def test_a_page_of_several_datasets_names_each_run_s_dataset_and_times_each_data
             "away), 120-120 min per run by the clock") in where
     assert "- Wall time, short: 1.0 h" in where and "6.0 h of run compute time summed over the 6 runs" in where
     assert "- Compute time in all: 18.0 h over 12 runs" in where
+
+
+def test_two_sweeps_files_are_told_apart_by_what_they_set_not_by_where_they_kept_records(tmp_path):
+    """A sweep with pre-training to convergence (cap 50k) and another with a fixed 10k, each with
+    its own store: their files side by side give three lines, the 'ac' arms apart by
+    pretrain.steps (each file's constant), not by the store or checkpoint folders."""
+    from analysis.aggregate import group_runs
+    from analysis.load import from_csv
+
+    steps = range(10_000, 50_001, 10_000)
+    files = []
+    for name, pretrains, cap in (("converged", ("none", "ac"), 50_000), ("fixed", ("ac",), 10_000)):
+        path = _export(tmp_path / f"{name}.csv.gz", {("walker", p, seed): {s: 50.0 for s in steps}
+                                                      for p in pretrains for seed in range(3)})
+        frame = pd.read_csv(path).assign(**{
+            "run_id": lambda f, name=name: f["run_id"] + name, "pretrain.steps": cap,
+            "pretrain.lambda": 0.0, "tracker.store_dir": f"/exp/{name}/mlflow",
+            "checkpoint.dir": f"/exp/{name}/mlflow/checkpoints"})
+        frame.to_csv(path, index=False, compression="gzip")
+        files.append(path)
+    grouping = group_runs(from_csv(files))
+    assert grouping.variant == ["pretrain", "pretrain.steps"]
+    assert sorted(set(grouping.runs["variant"])) == [
+        "pretrain=ac, pretrain.steps=10000", "pretrain=ac, pretrain.steps=50000",
+        "pretrain=none, pretrain.steps=50000"]
+    assert grouping.warnings == []  # no 'ac' seed counted twice
 
 
 def test_a_baseline_that_never_scores_above_zero_is_no_bar():
