@@ -393,7 +393,9 @@ def test_ctrl_c_during_start_up_says_nothing_was_trained(tmp_path, minari_root):
     time.sleep(1.5)  # importing torch, composing the config: before any run exists
     os.kill(child.pid, signal.SIGINT)
     out, err = child.communicate(timeout=120)
-    assert child.returncode == 130, err[-2000:]
+    # its whole story if it fails (once, in a fresh-clone CI of 2026-12-05: exit 0 and an empty
+    # stderr, not reproduced in 6 runs, 3 of them beside a busy core)
+    assert child.returncode == 130, (child.returncode, out[-1500:], err[-1500:])
     assert err.strip().splitlines()[-1] == ("interrupted (Ctrl-C) before the run started: nothing "
                                             "was trained or recorded for it; the same command starts it")
 
