@@ -385,19 +385,29 @@ def test_two_ctrl_c_within_10_ms_still_checkpoint_and_end_the_run(tmp_path, mina
 
 @pytest.mark.slow
 def test_ctrl_c_during_start_up_says_nothing_was_trained(tmp_path, minari_root):
+    # 10^6 updates: the run cannot end before the Ctrl-C comes. With 100 it once did, in a
+    # fresh-clone CI of 2026-12-05 (exit 0, empty stderr: a finished run writes to stdout only),
+    # the test process having woken late from its sleep on the loaded cores
     command = [sys.executable, str(ROOT / "launch.py"), f"tracker.store_dir={tmp_path}",
-               f"hydra.run.dir={tmp_path}/hydra", *BASE, "updates=100"]
+               f"hydra.run.dir={tmp_path}/hydra", *BASE, "updates=1000000"]
+    started = time.monotonic()
     child = subprocess.Popen(command, cwd=ROOT, env=launch_env(minari_root), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(1.5)  # importing torch, composing the config: before any run exists
     os.kill(child.pid, signal.SIGINT)
+    late = time.monotonic() - started > 4  # woken late: the run may have begun by now
     out, err = child.communicate(timeout=120)
-    # its whole story if it fails (once, in a fresh-clone CI of 2026-12-05: exit 0 and an empty
-    # stderr, not reproduced in 6 runs, 3 of them beside a busy core)
     assert child.returncode == 130, (child.returncode, out[-1500:], err[-1500:])
-    assert err.strip().splitlines()[-1] == ("interrupted (Ctrl-C) before the run started: nothing "
-                                            "was trained or recorded for it; the same command starts it")
+    last = err.strip().splitlines()[-1]
+    if late and last != NOTHING_RECORDED:  # then Ctrl-C stopped the run itself, and says so
+        assert "interrupted" in last and "the same command" in last, last
+        return
+    assert last == NOTHING_RECORDED
+
+
+NOTHING_RECORDED = ("interrupted (Ctrl-C) before the run started: nothing was trained or recorded "
+                    "for it; the same command starts it")
 
 
 def test_sigterm_on_a_full_checkpoint_disk_does_not_claim_a_checkpoint(tmp_path, minari_root, new_store,
