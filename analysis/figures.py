@@ -128,7 +128,6 @@ def plot_learning_curves(rs: RunSet, metric: str = SCORE, variant=None, panel=No
         handles.append(handles.pop(i))
         names.append(names.pop(i))
     # one legend for the figure, below the panels: never over the data, one colour per variant
-    # in every panel
     # in every panel; as many entries a row as fit the figure's width (8 pt text: about 13
     # characters an inch, plus the line sample), so that long labels are not cut off
     fits = int(fig.get_size_inches()[0] * 13 // (max(map(len, names), default=1) + 5))
