@@ -23,8 +23,10 @@ Definitions (stated on the page too):
   between two evaluations capped at 3x the run's median interval, so that a run paused by
   SIGSTOP (while tests ran beside it) or stopped and resumed does not count its pause; the same
   ratio, interval and verdict as for updates (the paper claims both);
-- **stability**: each run's standard deviation of its evaluations over its last 100k updates,
-  averaged over seeds (the paper: pre-training makes the final performance more stable).
+- **stability**: each run's standard deviation of its evaluations over its last 100k updates, or
+  over the last half of its offline RL updates when it ran fewer than 200k of them (a 100k-update
+  run: its last 50k), so that the window never reaches back into the climb at the start of offline
+  RL; averaged over seeds (the paper: pre-training makes the final performance more stable).
 """
 
 from __future__ import annotations
@@ -68,6 +70,13 @@ def converged(values: np.ndarray) -> tuple[bool | None, float, float]:
     if np.isnan(rise):
         return None, end, rise
     return (not rise > max(RISE_POINTS, RISE_SHARE * abs(end))), end, rise
+
+
+def _offline_starts(group: pd.DataFrame) -> np.ndarray:
+    """Each run's global step where offline RL began (0 without pre-training or when unknown)."""
+    if "pretrain_steps" not in group:
+        return np.zeros(len(group))
+    return pd.to_numeric(group["pretrain_steps"], errors="coerce").fillna(0).to_numpy(dtype=float)
 
 
 def first_reach(steps: np.ndarray, values: np.ndarray, threshold: float) -> float:
@@ -227,9 +236,11 @@ def dataset_result(agg: Aggregated, rs_history: pd.DataFrame, runs: pd.DataFrame
         if "pretrain_steps" in group:
             res.pretrain_updates = float(pd.to_numeric(group["pretrain_steps"], errors="coerce").mean())
         spreads = []
-        for run_id in group["run_id"]:
+        for run_id, offline_start in zip(group["run_id"], _offline_starts(group)):
             h = rs_history[rs_history["run_id"] == run_id].sort_values("step")
-            tail = h[h["step"] > h["step"].max() - STABILITY_WINDOW]["value"]
+            end = h["step"].max()
+            window = min(STABILITY_WINDOW, (end - offline_start) / 2)
+            tail = h[h["step"] > end - window]["value"]
             if len(tail) >= 2:
                 spreads.append(float(tail.std(ddof=1)))
         if spreads:
@@ -274,7 +285,7 @@ def _percentiles(values: list[float], level: float = 0.95) -> tuple[float, float
 def table(result: DatasetResult) -> list[str]:
     rows = [f"| variant | seeds | end of curve (mean of its last {TAIL:.0%}) | converged | updates to 90% (pre-training incl.) | "
             "of which pre-training | updates ratio [95% CI] | compute time to 90% | "
-            "time ratio [95% CI] | stability (std over last 100k) |",
+            "time ratio [95% CI] | stability (std over the last 100k, or half) |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for v in result.variants:
         conv = ("too short to tell" if v.converged is None else
