@@ -695,7 +695,8 @@ def test_cli_lists_runs_newest_first_filtered_by_status_and_tag(clean, tmp_path,
 
 
 @pytest.mark.parametrize("page, csvs", [("results", ["efficiency_hopper_4ba4329a36",
-                                                     "efficiency_walker2d_4e23cbae53"]),
+                                                     "efficiency_walker2d_4e23cbae53",
+                                                     "efficiency_halfcheetah_66147fa38e"]),
                                         ("efficiency_100k", ["efficiency"]),
                                         ("efficiency_hopper_first_data", ["efficiency_hopper"]),
                                         # two sweeps told apart by --variant sweep,pretrain (it
