@@ -197,10 +197,12 @@ def test_ac_phase_updates_actor_and_critic_and_targets():
     b = fixed_batch()
     replay.add(b.observations.numpy(), b.actions.numpy(), b.rewards.numpy(), b.next_observations.numpy(),
                b.dones.numpy(), b.returns_to_go.numpy())
-    [phase] = ActorCriticPretraining(steps=5, until=None).phases(algo, replay, 16)
+    [phase] = ActorCriticPretraining(steps=5, until=None, **{"lambda": 0.1}).phases(algo, replay, 16)
     actor0, critic_t0 = copy.deepcopy(algo.actor), copy.deepcopy(algo.critic_target)
     metrics = phase.update()
-    assert {"bc_loss", "mc_loss", "critic_loss"} <= metrics.keys()
+    # the loss's parts; not the normalised mix, which is 1 at every step (a flat 1.0 curve was
+    # logged as pretrain_actor_critic/critic_loss in HalfCheetah's runs)
+    assert set(metrics) == {"bc_loss", "mc_loss", "td_loss"}
     assert phase.name == "pretrain_actor_critic" and phase.steps == 5 and phase.stop is None
     assert any(not torch.equal(a, b) for a, b in zip(actor0.parameters(), algo.actor.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(critic_t0.parameters(), algo.critic_target.parameters()))

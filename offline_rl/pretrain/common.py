@@ -229,7 +229,9 @@ class Scheme(abc.ABC):
                                                  self.cql_weight, self.cql_n_actions)
             algo.step_critic(loss)
             algo.update_critic_target()
-            return {"critic_loss": loss.detach(), **metrics}
+            # the parts, not the sum: with lambda or CQL the terms are each divided by their own
+            # value, so the sum is a constant (1, or 1 + the CQL weight) that says nothing
+            return metrics
 
         sample = replay.sampler(batch_size)
 
