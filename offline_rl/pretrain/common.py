@@ -230,7 +230,7 @@ class Scheme(abc.ABC):
             algo.step_critic(loss)
             algo.update_critic_target()
             # the parts, not the sum: with lambda or CQL the terms are each divided by their own
-            # value, so the sum is a constant (1, or 1 + the CQL weight) that says nothing
+            # value, so the sum is a constant (1, or 1 ± the CQL weight) that says nothing
             return metrics
 
         sample = replay.sampler(batch_size)
