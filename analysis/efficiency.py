@@ -72,13 +72,6 @@ def converged(values: np.ndarray) -> tuple[bool | None, float, float]:
     return (not rise > max(RISE_POINTS, RISE_SHARE * abs(end))), end, rise
 
 
-def _offline_starts(group: pd.DataFrame) -> np.ndarray:
-    """Each run's global step where offline RL began (0 without pre-training or when unknown)."""
-    if "pretrain_steps" not in group:
-        return np.zeros(len(group))
-    return pd.to_numeric(group["pretrain_steps"], errors="coerce").fillna(0).to_numpy(dtype=float)
-
-
 def first_reach(steps: np.ndarray, values: np.ndarray, threshold: float) -> float:
     hit = np.flatnonzero(values >= threshold)
     return float(steps[hit[0]]) if hit.size else float("inf")
@@ -233,10 +226,12 @@ def dataset_result(agg: Aggregated, rs_history: pd.DataFrame, runs: pd.DataFrame
         group = panel_runs[panel_runs["variant"] == variant]
         res = VariantResult(variant, len(matrix), v_ok, v_end, v_rise, steps,
                             time_at(variant, every, steps))
-        if "pretrain_steps" in group:
-            res.pretrain_updates = float(pd.to_numeric(group["pretrain_steps"], errors="coerce").mean())
+        # each run's global step where offline RL began (unknown: NaN, read as 0 below)
+        offline_starts = (pd.to_numeric(group["pretrain_steps"], errors="coerce")
+                          if "pretrain_steps" in group else pd.Series(np.nan, index=group.index))
+        res.pretrain_updates = float(offline_starts.mean())
         spreads = []
-        for run_id, offline_start in zip(group["run_id"], _offline_starts(group)):
+        for run_id, offline_start in zip(group["run_id"], offline_starts.fillna(0)):
             h = rs_history[rs_history["run_id"] == run_id].sort_values("step")
             end = h["step"].max()
             window = min(STABILITY_WINDOW, (end - offline_start) / 2)
