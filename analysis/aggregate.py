@@ -316,6 +316,12 @@ def aggregate(rs: RunSet, metric: str = SCORE, variant=None, panel=None, *, ci: 
     history = history[history["run_id"].isin(grouping.runs["run_id"])]
     by_run = {r: h.sort_values("step") for r, h in history.groupby("run_id")}
     warnings = list(grouping.warnings)
+    if min_seeds is not None:
+        runs_with_metric = grouping.runs[grouping.runs["run_id"].isin(by_run)]
+        most = int(runs_with_metric.groupby(["panel", "variant"]).size().max()) if len(runs_with_metric) else 0
+        if min_seeds > most:  # every curve would be empty: an empty page is no answer
+            raise AnalysisError(f"min_seeds={min_seeds}: no line has that many runs with {metric} "
+                                f"(the most: {most}); ask for {most} or fewer")
     rng = np.random.default_rng(seed)
     curve_rows, aligned_rows = [], []
     meta = grouping.panel + grouping.variant

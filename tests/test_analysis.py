@@ -281,7 +281,7 @@ def test_bootstrap_interval_is_deterministic_and_bounded():
 
 
 def test_missing_seed_unequal_grid_duplicates_reported(store):
-    from analysis import aggregate, load_runs
+    from analysis import AnalysisError, aggregate, load_runs
 
     rs = load_runs(store["uri"], experiment="messy", cache=False)
     joined = "\n".join(rs.warnings)
@@ -311,6 +311,9 @@ def test_missing_seed_unequal_grid_duplicates_reported(store):
     ac = agg.curves[agg.curves["variant"] == "pretrain=ac"]
     assert (ac["n"] == 2).all()  # two seeds: mean over what exists, reported above
     assert ac.set_index("step").loc[4000, "std"] == pytest.approx(math.sqrt(2))
+    # more seeds than any line has would leave every curve empty: refused, naming the most
+    with pytest.raises(AnalysisError, match=r"min_seeds=4: no line has that many runs .* \(the most: 3\)"):
+        aggregate(hop, variant="pretrain", min_seeds=4)
     # min_seeds=1 keeps the tail, with n saying how many seeds are behind each point
     loose = aggregate(hop, variant="pretrain", min_seeds=1)
     tail = loose.curves[(loose.curves["variant"] == "pretrain=none") & (loose.curves["step"] == 10000)]
